@@ -1,0 +1,1 @@
+"""Runnable beam-rerank jobs: one thin module per job."""

@@ -1,0 +1,34 @@
+"""``beam-rerank``: one command, one subcommand per job."""
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Sequence
+
+JOBS = {
+    'encode': ('pipelines.encode', 'Parquet texts -> embedding shards + manifest'),
+}
+
+USAGE = 'usage: beam-rerank {' + ','.join(JOBS) + '} [options]   (beam-rerank JOB --help)'
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if not argv or argv[0] in ('-h', '--help'):
+    print(USAGE)
+    print('\njobs:')
+    for name, (_, summary) in JOBS.items():
+      print(f'  {name:<10} {summary}')
+    print('\nAny Beam pipeline option passes through (--runner, --direct_running_mode, ...).')
+    return 0 if argv else 2
+  job = argv[0]
+  if job not in JOBS:
+    print(f"beam-rerank: error: unknown job {job!r}; choose from {', '.join(JOBS)}",
+          file=sys.stderr)
+    return 2
+  module = importlib.import_module(JOBS[job][0])
+  return module.main(argv[1:])
+
+
+if __name__ == '__main__':
+  sys.exit(main())

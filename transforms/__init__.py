@@ -1,0 +1,1 @@
+"""Reusable PTransforms, DoFns and ModelHandlers for beam-rerank."""

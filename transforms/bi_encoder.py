@@ -1,0 +1,83 @@
+"""A RunInference ModelHandler for a sentence-transformers bi-encoder."""
+from __future__ import annotations
+
+from typing import Any, Iterable, Literal, Optional, Sequence
+
+import numpy as np
+from apache_beam.ml.inference.base import ModelHandler
+
+Device = Literal['auto', 'cpu', 'cuda']
+Precision = Literal['float32', 'float16']
+
+
+def resolve_device(device: Device) -> str:
+  """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``."""
+  if device == 'auto':
+    import torch
+    return 'cuda' if torch.cuda.is_available() else 'cpu'
+  return device
+
+
+class SentenceTransformerHandler(ModelHandler[list, dict, Any]):
+  """Encodes pre-formed batches of text records with a SentenceTransformer.
+
+  Used as ``RunInference(handler.with_no_batching())`` after
+  ``BatchByTokenLengthFn``: each element is one batch (a list of records with
+  ``id``, ``text``, ``text_sha256``), and each output is one embedding row.
+  The model is loaded in ``load_model`` on the worker, once per process (or
+  once per machine with ``share_across_processes``), never pickled.
+  """
+  def __init__(
+      self,
+      model_name_or_path: str,
+      *,
+      device: Device = 'auto',
+      max_seq_length: Optional[int] = None,
+      prompt: Optional[str] = None,
+      normalize: bool = True,
+      precision: Precision = 'float32',
+      trust_remote_code: bool = False,
+      share_across_processes: bool = False,
+      model_copies: Optional[int] = None):
+    super().__init__(
+        large_model=share_across_processes, model_copies=model_copies)
+    self._model_name_or_path = model_name_or_path
+    self._device = device
+    self._max_seq_length = max_seq_length
+    self._prompt = prompt or None
+    self._normalize = normalize
+    self._dtype = np.float16 if precision == 'float16' else np.float32
+    self._trust_remote_code = trust_remote_code
+
+  def load_model(self) -> Any:
+    from sentence_transformers import SentenceTransformer
+    model = SentenceTransformer(
+        self._model_name_or_path, device=resolve_device(self._device),
+        trust_remote_code=self._trust_remote_code)
+    if self._max_seq_length:
+      model.max_seq_length = self._max_seq_length
+    model.eval()
+    return model
+
+  def run_inference(
+      self,
+      batch: Sequence[dict],
+      model: Any,
+      inference_args: Optional[dict[str, Any]] = None) -> Iterable[dict]:
+    texts = [record['text'] for record in batch]
+    embeddings = model.encode(
+        texts, batch_size=max(1, len(texts)), prompt=self._prompt,
+        normalize_embeddings=self._normalize, convert_to_numpy=True,
+        show_progress_bar=False)
+    embeddings = embeddings.astype(self._dtype, copy=False)
+    return [{
+        'id': record['id'],
+        'embedding': embedding,
+        'text_sha256': record['text_sha256'],
+    } for record, embedding in zip(batch, embeddings)]
+
+  def get_num_bytes(self, batch: Sequence[dict]) -> int:
+    return sum(len(record['text'].encode('utf-8', 'replace')) for record in batch)
+
+  def get_metrics_namespace(self) -> str:
+    return 'beam_rerank_bi_encoder'

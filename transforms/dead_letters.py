@@ -1,0 +1,55 @@
+"""The dead-letter contract: every rejected row, with the stage and a reason."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pyarrow as pa
+
+DEAD_LETTER_TAG = 'dead_letter'
+
+DEAD_LETTER_SCHEMA = pa.schema([
+    ('stage', pa.string()),
+    ('record_id', pa.string()),
+    ('reason', pa.string()),
+    ('payload', pa.string()),
+])
+
+
+def _json_default(value: Any) -> Any:
+  if hasattr(value, 'tolist'):
+    return value.tolist()
+  if isinstance(value, bytes):
+    return value.hex()
+  return str(value)
+
+
+def dead_letter(
+    stage: str, record_id: str | None, reason: str, payload: Any) -> dict:
+  """Builds one dead-letter row.
+
+  Args:
+    stage: the pipeline stage that rejected the row, e.g. ``'encode/validate'``.
+    record_id: the row's id when it has one, else None.
+    reason: ``'<code>: <explanation>'``; the code is what summaries count by.
+    payload: the rejected row (JSON-encoded) so nothing is lost.
+  """
+  if not isinstance(payload, str):
+    payload = json.dumps(
+        payload, ensure_ascii=False, sort_keys=True, default=_json_default)
+  return {
+      'stage': stage,
+      'record_id': None if record_id is None else str(record_id),
+      'reason': reason,
+      'payload': payload,
+  }
+
+
+def reason_code(reason: str) -> str:
+  """The short code in front of a reason: ``'null_text: ...'`` -> ``'null_text'``."""
+  return reason.split(':', 1)[0]
+
+
+def dead_letter_sort_key(row: dict) -> tuple:
+  """A total order on dead letters, so their files are deterministic."""
+  return (row['stage'], row['record_id'] or '', row['reason'], row['payload'])

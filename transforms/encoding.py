@@ -1,0 +1,260 @@
+"""The encode job's graph: Parquet rows -> embedding shards + dead letters."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Optional
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import RunInference
+
+from transforms.batching import BatchByTokenLengthFn
+from transforms.bi_encoder import SentenceTransformerHandler
+from transforms.dead_letters import (
+    DEAD_LETTER_SCHEMA, DEAD_LETTER_TAG, dead_letter, dead_letter_sort_key)
+from transforms.incremental import REUSED_TAG, ReuseUnchanged
+from transforms.model_info import BiEncoderInfo, load_tokenizer, resolve_model_dir
+from transforms.parquet_sink import (
+    MANIFEST_NAME, CommitOutputs, ShardedOutput, WriteParquetShards)
+from transforms.progress import LogProgressFn
+from transforms.texts import METRICS_NAMESPACE, PrepareTexts
+
+STAGE = 'encode'
+EMBEDDINGS_METADATA_KEY = b'beam_rerank.embeddings'
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodeConfig:
+  """Everything the encode job needs, validated by the launcher."""
+  input_pattern: str
+  output_dir: str
+  model: str
+  id_column: str = 'doc_id'
+  text_column: str = 'text'
+  title_column: Optional[str] = None
+  title_separator: str = '\n'
+  prompt: Optional[str] = None
+  max_seq_length: Optional[int] = None
+  precision: str = 'float32'
+  normalize: bool = True
+  device: str = 'auto'
+  previous_dir: Optional[str] = None
+  max_tokens_per_batch: int = 8192
+  max_batch_size: int = 256
+  sort_window: int = 8192
+  rows_per_shard: int = 100_000
+  share_model_across_processes: bool = False
+  model_copies: Optional[int] = None
+  trust_remote_code: bool = False
+
+
+def embedding_settings(config: EncodeConfig, info: BiEncoderInfo) -> dict:
+  """The manifest's description of the embeddings (what decides their values)."""
+  return {
+      'kind': 'embeddings',
+      'model': config.model,
+      'model_fingerprint': info.fingerprint,
+      'dim': info.dim,
+      'normalized': bool(config.normalize or info.model_normalizes),
+      'similarity': info.similarity,
+      'precision': config.precision,
+      'max_seq_length': info.max_seq_length,
+      'prompt': config.prompt or '',
+      'source': {
+          'input': config.input_pattern,
+          'id_column': config.id_column,
+          'text_column': config.text_column,
+          'title_column': config.title_column,
+          'title_separator': config.title_separator,
+      },
+  }
+
+
+def embedding_schema(dim: int, precision: str, settings: dict) -> pa.Schema:
+  """The embeddings contract: ``id, embedding fixed_size_list[dim], text_sha256``."""
+  value_type = pa.float16() if precision == 'float16' else pa.float32()
+  return pa.schema(
+      [
+          pa.field('id', pa.string(), nullable=False),
+          pa.field('embedding', pa.list_(value_type, dim), nullable=False),
+          pa.field('text_sha256', pa.string(), nullable=False),
+      ],
+      metadata={EMBEDDINGS_METADATA_KEY: json.dumps(settings, sort_keys=True)})
+
+
+def embeddings_to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
+  """Rows with numpy embeddings -> one Arrow table, without per-float Python work."""
+  list_type = schema.field('embedding').type
+  dim = list_type.list_size
+  dtype = np.float16 if list_type.value_type == pa.float16() else np.float32
+  if rows:
+    matrix = np.stack([np.asarray(r['embedding'], dtype=dtype) for r in rows])
+  else:
+    matrix = np.zeros((0, dim), dtype=dtype)
+  embeddings = pa.FixedSizeListArray.from_arrays(
+      pa.array(matrix.reshape(-1), type=list_type.value_type), dim)
+  return pa.Table.from_arrays(
+      [
+          pa.array([r['id'] for r in rows], pa.string()),
+          embeddings,
+          pa.array([r['text_sha256'] for r in rows], pa.string()),
+      ],
+      schema=schema)
+
+
+def _failed_batch_to_dead_letters(failed: tuple[Any, Exception]):
+  batch, error = failed
+  reason = f'encode_error: {type(error).__name__}: {error}'.splitlines()[0]
+  for record in batch:
+    yield dead_letter(
+        f'{STAGE}/inference', record.get('id'), reason,
+        {'id': record.get('id'), 'text': record.get('text')})
+
+
+class EncodeTexts(beam.PTransform):
+  """Text records -> ``{'embeddings', 'dead_letter'}``.
+
+  Length-aware batches (``BatchByTokenLengthFn``) go through ``RunInference``
+  with batching skipped; a batch that fails becomes dead letters, one per text.
+  """
+  def __init__(self, config: EncodeConfig, info: BiEncoderInfo):
+    super().__init__()
+    self._config = config
+    self._info = info
+
+  def expand(self, texts):
+    config, info = self._config, self._info
+    model = config.model
+    prompt = config.prompt or ''
+    handler = SentenceTransformerHandler(
+        model,
+        device=config.device,
+        max_seq_length=info.max_seq_length,
+        prompt=config.prompt,
+        normalize=config.normalize,
+        precision=config.precision,
+        trust_remote_code=config.trust_remote_code,
+        share_across_processes=config.share_model_across_processes,
+        model_copies=config.model_copies)
+    batches = texts | 'BatchByTokenLength' >> beam.ParDo(
+        BatchByTokenLengthFn(
+            tokenizer_loader=lambda: load_tokenizer(resolve_model_dir(model)),
+            tokenizer_key=f'tokenizer:{info.fingerprint}',
+            max_seq_length=info.max_seq_length,
+            max_tokens_per_batch=config.max_tokens_per_batch,
+            max_batch_size=config.max_batch_size,
+            sort_window=config.sort_window,
+            text_fn=lambda record: prompt + record['text'],
+            stage=STAGE))
+    embedded, failures = (
+        batches
+        | 'EncodeBatches' >> RunInference(
+            handler.with_no_batching()).with_exception_handling())
+    encoded = Metrics.counter(METRICS_NAMESPACE, f'{STAGE}/texts_encoded')
+
+    def count_encoded(row):
+      encoded.inc()
+      return row
+
+    embeddings = (
+        embedded
+        | 'CountEncoded' >> beam.Map(count_encoded)
+        | 'ReportProgress' >> beam.ParDo(LogProgressFn(STAGE, 'texts')))
+    dead = failures.failed_inferences | 'FailedBatchesToDeadLetters' >> beam.FlatMap(
+        _failed_batch_to_dead_letters)
+    return {'embeddings': embeddings, DEAD_LETTER_TAG: dead}
+
+
+def _previous_to_record(row: dict, dtype) -> dict:
+  return {
+      'id': row['id'],
+      'embedding': np.asarray(row['embedding'], dtype=dtype),
+      'text_sha256': row['text_sha256'],
+  }
+
+
+def build_encode_pipeline(
+    pipeline: beam.Pipeline,
+    config: EncodeConfig,
+    info: BiEncoderInfo,
+    reuse_previous: bool,
+) -> None:
+  """Wires the encode job onto ``pipeline``.
+
+  Args:
+    pipeline: the pipeline to add steps to.
+    config: the validated options.
+    info: the bi-encoder, inspected by the launcher.
+    reuse_previous: whether ``config.previous_dir`` holds embeddings made with
+      the same settings (checked by the launcher from its manifest).
+  """
+  settings = embedding_settings(config, info)
+  columns = [config.id_column, config.text_column]
+  if config.title_column:
+    columns.append(config.title_column)
+  rows = pipeline | 'ReadInputParquet' >> beam.io.ReadFromParquet(
+      config.input_pattern, columns=columns)
+  prepared = rows | 'PrepareTexts' >> PrepareTexts(
+      stage=STAGE,
+      id_column=config.id_column,
+      text_column=config.text_column,
+      title_column=config.title_column,
+      title_separator=config.title_separator)
+
+  to_encode = prepared['texts']
+  reused = None
+  if reuse_previous:
+    dtype = np.float16 if config.precision == 'float16' else np.float32
+    previous = (
+        pipeline
+        | 'ReadPreviousEmbeddings' >> beam.io.ReadFromParquet(
+            FileSystems.join(config.previous_dir, 'part-*.parquet'),
+            columns=['id', 'embedding', 'text_sha256'])
+        | 'PreviousToArrays' >> beam.Map(_previous_to_record, dtype=dtype))
+    split = {
+        'current': to_encode, 'previous': previous
+    } | 'ReuseUnchanged' >> ReuseUnchanged(STAGE)
+    to_encode, reused = split['to_encode'], split[REUSED_TAG]
+
+  # A Reshuffle after the read spreads the texts over workers before the
+  # expensive step (without it one bundle can carry the whole corpus).
+  encoded = (
+      to_encode
+      | 'SpreadTexts' >> beam.Reshuffle()
+      | 'EncodeTexts' >> EncodeTexts(config, info))
+  embeddings = encoded['embeddings']
+  if reused is not None:
+    embeddings = (embeddings, reused) | 'AddReused' >> beam.Flatten()
+  dead = ((prepared[DEAD_LETTER_TAG], encoded[DEAD_LETTER_TAG])
+          | 'FlattenDeadLetters' >> beam.Flatten())
+
+  embeddings_output = ShardedOutput(
+      name='embeddings',
+      root=config.output_dir,
+      subdirectory='',
+      schema=embedding_schema(info.dim, config.precision, settings),
+      key_fn=lambda row: row['id'],
+      rows_per_shard=config.rows_per_shard,
+      to_table=embeddings_to_table)
+  dead_letter_output = ShardedOutput(
+      name='dead_letter',
+      root=config.output_dir,
+      subdirectory='dead_letter',
+      schema=DEAD_LETTER_SCHEMA,
+      key_fn=lambda row: row['record_id'] or '',
+      sort_key_fn=dead_letter_sort_key,
+      rows_per_shard=config.rows_per_shard)
+  written = {
+      'embeddings': embeddings | 'WriteEmbeddings' >> WriteParquetShards(
+          embeddings_output),
+      'dead_letter': dead | 'WriteDeadLetters' >> WriteParquetShards(
+          dead_letter_output),
+  }
+  _ = pipeline | 'CommitOutputs' >> CommitOutputs(
+      [embeddings_output, dead_letter_output], written,
+      FileSystems.join(config.output_dir, MANIFEST_NAME), settings,
+      row_count_output='embeddings')

@@ -1,0 +1,245 @@
+"""Deterministic, all-or-nothing Parquet outputs.
+
+Beam's ``WriteToParquet`` assigns rows to shards in arrival order, so two runs
+on the same input give different files. Here a row's shard is a stable hash of
+its key, rows are sorted inside a shard, and the number of shards follows from
+the row count, so the same rows always make the same bytes. Shards are written
+to a staging folder and moved into place by one commit step that runs after
+every shard of every output is written; the manifest is written last, so a
+folder with a manifest is complete.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from typing import Any, Callable, Iterable, Mapping, Optional
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+MANIFEST_NAME = 'manifest.json'
+STAGING_NAME = '.staging'
+
+
+def stable_hash(key: str) -> int:
+  """A hash that is the same in every process and run (unlike ``hash``)."""
+  return int.from_bytes(
+      hashlib.blake2b(key.encode('utf-8', 'surrogatepass'), digest_size=8).digest(),
+      'big')
+
+
+def shard_file_name(shard: int, num_shards: int) -> str:
+  return f'part-{shard:05d}-of-{num_shards:05d}.parquet'
+
+
+def write_table(table: pa.Table, path: str) -> None:
+  """Writes one Parquet file through Beam filesystems (local, gs://, ...)."""
+  with FileSystems.create(
+      path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+    pq.write_table(table, handle, compression='zstd')
+
+
+def write_json(value: Any, path: str) -> None:
+  """Writes JSON to a temporary name, then renames it into place."""
+  data = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + '\n'
+  tmp_path = path + '.tmp'
+  with FileSystems.create(
+      tmp_path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+    handle.write(data.encode('utf-8'))
+  if FileSystems.exists(path):
+    FileSystems.delete([path])
+  FileSystems.rename([tmp_path], [path])
+
+
+def read_json(path: str) -> Any:
+  with FileSystems.open(
+      path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+    return json.loads(handle.read().decode('utf-8'))
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardedOutput:
+  """One folder of ``part-*.parquet`` files.
+
+  Attributes:
+    name: the output's name in the manifest, e.g. ``'embeddings'``.
+    root: the job's output folder (where the manifest goes).
+    subdirectory: the folder under ``root`` for these files ('' for root).
+    schema: the explicit Arrow schema (with key-value metadata) of every file.
+    key_fn: a row's shard key and sort key (a string, e.g. its id).
+    sort_key_fn: the order of rows inside a file; defaults to ``key_fn``.
+    rows_per_shard: the target size of a file.
+    to_table: rows -> Arrow table; defaults to ``Table.from_pylist``.
+  """
+  name: str
+  root: str
+  subdirectory: str
+  schema: pa.Schema
+  key_fn: Callable[[dict], str]
+  sort_key_fn: Optional[Callable[[dict], Any]] = None
+  rows_per_shard: int = 100_000
+  to_table: Optional[Callable[[list[dict], pa.Schema], pa.Table]] = None
+
+  @property
+  def directory(self) -> str:
+    if not self.subdirectory:
+      return self.root
+    return FileSystems.join(self.root, self.subdirectory)
+
+  @property
+  def staging_directory(self) -> str:
+    return FileSystems.join(self.root, STAGING_NAME, self.name)
+
+  def num_shards(self, num_rows: int) -> int:
+    return max(1, math.ceil(num_rows / self.rows_per_shard))
+
+  def make_table(self, rows: list[dict]) -> pa.Table:
+    if self.to_table is not None:
+      return self.to_table(rows, self.schema)
+    return pa.Table.from_pylist(rows, schema=self.schema)
+
+
+class _WriteShardFn(beam.DoFn):
+  def __init__(self, output: ShardedOutput):
+    self._output = output
+
+  def process(self, keyed: tuple[int, Iterable[dict]], num_rows: int):
+    shard, rows = keyed
+    output = self._output
+    rows = sorted(rows, key=output.sort_key_fn or output.key_fn)
+    num_shards = output.num_shards(num_rows)
+    file_name = shard_file_name(shard, num_shards)
+    write_table(
+        output.make_table(rows),
+        FileSystems.join(output.staging_directory, file_name))
+    yield {'file': file_name, 'rows': len(rows), 'num_shards': num_shards}
+
+
+class WriteParquetShards(beam.PTransform):
+  """Rows -> staged Parquet shards; outputs one small record per shard."""
+  def __init__(self, output: ShardedOutput):
+    super().__init__()
+    self._output = output
+
+  def expand(self, rows):
+    output = self._output
+    num_rows = beam.pvalue.AsSingleton(
+        rows | 'CountRows' >> beam.combiners.Count.Globally())
+    return (
+        rows
+        | 'AssignShard' >> beam.Map(
+            lambda row, n: (stable_hash(output.key_fn(row)) %
+                            output.num_shards(n), row), n=num_rows)
+        | 'GroupByShard' >> beam.GroupByKey()
+        | 'WriteShard' >> beam.ParDo(_WriteShardFn(output), num_rows=num_rows))
+
+
+def _list(pattern: str) -> list[str]:
+  try:
+    return [m.path for m in FileSystems.match([pattern])[0].metadata_list]
+  except Exception:
+    return []
+
+
+def commit_outputs(
+    outputs: Iterable[ShardedOutput],
+    written: Mapping[str, list[dict]],
+    manifest_path: str,
+    manifest: Mapping[str, Any],
+    row_count_output: Optional[str] = None,
+) -> dict:
+  """Moves staged shards into place, removes stale ones, writes the manifest.
+
+  The old manifest goes first and the new one last, so a folder is never seen
+  with a manifest that does not describe its files. Safe to run again.
+  """
+  if FileSystems.exists(manifest_path):
+    FileSystems.delete([manifest_path])
+  outputs = list(outputs)
+  described: dict[str, Any] = {}
+  for output in outputs:
+    shards = written.get(output.name, [])
+    num_shards = shards[0]['num_shards'] if shards else 1
+    by_name = {s['file']: s['rows'] for s in shards}
+    if not FileSystems.exists(output.directory):
+      FileSystems.mkdirs(output.directory)
+    for shard in range(num_shards):
+      file_name = shard_file_name(shard, num_shards)
+      staged = FileSystems.join(output.staging_directory, file_name)
+      final = FileSystems.join(output.directory, file_name)
+      if file_name not in by_name:  # A shard that got no rows.
+        write_table(output.schema.empty_table(), staged)
+        by_name[file_name] = 0
+      if FileSystems.exists(staged):
+        if FileSystems.exists(final):
+          FileSystems.delete([final])
+        FileSystems.rename([staged], [final])
+    for path in _list(FileSystems.join(output.directory, 'part-*.parquet')):
+      if path.rsplit('/', 1)[-1] not in by_name:
+        FileSystems.delete([path])
+    described[output.name] = {
+        'directory': output.subdirectory or '.',
+        'files': [{'path': name, 'rows': by_name[name]} for name in sorted(by_name)],
+        'rows': sum(by_name.values()),
+    }
+    if FileSystems.exists(output.staging_directory):
+      FileSystems.delete([output.staging_directory])
+  for root in {output.root for output in outputs}:
+    staging_root = FileSystems.join(root, STAGING_NAME)
+    if FileSystems.exists(staging_root):
+      FileSystems.delete([staging_root])
+  full_manifest = dict(manifest)
+  full_manifest['outputs'] = described
+  if row_count_output is not None:
+    full_manifest['row_count'] = described[row_count_output]['rows']
+  write_json(full_manifest, manifest_path)
+  return full_manifest
+
+
+class _CommitFn(beam.DoFn):
+  def __init__(self, outputs, manifest_path, manifest, row_count_output):
+    self._outputs = outputs
+    self._manifest_path = manifest_path
+    self._manifest = manifest
+    self._row_count_output = row_count_output
+
+  def process(self, unused_element, **written):
+    yield commit_outputs(
+        self._outputs, written, self._manifest_path, self._manifest,
+        self._row_count_output)
+
+
+class CommitOutputs(beam.PTransform):
+  """Runs ``commit_outputs`` once, after every shard of every output is written.
+
+  Applied to the pipeline; ``written`` maps each output's name to the
+  PCollection ``WriteParquetShards`` returned for it.
+  """
+  def __init__(
+      self, outputs: list[ShardedOutput], written: Mapping[str, Any],
+      manifest_path: str, manifest: Mapping[str, Any],
+      row_count_output: Optional[str] = None):
+    super().__init__()
+    self._row_count_output = row_count_output
+    self._outputs = outputs
+    self._written = written
+    self._manifest_path = manifest_path
+    self._manifest = dict(manifest)
+
+  def expand(self, pbegin):
+    side_inputs = {
+        name: beam.pvalue.AsList(pcoll) for name, pcoll in self._written.items()
+    }
+    return (
+        pbegin
+        | 'CommitTrigger' >> beam.Create([None])
+        | 'MoveIntoPlace' >> beam.ParDo(
+            _CommitFn(
+                self._outputs, self._manifest_path, self._manifest,
+                self._row_count_output),
+            **side_inputs))
