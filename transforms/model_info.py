@@ -136,9 +136,7 @@ def inspect_bi_encoder(
       name_or_path=name_or_path,
       model_dir=model_dir,
       fingerprint=fingerprint_model_dir(model_dir),
-      dim=int(getattr(model, "get_embedding_dimension", None) and
-              model.get_embedding_dimension() or
-              model.get_sentence_embedding_dimension()),
+      dim=int(model.get_embedding_dimension()),
       max_seq_length=int(max_seq_length or model_max or 512),
       similarity=str(model.similarity_fn_name or 'cosine'),
       model_normalizes=normalizes,
