@@ -58,8 +58,10 @@ class _SharedTokenizer:
 class BatchByTokenLengthFn(beam.DoFn):
   """Buffers up to ``sort_window`` texts, then emits token-budgeted batches.
 
-  Each output element is a list of input records, each with ``num_tokens`` (the
-  length the model sees, capped at ``max_seq_length``) and ``truncated`` added.
+  ``text_fn`` gives a record's text, or a ``(query, passage)`` pair for a
+  cross-encoder. Each output element is a list of input records, each with
+  ``num_tokens`` (the length the model sees, capped at ``max_seq_length``) and
+  ``truncated`` added.
   """
   def __init__(
       self,
@@ -69,7 +71,7 @@ class BatchByTokenLengthFn(beam.DoFn):
       max_tokens_per_batch: int,
       max_batch_size: int,
       sort_window: int,
-      text_fn: Callable[[dict], str],
+      text_fn: Callable[[dict], Any],
       stage: str):
     self._tokenizer_loader = tokenizer_loader
     self._tokenizer_key = tokenizer_key
@@ -103,11 +105,16 @@ class BatchByTokenLengthFn(beam.DoFn):
     for batch in self._flush():
       yield window.GlobalWindows.windowed_value_at_end_of_window(batch)
 
-  def _token_lengths(self, texts: list[str]) -> list[int]:
+  def _token_lengths(self, texts: list) -> list[int]:
     # Truncating at max_seq_length + 1 bounds the work on huge texts and
     # still tells a truncated text (length max + 1) from one that fits.
+    # Pairs (query, passage) for cross-encoders are tokenized as pairs.
+    if texts and isinstance(texts[0], tuple):
+      first, second = [t[0] for t in texts], [t[1] for t in texts]
+    else:
+      first, second = texts, None
     encoded = self._tokenizer(
-        texts, add_special_tokens=True, truncation=True,
+        first, second, add_special_tokens=True, truncation=True,
         max_length=self._max_seq_length + 1, return_attention_mask=False,
         return_token_type_ids=False)
     return [len(ids) for ids in encoded['input_ids']]
