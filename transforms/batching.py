@@ -122,7 +122,8 @@ class BatchByTokenLengthFn(beam.DoFn):
   def _flush(self) -> Iterable[list[dict]]:
     if not self._buffer:
       return
-    records, self._buffer = self._buffer, []
+    # Copies: a DoFn must not mutate its input elements.
+    records, self._buffer = [dict(r) for r in self._buffer], []
     raw_lengths = self._token_lengths([self._text_fn(r) for r in records])
     lengths = []
     for record, raw in zip(records, raw_lengths):
