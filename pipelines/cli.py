@@ -7,6 +7,9 @@ from typing import Sequence
 
 JOBS = {
     'encode': ('pipelines.encode', 'Parquet texts -> embedding shards + manifest'),
+    'rerank': ('pipelines.rerank',
+               'queries x corpus -> dense/supplied candidates -> cross-encoder -> ranked'),
+    'evaluate': ('pipelines.evaluate', 'ranked + qrels -> nDCG/MRR/Recall per stage'),
 }
 
 USAGE = 'usage: beam-rerank {' + ','.join(JOBS) + '} [options]   (beam-rerank JOB --help)'

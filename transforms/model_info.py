@@ -141,3 +141,44 @@ def inspect_bi_encoder(
       similarity=str(model.similarity_fn_name or 'cosine'),
       model_normalizes=normalizes,
   )
+
+
+@dataclasses.dataclass(frozen=True)
+class CrossEncoderInfo:
+  """What the launcher learns about a cross-encoder before building a pipeline."""
+  name_or_path: str
+  model_dir: str
+  fingerprint: str
+  max_length: int
+  num_labels: int
+
+
+def inspect_cross_encoder(
+    name_or_path: str, max_length: int | None = None,
+    trust_remote_code: bool = False) -> CrossEncoderInfo:
+  """Loads the cross-encoder once on the CPU: it must load and give 1 score."""
+  model_dir = resolve_model_dir(name_or_path)
+  from sentence_transformers import CrossEncoder
+  try:
+    model = CrossEncoder(
+        model_dir, device='cpu', max_length=max_length,
+        trust_remote_code=trust_remote_code)
+  except Exception as error:
+    raise UserInputError(
+        f'cannot load cross-encoder {name_or_path!r}: '
+        f'{type(error).__name__}: {error}'.splitlines()[0])
+  num_labels = int(getattr(model, 'num_labels', 1) or 1)
+  if num_labels != 1:
+    raise UserInputError(
+        f'cross-encoder {name_or_path!r} has {num_labels} labels; ranking needs '
+        'a 1-label (relevance score) model')
+  effective = max_length or getattr(model, 'max_length', None) or getattr(
+      model.tokenizer, 'model_max_length', None) or 512
+  effective = min(int(effective), 8192)
+  return CrossEncoderInfo(
+      name_or_path=name_or_path,
+      model_dir=model_dir,
+      fingerprint=fingerprint_model_dir(model_dir),
+      max_length=effective,
+      num_labels=num_labels,
+  )

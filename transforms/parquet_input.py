@@ -113,3 +113,10 @@ def check_parquet_input(
             f'{option}: column {column!r} in {path} is {dtype}, '
             f'expected {_KIND_HELP[kind]}')
   return CheckedInput(pattern=pattern, files=tuple(files), num_rows=num_rows)
+
+
+def file_columns(path: str) -> list[str]:
+  """The column names of one Parquet file (its footer only)."""
+  with FileSystems.open(
+      path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+    return pq.read_schema(handle).names

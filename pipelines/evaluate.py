@@ -1,0 +1,101 @@
+"""The ``evaluate`` job: ranked Parquet + qrels -> metrics per stage.
+
+    beam-rerank evaluate --ranked out/ranked --qrels qrels.parquet
+
+Writes ``metrics.json``, ``metrics.parquet`` and ``metrics.png`` (into --output,
+default the ranked folder) and prints retrieval and rerank side by side. The
+metrics themselves are ir-measures' (trec_eval); no Beam pipeline is needed
+for a table this size.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+from typing import Iterable, Optional, Sequence
+
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from pipelines import common
+from transforms import evaluation
+from transforms.parquet_input import check_parquet_input
+from transforms.parquet_sink import write_json
+
+PROG = 'beam-rerank evaluate'
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog=prog,
+      description='Score a rerank output against relevance judgments: nDCG@10, '
+      'MRR@10, Recall@100 (and any @k asked) for the retrieval stage and the '
+      'reranked stage side by side.')
+  parser.add_argument('--ranked', required=True, metavar='DIR', help='Output folder of the rerank job.')
+  parser.add_argument(
+      '--qrels', required=True, metavar='GLOB',
+      help='Parquet qrels: query_id, doc_id, relevance (int; > 0 is relevant).')
+  parser.add_argument(
+      '--output', metavar='DIR', default=None,
+      help='Where metrics.json/.parquet/.png go (default: the --ranked folder).')
+  parser.add_argument(
+      '--metrics', default=','.join(evaluation.DEFAULT_MEASURES),
+      help='Comma-separated ir-measures names (default: %(default)s; MRR@k and '
+      'Recall@k spellings work too).')
+  return parser
+
+
+def _write_bytes(data: bytes, path: str) -> None:
+  with FileSystems.create(
+      path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+    handle.write(data)
+
+
+def evaluate_ranked(
+    ranked_dir: str, qrels_pattern: str, metric_names: Iterable[str],
+    output_dir: str, query_ids: Optional[Iterable[str]] = None) -> dict:
+  """Computes, writes and prints the metrics of a rerank output folder."""
+  measures = evaluation.parse_measures(metric_names)
+  qrels_input = check_parquet_input(
+      qrels_pattern, '--qrels',
+      {'query_id': 'id', 'doc_id': 'id', 'relevance': 'int'})
+  qrels = evaluation.read_qrels(qrels_input.files)
+  ranked, which = evaluation.read_ranked(ranked_dir)
+  metrics = evaluation.evaluate_stages(ranked, qrels, measures, query_ids)
+  queries = int(metrics['queries'][0]) if metrics.height else 0
+  report = {
+      'ranked': ranked_dir,
+      'rows_evaluated': which,
+      'qrels': qrels_pattern,
+      'queries_evaluated': queries,
+      'metrics': {
+          stage: dict(zip(group['measure'].to_list(), group['value'].to_list()))
+          for (stage,), group in metrics.group_by('stage', maintain_order=True)
+      },
+  }
+  write_json(report, FileSystems.join(output_dir, 'metrics.json'))
+  buffer = io.BytesIO()
+  metrics.write_parquet(buffer)
+  _write_bytes(buffer.getvalue(), FileSystems.join(output_dir, 'metrics.parquet'))
+  png = evaluation.plot_report(
+      metrics, ranked, qrels, f'{ranked_dir} ({queries} judged queries)')
+  _write_bytes(png, FileSystems.join(output_dir, 'metrics.png'))
+  print(f'\n== metrics ({queries:,} judged queries, {which} rows; '
+        'linear-gain nDCG, relevance > 0 relevant)')
+  print(evaluation.metrics_table(metrics))
+  print(f'  written: {FileSystems.join(output_dir, "metrics.json")}, metrics.parquet, metrics.png')
+  return report
+
+
+def run(argv: Sequence[str] | None = None) -> dict:
+  args = build_parser().parse_args(argv)
+  return evaluate_ranked(
+      args.ranked, args.qrels, args.metrics.split(','), args.output or args.ranked)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  return common.main_wrapper(run, PROG, argv)
+
+
+if __name__ == '__main__':
+  sys.exit(main())

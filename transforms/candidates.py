@@ -1,0 +1,186 @@
+"""Candidate pairs: supplied runs checked and deduplicated, joined with texts.
+
+Candidates come from dense retrieval, from a supplied Parquet run
+(``query_id, doc_id[, score]``, e.g. BM25), or both (their union). Every
+candidate ends as a scored pair or a dead letter with a reason.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Mapping
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from transforms.dead_letters import DEAD_LETTER_TAG, dead_letter
+from transforms.texts import METRICS_NAMESPACE
+
+STAGE = 'rerank'
+SOURCE_DENSE = 'dense'
+SOURCE_SUPPLIED = 'supplied'
+_SOURCE_PREFERENCE = {SOURCE_DENSE: 0, SOURCE_SUPPLIED: 1}
+
+
+class _ValidateSuppliedFn(beam.DoFn):
+  """Supplied candidate rows -> candidates, or dead letters (null ids, NaN score)."""
+  def __init__(self, score_column: str | None):
+    self._score_column = score_column
+    self._rows_in = Metrics.counter(METRICS_NAMESPACE, f'{STAGE}/supplied_candidates_in')
+
+  def process(self, row: dict):
+    self._rows_in.inc()
+    query_id, doc_id = row.get('query_id'), row.get('doc_id')
+    score = row.get(self._score_column) if self._score_column else None
+    reason = None
+    if query_id is None or str(query_id).strip() == '':
+      reason = 'null_query_id: candidate has no query_id'
+    elif doc_id is None or str(doc_id).strip() == '':
+      reason = 'null_doc_id: candidate has no doc_id'
+    elif self._score_column and score is not None and not math.isfinite(score):
+      reason = f'bad_score: score is {score}'
+    if reason is not None:
+      yield beam.pvalue.TaggedOutput(
+          DEAD_LETTER_TAG,
+          dead_letter(f'{STAGE}/candidates', None if query_id is None else
+                      f'{query_id}\t{doc_id}', reason, row))
+      return
+    yield {
+        'query_id': str(query_id),
+        'doc_id': str(doc_id),
+        'retrieval_score': None if score is None else float(score),
+        'retrieval_rank': None,
+        'source': SOURCE_SUPPLIED,
+    }
+
+
+def _score_order(candidate: dict) -> tuple:
+  score = candidate['retrieval_score']
+  return (-(score if score is not None else -math.inf), candidate['doc_id'])
+
+
+class _MergeCandidatesFn(beam.DoFn):
+  """One query's candidates -> one row per doc, retrieval ranks filled in.
+
+  Duplicates within a source keep the copy with the best score and
+  dead-letter the rest; a doc found by both sources keeps the dense row
+  (counted as overlap). Supplied candidates get ranks by score (desc, doc_id).
+  """
+  def __init__(self):
+    self._duplicates = Metrics.counter(METRICS_NAMESPACE, f'{STAGE}/duplicate_pairs')
+    self._overlap = Metrics.counter(METRICS_NAMESPACE, f'{STAGE}/union_overlap')
+
+  def process(self, keyed: tuple[str, Iterable[dict]]):
+    query_id, candidates = keyed
+    by_source: dict[str, list[dict]] = {}
+    for candidate in candidates:
+      by_source.setdefault(candidate['source'], []).append(candidate)
+    chosen: dict[str, dict] = {}
+    for source in sorted(by_source, key=_SOURCE_PREFERENCE.get):
+      rows = sorted(by_source[source], key=_score_order)
+      kept: dict[str, dict] = {}
+      for row in rows:
+        if row['doc_id'] in kept:
+          self._duplicates.inc()
+          yield beam.pvalue.TaggedOutput(
+              DEAD_LETTER_TAG,
+              dead_letter(
+                  f'{STAGE}/candidates', f'{query_id}\t{row["doc_id"]}',
+                  'duplicate_pair: the same (query_id, doc_id) again; the copy '
+                  'with the best score was kept', row))
+          continue
+        kept[row['doc_id']] = row
+      if source == SOURCE_SUPPLIED:
+        for rank, row in enumerate(kept.values(), start=1):
+          row['retrieval_rank'] = rank if row['retrieval_score'] is not None else None
+      for doc_id, row in kept.items():
+        if doc_id in chosen:
+          self._overlap.inc()
+          continue
+        chosen[doc_id] = row
+    for row in chosen.values():
+      yield {k: v for k, v in row.items() if k != 'source'}
+
+
+class SuppliedCandidates(beam.PTransform):
+  """Supplied candidate rows -> validated candidate dicts + dead letters."""
+  def __init__(self, score_column: str | None):
+    super().__init__()
+    self._score_column = score_column
+
+  def expand(self, rows):
+    checked = rows | 'ValidateCandidates' >> beam.ParDo(
+        _ValidateSuppliedFn(self._score_column)).with_outputs(
+            DEAD_LETTER_TAG, main='candidates')
+    return {'candidates': checked.candidates, DEAD_LETTER_TAG: checked[DEAD_LETTER_TAG]}
+
+
+class MergeCandidates(beam.PTransform):
+  """All candidates (any sources) -> one row per (query, doc) + dead letters."""
+  def expand(self, candidates):
+    merged = (
+        candidates
+        | 'KeyByQuery' >> beam.WithKeys(lambda c: c['query_id'])
+        | 'GroupByQuery' >> beam.GroupByKey()
+        | 'MergePerQuery' >> beam.ParDo(_MergeCandidatesFn()).with_outputs(
+            DEAD_LETTER_TAG, main='candidates'))
+    return {'candidates': merged.candidates, DEAD_LETTER_TAG: merged[DEAD_LETTER_TAG]}
+
+
+class _AttachTextFn(beam.DoFn):
+  """``(id, {'texts': [...], 'candidates': [...]})`` -> candidates with the text."""
+  def __init__(self, id_field: str, text_field: str, reason: str):
+    self._id_field = id_field
+    self._text_field = text_field
+    self._reason = reason
+    self._unknown = Metrics.counter(METRICS_NAMESPACE, f'{STAGE}/{reason}')
+
+  def process(self, joined: tuple[str, Mapping[str, Iterable[Any]]]):
+    record_id, groups = joined
+    texts = list(groups['texts'])
+    for candidate in groups['candidates']:
+      if not texts:
+        self._unknown.inc()
+        yield beam.pvalue.TaggedOutput(
+            DEAD_LETTER_TAG,
+            dead_letter(
+                f'{STAGE}/join', f'{candidate["query_id"]}\t{candidate["doc_id"]}',
+                f'{self._reason}: {self._id_field} {record_id!r} is not in the '
+                'input (or was dead-lettered there)', candidate))
+        continue
+      joined_candidate = dict(candidate)
+      joined_candidate[self._text_field] = texts[0]
+      yield joined_candidate
+
+
+class JoinTexts(beam.PTransform):
+  """Candidates + query texts + passage texts -> pairs ready to score.
+
+  Two ``CoGroupByKey`` joins (by doc_id, then by query_id); a candidate whose
+  id has no text is dead-lettered as ``unknown_doc_id``/``unknown_query_id``.
+  """
+  def expand(self, pcolls):
+    with_passages = (
+        {
+            'texts': pcolls['corpus'] | 'CorpusTextsById' >> beam.Map(
+                lambda r: (r['id'], r['text'])),
+            'candidates': pcolls['candidates'] | 'CandidatesByDoc' >> beam.WithKeys(
+                lambda c: c['doc_id']),
+        }
+        | 'JoinPassages' >> beam.CoGroupByKey()
+        | 'AttachPassages' >> beam.ParDo(
+            _AttachTextFn('doc_id', 'passage_text', 'unknown_doc_id')).with_outputs(
+                DEAD_LETTER_TAG, main='pairs'))
+    with_queries = (
+        {
+            'texts': pcolls['queries'] | 'QueryTextsById' >> beam.Map(
+                lambda r: (r['id'], r['text'])),
+            'candidates': with_passages.pairs | 'PairsByQuery' >> beam.WithKeys(
+                lambda c: c['query_id']),
+        }
+        | 'JoinQueries' >> beam.CoGroupByKey()
+        | 'AttachQueries' >> beam.ParDo(
+            _AttachTextFn('query_id', 'query_text', 'unknown_query_id')).with_outputs(
+                DEAD_LETTER_TAG, main='pairs'))
+    dead = ((with_passages[DEAD_LETTER_TAG], with_queries[DEAD_LETTER_TAG])
+            | 'FlattenJoinDeadLetters' >> beam.Flatten())
+    return {'pairs': with_queries.pairs, DEAD_LETTER_TAG: dead}

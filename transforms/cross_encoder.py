@@ -1,0 +1,86 @@
+"""A RunInference ModelHandler for a sentence-transformers CrossEncoder."""
+from __future__ import annotations
+
+from typing import Any, Iterable, Literal, Optional, Sequence
+
+import numpy as np
+from apache_beam.ml.inference.base import ModelHandler
+
+from transforms.bi_encoder import Device, resolve_device
+
+Activation = Literal['identity', 'sigmoid', 'model']
+
+
+def activation_module(activation: Activation) -> Any:
+  """The ``activation_fn`` for ``CrossEncoder.predict``; None = the model's own."""
+  import torch
+  if activation == 'identity':
+    return torch.nn.Identity()
+  if activation == 'sigmoid':
+    return torch.nn.Sigmoid()
+  return None
+
+
+class CrossEncoderHandler(ModelHandler[list, dict, Any]):
+  """Scores pre-formed batches of ``(query_text, passage_text)`` records.
+
+  Used as ``RunInference(handler.with_no_batching())`` after length-aware
+  batching. Each output is the input record with ``score`` added (float32),
+  exactly what ``CrossEncoder.predict`` returns for the pair with the chosen
+  activation: raw logits (``identity``, the default for BCE-trained models),
+  ``sigmoid``, or the model's own (``model``).
+  """
+  def __init__(
+      self,
+      model_name_or_path: str,
+      *,
+      device: Device = 'auto',
+      max_length: Optional[int] = None,
+      activation: Activation = 'identity',
+      trust_remote_code: bool = False,
+      share_across_processes: bool = False,
+      model_copies: Optional[int] = None):
+    super().__init__(
+        large_model=share_across_processes, model_copies=model_copies)
+    self._model_name_or_path = model_name_or_path
+    self._device = device
+    self._max_length = max_length
+    self._activation = activation
+    self._trust_remote_code = trust_remote_code
+
+  def load_model(self) -> Any:
+    from sentence_transformers import CrossEncoder
+    model = CrossEncoder(
+        self._model_name_or_path, device=resolve_device(self._device),
+        max_length=self._max_length, trust_remote_code=self._trust_remote_code)
+    model.eval()
+    return model
+
+  def run_inference(
+      self,
+      batch: Sequence[dict],
+      model: Any,
+      inference_args: Optional[dict[str, Any]] = None) -> Iterable[dict]:
+    pairs = [(record['query_text'], record['passage_text']) for record in batch]
+    scores = model.predict(
+        pairs, batch_size=max(1, len(pairs)), show_progress_bar=False,
+        activation_fn=activation_module(self._activation), convert_to_numpy=True)
+    scores = np.asarray(scores, dtype=np.float32).reshape(len(pairs), -1)
+    if scores.shape[1] != 1:
+      raise ValueError(
+          f'the cross-encoder returns {scores.shape[1]} scores per pair; '
+          'ranking needs a 1-label model')
+    outputs = []
+    for record, score in zip(batch, scores[:, 0]):
+      scored = dict(record)
+      scored['score'] = float(score)
+      outputs.append(scored)
+    return outputs
+
+  def get_num_bytes(self, batch: Sequence[dict]) -> int:
+    return sum(
+        len(r['query_text'].encode('utf-8', 'replace')) +
+        len(r['passage_text'].encode('utf-8', 'replace')) for r in batch)
+
+  def get_metrics_namespace(self) -> str:
+    return 'beam_rerank_cross_encoder'

@@ -1,0 +1,165 @@
+"""The rerank job's graph: candidates -> texts -> cross-encoder -> ranked Parquet."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+
+from transforms.candidates import (
+    SOURCE_DENSE, JoinTexts, MergeCandidates, SuppliedCandidates)
+from transforms.dead_letters import (
+    DEAD_LETTER_SCHEMA, DEAD_LETTER_TAG, dead_letter_sort_key)
+from transforms.parquet_sink import (
+    MANIFEST_NAME, CommitOutputs, ShardedOutput, WriteParquetShards)
+from transforms.ranking import ALL_TAG, RANKED_SCHEMA, RankPerQuery, ranked_sort_key
+from transforms.retrieval import ExactTopK
+from transforms.scoring import ScorePairs
+from transforms.texts import METRICS_NAMESPACE, PrepareTexts
+
+
+@dataclasses.dataclass(frozen=True)
+class RerankConfig:
+  """Everything the rerank job needs, validated by the launcher."""
+  queries_pattern: str
+  corpus_pattern: str
+  output_dir: str
+  cross_encoder: str
+  cross_encoder_fingerprint: str
+  max_length: int
+  query_embeddings_dir: Optional[str] = None
+  corpus_embeddings_dir: Optional[str] = None
+  normalize_embeddings: bool = False
+  candidates_pattern: Optional[str] = None
+  candidates_score_column: Optional[str] = None
+  top_k: int = 100
+  top_n: int = 10
+  query_id_column: str = 'query_id'
+  query_text_column: str = 'text'
+  doc_id_column: str = 'doc_id'
+  doc_text_column: str = 'text'
+  doc_title_column: Optional[str] = None
+  title_separator: str = '\n'
+  activation: str = 'identity'
+  device: str = 'auto'
+  max_tokens_per_batch: int = 8192
+  max_batch_size: int = 256
+  sort_window: int = 8192
+  corpus_block_size: int = 16384
+  query_block_size: int = 1024
+  rows_per_shard: int = 100_000
+  share_model_across_processes: bool = False
+  model_copies: Optional[int] = None
+  trust_remote_code: bool = False
+
+
+def _read_texts(pipeline, label, pattern, id_column, text_column, title_column,
+                title_separator, stage):
+  columns = [id_column, text_column] + ([title_column] if title_column else [])
+  rows = pipeline | f'Read{label}Parquet' >> beam.io.ReadFromParquet(
+      pattern, columns=columns)
+  return rows | f'Prepare{label}Texts' >> PrepareTexts(
+      stage=stage, id_column=id_column, text_column=text_column,
+      title_column=title_column, title_separator=title_separator)
+
+
+_DENSE_CANDIDATES = Metrics.counter(METRICS_NAMESPACE, 'rerank/dense_candidates')
+
+
+def _dense_row(row: dict) -> dict:
+  _DENSE_CANDIDATES.inc()
+  return dict(row, source=SOURCE_DENSE)
+
+
+def build_rerank_pipeline(
+    pipeline: beam.Pipeline, config: RerankConfig, manifest: dict) -> None:
+  """Wires the rerank job onto ``pipeline``; ``manifest`` describes the run."""
+  queries = _read_texts(
+      pipeline, 'Queries', config.queries_pattern, config.query_id_column,
+      config.query_text_column, None, config.title_separator, 'rerank/queries')
+  corpus = _read_texts(
+      pipeline, 'Corpus', config.corpus_pattern, config.doc_id_column,
+      config.doc_text_column, config.doc_title_column, config.title_separator,
+      'rerank/corpus')
+
+  candidate_sources = []
+  dead_letters = [queries[DEAD_LETTER_TAG], corpus[DEAD_LETTER_TAG]]
+  if config.query_embeddings_dir:
+    def read_embeddings(label, directory):
+      return pipeline | f'Read{label}Embeddings' >> beam.io.ReadFromParquetBatched(
+          FileSystems.join(directory, 'part-*.parquet'), columns=['id', 'embedding'])
+
+    dense = (
+        {
+            'queries': read_embeddings('Query', config.query_embeddings_dir),
+            'corpus': read_embeddings('Corpus', config.corpus_embeddings_dir),
+        }
+        | 'ExactDenseTopK' >> ExactTopK(
+            config.top_k, corpus_block_size=config.corpus_block_size,
+            query_block_size=config.query_block_size,
+            normalize=config.normalize_embeddings)
+        | 'MarkDense' >> beam.Map(_dense_row))
+    candidate_sources.append(dense)
+  if config.candidates_pattern:
+    columns = ['query_id', 'doc_id']
+    if config.candidates_score_column:
+      columns.append(config.candidates_score_column)
+    supplied = (
+        pipeline
+        | 'ReadCandidatesParquet' >> beam.io.ReadFromParquet(
+            config.candidates_pattern, columns=columns)
+        | 'CheckSuppliedCandidates' >> SuppliedCandidates(
+            config.candidates_score_column))
+    candidate_sources.append(supplied['candidates'])
+    dead_letters.append(supplied[DEAD_LETTER_TAG])
+
+  candidates = (
+      candidate_sources | 'FlattenCandidateSources' >> beam.Flatten()
+      | 'MergeCandidates' >> MergeCandidates())
+  pairs = {
+      'candidates': candidates['candidates'],
+      'queries': queries['texts'],
+      'corpus': corpus['texts'],
+  } | 'JoinTexts' >> JoinTexts()
+  scored = (
+      pairs['pairs']
+      | 'SpreadPairs' >> beam.Reshuffle()
+      | 'ScorePairs' >> ScorePairs(
+          config.cross_encoder, config.cross_encoder_fingerprint,
+          config.max_length, device=config.device,
+          activation=config.activation,
+          max_tokens_per_batch=config.max_tokens_per_batch,
+          max_batch_size=config.max_batch_size, sort_window=config.sort_window,
+          trust_remote_code=config.trust_remote_code,
+          share_across_processes=config.share_model_across_processes,
+          model_copies=config.model_copies))
+  ranked = scored['scored'] | 'RankPerQuery' >> RankPerQuery(config.top_n)
+  dead_letters += [
+      candidates[DEAD_LETTER_TAG], pairs[DEAD_LETTER_TAG], scored[DEAD_LETTER_TAG]]
+  dead = dead_letters | 'FlattenDeadLetters' >> beam.Flatten()
+
+  def ranked_output(name, subdirectory):
+    return ShardedOutput(
+        name=name, root=config.output_dir, subdirectory=subdirectory,
+        schema=RANKED_SCHEMA, key_fn=lambda row: row['query_id'],
+        sort_key_fn=ranked_sort_key, rows_per_shard=config.rows_per_shard)
+
+  outputs = [
+      ranked_output('ranked', ''),
+      ranked_output('candidates', 'candidates'),
+      ShardedOutput(
+          name='dead_letter', root=config.output_dir, subdirectory='dead_letter',
+          schema=DEAD_LETTER_SCHEMA, key_fn=lambda row: row['record_id'] or '',
+          sort_key_fn=dead_letter_sort_key, rows_per_shard=config.rows_per_shard),
+  ]
+  written = {
+      'ranked': ranked['top'] | 'WriteRanked' >> WriteParquetShards(outputs[0]),
+      'candidates': ranked[ALL_TAG] | 'WriteScoredCandidates' >> WriteParquetShards(
+          outputs[1]),
+      'dead_letter': dead | 'WriteDeadLetters' >> WriteParquetShards(outputs[2]),
+  }
+  _ = pipeline | 'CommitOutputs' >> CommitOutputs(
+      outputs, written, FileSystems.join(config.output_dir, MANIFEST_NAME),
+      manifest, row_count_output='ranked')
