@@ -10,6 +10,7 @@ JOBS = {
     'rerank': ('pipelines.rerank',
                'queries x corpus -> dense/supplied candidates -> cross-encoder -> ranked'),
     'evaluate': ('pipelines.evaluate', 'ranked + qrels -> nDCG/MRR/Recall per stage'),
+    'sample-data': ('pipelines.sample_data', 'write the small bilingual sample collection'),
 }
 
 USAGE = 'usage: beam-rerank {' + ','.join(JOBS) + '} [options]   (beam-rerank JOB --help)'

@@ -1,0 +1,34 @@
+"""``sample-data``: writes the project's small bilingual sample collection.
+
+    beam-rerank sample-data --output sample_data/
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from pipelines import common
+from transforms.sample_data import write_sample_data
+
+PROG = 'beam-rerank sample-data'
+
+
+def run(argv: Sequence[str] | None = None) -> dict[str, str]:
+  parser = argparse.ArgumentParser(
+      prog=PROG, description='Write corpus.parquet, queries.parquet and qrels.parquet '
+      '(36 English/Russian passages, 24 queries) into a folder.')
+  parser.add_argument('--output', required=True, metavar='DIR', help='Folder to write into.')
+  args = parser.parse_args(argv)
+  paths = write_sample_data(args.output)
+  for name, path in paths.items():
+    print(f'[sample-data] {name}: {path}', file=sys.stderr)
+  return paths
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  return common.main_wrapper(run, PROG, argv)
+
+
+if __name__ == '__main__':
+  sys.exit(main())
