@@ -13,6 +13,8 @@ REQUIRED = [
     'pyarrow>=18',
     'polars>=1.30',
     'numpy>=1.26',
+    'ir-measures>=0.3',   # metrics (trec_eval underneath)
+    'matplotlib>=3.7',    # the report PNGs
 ]
 
 EXTRAS = {
