@@ -15,6 +15,8 @@ REQUIRED = [
     'numpy>=1.26',
     'ir-measures>=0.3',   # metrics (trec_eval underneath)
     'matplotlib>=3.7',    # the report PNGs
+    'datasets>=3',        # the train job reads mined Parquet with load_dataset
+    'accelerate>=1',      # the sentence-transformers trainers need it
 ]
 
 EXTRAS = {

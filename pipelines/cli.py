@@ -10,6 +10,8 @@ JOBS = {
     'rerank': ('pipelines.rerank',
                'queries x corpus -> dense/supplied candidates -> cross-encoder -> ranked'),
     'evaluate': ('pipelines.evaluate', 'ranked + qrels -> nDCG/MRR/Recall per stage'),
+    'mine': ('pipelines.mine', 'candidates + labels -> training-pair Parquet per format'),
+    'train': ('pipelines.train', 'training pairs -> a fine-tuned CrossEncoder or bi-encoder'),
     'sample-data': ('pipelines.sample_data', 'write the small bilingual sample collection'),
 }
 

@@ -1,0 +1,231 @@
+"""The ``mine`` job: ranked or retrieved candidates + labels -> training pairs.
+
+    beam-rerank mine --ranked out/ranked --queries q.parquet --corpus c.parquet \\
+        --qrels qrels.parquet --output out/pairs --format labeled-pair,pair
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Sequence
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from pipelines import common
+from pipelines.rerank import _check_embeddings
+from transforms.errors import UserInputError
+from transforms.mining import FORMATS, GUARDS, MiningConfig
+from transforms.parquet_input import check_parquet_input, file_columns, match_files
+from transforms.parquet_sink import MANIFEST_NAME, read_json, write_json
+from transforms.training_pairs import MineConfig, build_mine_pipeline
+
+PROG = 'beam-rerank mine'
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog=prog,
+      description='Mine training pairs: positives from qrels (or a positives table, '
+      'or cross-encoder score thresholds), hard negatives from ranked/retrieved '
+      'candidates with the guards of sentence-transformers mine_hard_negatives; one '
+      'folder per format, train/dev split by query id, ready for the '
+      'sentence-transformers trainers (ids in aligned *-ids folders).',
+      epilog=common.BEAM_EPILOG)
+  io = parser.add_argument_group('input and output')
+  io.add_argument('--ranked', metavar='DIR', default=None, help='Output of the rerank job (its candidates/ with cross-encoder scores).')
+  io.add_argument('--candidates', metavar='GLOB', default=None, help='Candidates Parquet: query_id, doc_id[, score][, retrieval_rank].')
+  io.add_argument('--query-embeddings', metavar='DIR', default=None, help='With --corpus-embeddings: retrieve dense candidates here.')
+  io.add_argument('--corpus-embeddings', metavar='DIR', default=None)
+  io.add_argument('--top-k', type=common.positive_int, default=100, help='Dense candidates per query (default: %(default)s).')
+  io.add_argument('--queries', required=True, metavar='GLOB', help='Parquet queries (query_id, text).')
+  io.add_argument('--corpus', required=True, metavar='GLOB', help='Parquet corpus (doc_id, text[, title]).')
+  io.add_argument('--output', required=True, metavar='DIR', help='Folder: FORMAT/train, FORMAT/dev, FORMAT/train-ids, ..., manifest.json, report.json.')
+  io.add_argument('--query-id-column', default='query_id')
+  io.add_argument('--query-text-column', default='text')
+  io.add_argument('--doc-id-column', default='doc_id')
+  io.add_argument('--doc-text-column', default='text')
+  io.add_argument('--doc-title-column', default=None)
+  io.add_argument('--title-separator', default='\n')
+  io.add_argument('--rows-per-shard', type=common.positive_int, default=100_000)
+
+  labels = parser.add_argument_group('labels')
+  labels.add_argument('--qrels', metavar='GLOB', default=None, help='query_id, doc_id, relevance: positives are relevance >= --min-relevance.')
+  labels.add_argument('--min-relevance', type=int, default=1, help='(default: %(default)s)')
+  labels.add_argument('--positives', metavar='GLOB', default=None, help='A positives table: query_id, doc_id (every row a positive).')
+  labels.add_argument(
+      '--positive-threshold', type=float, default=None,
+      help='No qrels: candidates scoring >= this are pseudo-positives (marked as such in the manifest).')
+  labels.add_argument('--negative-threshold', type=float, default=None, help='No qrels: only candidates scoring <= this may be negatives.')
+
+  guards = parser.add_argument_group('negatives (sentence-transformers mine_hard_negatives semantics)')
+  guards.add_argument('--format', default='labeled-pair,pair', help=f'Comma-separated, of {",".join(FORMATS)} (default: %(default)s).')
+  guards.add_argument('--num-negatives', type=common.positive_int, default=3, help='(default: %(default)s)')
+  guards.add_argument('--range-min', type=int, default=0, help='Skip the best N candidates (after the other guards) (default: %(default)s).')
+  guards.add_argument('--range-max', type=common.positive_int, default=None, help='Consider only the first N candidates in retrieval order (plus one per positive).')
+  guards.add_argument('--max-score', type=float, default=None, help='Drop candidates scoring above this.')
+  guards.add_argument('--min-score', type=float, default=None, help='Drop candidates scoring below this.')
+  guards.add_argument('--absolute-margin', type=float, default=None, help='Keep a negative only if score + margin <= weakest positive score.')
+  guards.add_argument('--relative-margin', type=float, default=None, help='Keep a negative only if score <= p - |p| * margin (p: weakest positive score).')
+  guards.add_argument('--sampling', choices=['top', 'random'], default='top', help='(default: %(default)s)')
+  guards.add_argument('--seed', type=int, default=12, help='For --sampling random (default: %(default)s).')
+  guards.add_argument(
+      '--score-column', default=None,
+      help='Candidate score used by the guards (default: score = cross-encoder for '
+      '--ranked/--candidates; retrieval score for dense).')
+  guards.add_argument('--dev-fraction', type=float, default=0.0, help='Share of queries (by id hash) in dev/ (default: %(default)s).')
+  return parser
+
+
+def run(argv: Sequence[str] | None = None) -> dict:
+  """Runs the mine job; returns its report (also written as report.json)."""
+  common.quiet_libraries()
+  started = time.perf_counter()
+  args, beam_args = build_parser().parse_known_args(argv)
+  options = common.pipeline_options(beam_args, PROG)
+  sources = [bool(args.ranked), bool(args.candidates), bool(args.query_embeddings)]
+  if sum(sources) != 1:
+    raise UserInputError(
+        'give exactly one candidate source: --ranked, --candidates, or '
+        '--query-embeddings with --corpus-embeddings')
+  if bool(args.query_embeddings) != bool(args.corpus_embeddings):
+    raise UserInputError('--query-embeddings and --corpus-embeddings go together')
+  label_sources = [bool(args.qrels), bool(args.positives), args.positive_threshold is not None]
+  if sum(label_sources) != 1:
+    raise UserInputError(
+        'give exactly one label source: --qrels, --positives, or --positive-threshold')
+  formats = [f.strip() for f in args.format.split(',') if f.strip()]
+  unknown = [f for f in formats if f not in FORMATS]
+  if unknown or not formats:
+    raise UserInputError(f'unknown --format {",".join(unknown)}; choose from {",".join(FORMATS)}')
+  if not 0 <= args.dev_fraction < 1:
+    raise UserInputError('--dev-fraction must be in [0, 1)')
+  if args.range_min < 0:
+    raise UserInputError('--range-min must be >= 0')
+  if args.range_max is not None and args.range_min >= args.range_max:
+    raise UserInputError('--range-min must be smaller than --range-max')
+  if os.path.isfile(args.output):
+    raise UserInputError(f'--output {args.output!r} is a file, not a folder')
+
+  queries = check_parquet_input(args.queries, '--queries', {
+      args.query_id_column: 'id', args.query_text_column: 'string'})
+  corpus_columns = {args.doc_id_column: 'id', args.doc_text_column: 'string'}
+  if args.doc_title_column:
+    corpus_columns[args.doc_title_column] = 'string'
+  corpus = check_parquet_input(args.corpus, '--corpus', corpus_columns)
+  score_column = args.score_column
+  candidates_pattern = None
+  normalize = False
+  if args.ranked:
+    pattern = FileSystems.join(args.ranked, 'candidates', 'part-*.parquet')
+    try:
+      match_files(pattern, '--ranked')
+    except UserInputError:
+      pattern = FileSystems.join(args.ranked, 'part-*.parquet')
+    score_column = score_column or 'score'
+    checked = check_parquet_input(pattern, '--ranked', {
+        'query_id': 'id', 'doc_id': 'id', 'retrieval_rank': 'int', score_column: 'float'})
+    candidates_pattern, source = checked.pattern, 'ranked'
+  elif args.candidates:
+    checked = check_parquet_input(args.candidates, '--candidates', {
+        'query_id': 'id', 'doc_id': 'id'})
+    score_column = score_column or 'score'
+    if score_column not in file_columns(checked.files[0]):
+      score_column = None
+    else:
+      check_parquet_input(args.candidates, '--candidates', {score_column: 'float'})
+    candidates_pattern, source = checked.pattern, 'candidates'
+  else:
+    embeddings, _ = _check_embeddings(args.query_embeddings, args.corpus_embeddings)
+    normalize = not embeddings['normalized'] and embeddings['similarity'] == 'cosine'
+    source = 'dense'
+  needs_scores = any(v is not None for v in (
+      args.max_score, args.min_score, args.absolute_margin, args.relative_margin,
+      args.positive_threshold))
+  if needs_scores and source == 'candidates' and score_column is None:
+    raise UserInputError('score guards/thresholds need a score column in --candidates')
+  if args.qrels:
+    check_parquet_input(args.qrels, '--qrels', {'query_id': 'id', 'doc_id': 'id', 'relevance': 'int'})
+  if args.positives:
+    check_parquet_input(args.positives, '--positives', {'query_id': 'id', 'doc_id': 'id'})
+
+  mining = MiningConfig(
+      num_negatives=args.num_negatives, range_min=args.range_min, range_max=args.range_max,
+      max_score=args.max_score, min_score=args.min_score,
+      absolute_margin=args.absolute_margin, relative_margin=args.relative_margin,
+      sampling_strategy=args.sampling, seed=args.seed, min_relevance=args.min_relevance,
+      positive_threshold=args.positive_threshold, negative_threshold=args.negative_threshold)
+  output_dir = args.output.rstrip('/')
+  config = MineConfig(
+      queries_pattern=queries.pattern, corpus_pattern=corpus.pattern, output_dir=output_dir,
+      formats=formats, mining=mining, candidate_source=source,
+      candidates_pattern=candidates_pattern, candidates_score_column=score_column,
+      query_embeddings_dir=args.query_embeddings, corpus_embeddings_dir=args.corpus_embeddings,
+      normalize_embeddings=normalize, top_k=args.top_k, qrels_pattern=args.qrels,
+      positives_pattern=args.positives, query_id_column=args.query_id_column,
+      query_text_column=args.query_text_column, doc_id_column=args.doc_id_column,
+      doc_text_column=args.doc_text_column, doc_title_column=args.doc_title_column,
+      title_separator=args.title_separator, dev_fraction=args.dev_fraction,
+      rows_per_shard=args.rows_per_shard)
+  manifest = {
+      'kind': 'training_pairs',
+      'formats': formats,
+      'candidate_source': source,
+      'score_column': score_column if source != 'dense' else 'retrieval_score',
+      'labels': ('pseudo: cross-encoder score thresholds '
+                 f'(positive >= {args.positive_threshold}, negative <= {args.negative_threshold})'
+                 if args.positive_threshold is not None else
+                 'qrels' if args.qrels else 'positives table'),
+      'pseudo_labels': args.positive_threshold is not None,
+      'mining': {k: v for k, v in vars(mining).items()},
+      'dev_fraction': args.dev_fraction,
+      'split': 'dev if blake2b(query_id) % 1e6 < dev_fraction * 1e6',
+  }
+  pipeline = beam.Pipeline(options=options)
+  build_mine_pipeline(pipeline, config, manifest)
+  result = pipeline.run()
+  result.wait_until_finish()
+  finished = time.perf_counter()
+  counts = common.counters(result, 'mine')
+  written = read_json(FileSystems.join(output_dir, MANIFEST_NAME))
+  rows = {name: info['rows'] for name, info in written['outputs'].items()
+          if not name.endswith('-ids')}
+  report = {
+      'job': 'mine',
+      'output': output_dir,
+      'queries_with_candidates': counts.get('queries', 0),
+      'queries_with_positives': counts.get('queries_with_positives', 0),
+      'queries_without_positives': counts.get('queries_without_positives', 0),
+      'queries_without_negatives': counts.get('queries_without_negatives', 0),
+      'positives': counts.get('positives', 0),
+      'negatives_kept': counts.get('negatives_kept', 0),
+      'candidates_dropped': {g: counts.get(f'dropped_{g}', 0) for g in GUARDS},
+      'rows': rows,
+      'pseudo_labels': manifest['pseudo_labels'],
+      'wall_seconds': finished - started,
+  }
+  write_json(report, FileSystems.join(output_dir, 'report.json'))
+  common.print_summary('mine summary', [
+      ('queries with candidates', report['queries_with_candidates']),
+      ('  with positives', report['queries_with_positives']),
+      ('  without positives', report['queries_without_positives']),
+      ('  with no negative left', report['queries_without_negatives']),
+      ('positives', report['positives']),
+      ('negatives kept', report['negatives_kept']),
+      *[(f'  dropped: {g}', n) for g, n in report['candidates_dropped'].items() if n],
+      *[(f'rows {name}', n) for name, n in rows.items()],
+      ('labels', manifest['labels']),
+      ('wall time (s)', report['wall_seconds']),
+      ('output', output_dir),
+  ])
+  return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  return common.main_wrapper(run, PROG, argv)
+
+
+if __name__ == '__main__':
+  sys.exit(main())

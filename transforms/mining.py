@@ -1,0 +1,318 @@
+"""Hard-negative mining per query, with the guards of
+``sentence_transformers.util.mine_hard_negatives``, as small Beam transforms.
+
+For one query: the candidate pool is its best ``range_max + #positives``
+candidates in retrieval order; positives are removed; margin guards (against
+the query's *weakest* positive, as sentence-transformers does), ``max_score``
+and ``min_score`` drop candidates; the rest are ordered by score (desc, then
+doc_id), the first ``range_min`` skipped, and ``num_negatives`` taken from the
+top or sampled (seeded by query id, so runs are deterministic).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from typing import Iterable, Literal, Optional, Sequence
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from transforms.parquet_sink import stable_hash
+from transforms.texts import METRICS_NAMESPACE
+
+STAGE = 'mine'
+GUARDS = ('positive', 'range_max', 'absolute_margin', 'relative_margin',
+          'max_score', 'min_score', 'positive_score_unknown', 'range_min',
+          'not_sampled')
+
+
+@dataclasses.dataclass(frozen=True)
+class MiningConfig:
+  """The guards and sampling of hard-negative mining (sentence-transformers' names)."""
+  num_negatives: int = 3
+  range_min: int = 0
+  range_max: Optional[int] = None
+  max_score: Optional[float] = None
+  min_score: Optional[float] = None
+  absolute_margin: Optional[float] = None
+  relative_margin: Optional[float] = None
+  sampling_strategy: Literal['top', 'random'] = 'top'
+  seed: int = 12
+  min_relevance: int = 1
+  # Pseudo-labels (no qrels): positive at/above, negative candidates at/below.
+  positive_threshold: Optional[float] = None
+  negative_threshold: Optional[float] = None
+
+
+@dataclasses.dataclass
+class Candidate:
+  doc_id: str
+  score: Optional[float]
+  retrieval_rank: int
+
+
+@dataclasses.dataclass
+class MinedQuery:
+  """One query's result: positives and negatives as ``(doc_id, score)``."""
+  query_id: str
+  positives: list[tuple[str, Optional[float]]]
+  negatives: list[tuple[str, Optional[float]]]
+  dropped: dict[str, int]
+
+
+def _score_order(candidate: Candidate) -> tuple:
+  score = -math.inf if candidate.score is None else candidate.score
+  return (-score, candidate.doc_id)
+
+
+def mine_query(
+    query_id: str,
+    candidates: Sequence[Candidate],
+    positive_ids: Sequence[str],
+    config: MiningConfig,
+) -> MinedQuery:
+  """Mines one query's negatives from its candidates (see the module doc)."""
+  dropped = {guard: 0 for guard in GUARDS}
+  by_doc = {c.doc_id: c for c in candidates}
+  positives = sorted(set(positive_ids))
+  positive_scores = [by_doc[p].score for p in positives
+                     if p in by_doc and by_doc[p].score is not None]
+  pool = sorted(candidates, key=lambda c: (c.retrieval_rank, c.doc_id))
+  if config.range_max is not None:
+    limit = config.range_max + len(positives)
+    dropped['range_max'] = max(0, len(pool) - limit)
+    pool = pool[:limit]
+  positive_set = set(positives)
+  kept = []
+  for candidate in pool:
+    if candidate.doc_id in positive_set:
+      dropped['positive'] += 1
+    else:
+      kept.append(candidate)
+  needs_margin = config.absolute_margin is not None or config.relative_margin is not None
+  if needs_margin:
+    if not positive_scores:
+      dropped['positive_score_unknown'] += len(kept)
+      kept = []
+    else:
+      weakest = min(positive_scores)
+      if config.absolute_margin is not None:
+        before = len(kept)
+        kept = [c for c in kept if not (c.score + config.absolute_margin > weakest)]
+        dropped['absolute_margin'] += before - len(kept)
+      if config.relative_margin is not None:
+        threshold = weakest - abs(weakest) * config.relative_margin
+        before = len(kept)
+        kept = [c for c in kept if not (c.score > threshold)]
+        dropped['relative_margin'] += before - len(kept)
+  if config.max_score is not None:
+    before = len(kept)
+    kept = [c for c in kept if not (c.score > config.max_score)]
+    dropped['max_score'] += before - len(kept)
+  if config.min_score is not None:
+    before = len(kept)
+    kept = [c for c in kept if not (c.score < config.min_score)]
+    dropped['min_score'] += before - len(kept)
+  kept.sort(key=_score_order)
+  skipped = kept[:config.range_min]
+  dropped['range_min'] += len(skipped)
+  kept = kept[config.range_min:]
+  if config.sampling_strategy == 'random' and len(kept) > config.num_negatives:
+    rng = random.Random(stable_hash(f'{config.seed}\t{query_id}'))
+    chosen = sorted(rng.sample(range(len(kept)), config.num_negatives))
+    negatives = [kept[i] for i in chosen]
+  else:
+    negatives = kept[:config.num_negatives]
+  dropped['not_sampled'] += len(kept) - len(negatives)
+  return MinedQuery(
+      query_id=query_id,
+      positives=[(p, by_doc[p].score if p in by_doc else None) for p in positives],
+      negatives=[(c.doc_id, c.score) for c in negatives],
+      dropped=dropped)
+
+
+def pseudo_label(
+    candidates: Sequence[Candidate], config: MiningConfig) -> tuple[list[str], list[Candidate]]:
+  """Without qrels: positives are candidates scoring >= positive_threshold;
+  only candidates scoring <= negative_threshold may become negatives."""
+  positives = [c.doc_id for c in candidates
+               if c.score is not None and c.score >= config.positive_threshold]
+  pool = [c for c in candidates
+          if c.doc_id in positives or config.negative_threshold is None or
+          (c.score is not None and c.score <= config.negative_threshold)]
+  return positives, pool
+
+
+class _MineQueryFn(beam.DoFn):
+  """``(query_id, {'candidates': rows, 'qrels': rows})`` -> ``MinedQuery``."""
+  def __init__(self, config: MiningConfig, score_field: str):
+    self._config = config
+    self._score_field = score_field
+    self._queries = Metrics.counter(METRICS_NAMESPACE, f'{STAGE}/queries')
+    self._with_positives = Metrics.counter(
+        METRICS_NAMESPACE, f'{STAGE}/queries_with_positives')
+    self._without_positives = Metrics.counter(
+        METRICS_NAMESPACE, f'{STAGE}/queries_without_positives')
+    self._without_negatives = Metrics.counter(
+        METRICS_NAMESPACE, f'{STAGE}/queries_without_negatives')
+    self._positives = Metrics.counter(METRICS_NAMESPACE, f'{STAGE}/positives')
+    self._negatives = Metrics.counter(METRICS_NAMESPACE, f'{STAGE}/negatives_kept')
+    self._dropped = {
+        guard: Metrics.counter(METRICS_NAMESPACE, f'{STAGE}/dropped_{guard}')
+        for guard in GUARDS}
+
+  def process(self, joined):
+    mined = self._mine(*joined)
+    if mined is not None:
+      yield mined
+
+  def _mine(self, query_id, groups) -> Optional[MinedQuery]:
+    rows = list(groups['candidates'])
+    if not rows:
+      return None  # Judged, but never retrieved: nothing to mine from.
+    self._queries.inc()
+    candidates = []
+    for index, row in enumerate(sorted(
+        rows, key=lambda r: (r.get('retrieval_rank') or math.inf, r['doc_id']))):
+      score = row.get(self._score_field)
+      candidates.append(Candidate(
+          doc_id=row['doc_id'], score=None if score is None else float(score),
+          retrieval_rank=index + 1))
+    if self._config.positive_threshold is not None:
+      positive_ids, candidates = pseudo_label(candidates, self._config)
+    else:
+      positive_ids = [
+          q['doc_id'] for q in groups['qrels']
+          if q['relevance'] is not None and q['relevance'] >= self._config.min_relevance]
+    if not positive_ids:
+      self._without_positives.inc()
+      return None
+    self._with_positives.inc()
+    mined = mine_query(query_id, candidates, positive_ids, self._config)
+    self._positives.inc(len(mined.positives))
+    self._negatives.inc(len(mined.negatives))
+    if not mined.negatives:
+      self._without_negatives.inc()
+    for guard, count in mined.dropped.items():
+      if count:
+        self._dropped[guard].inc(count)
+    return mined
+
+
+class MineNegatives(beam.PTransform):
+  """``{'candidates': rows, 'qrels': rows}`` -> one ``MinedQuery`` per query.
+
+  Grouped per query (``CoGroupByKey``): memory is one query's candidates.
+  """
+  def __init__(self, config: MiningConfig, score_field: str):
+    super().__init__()
+    self._config = config
+    self._score_field = score_field
+
+  def expand(self, pcolls):
+    keyed = {
+        'candidates': pcolls['candidates'] | 'CandidatesByQuery' >> beam.WithKeys(
+            lambda r: r['query_id']),
+        'qrels': pcolls['qrels'] | 'QrelsByQuery' >> beam.WithKeys(
+            lambda r: r['query_id']),
+    }
+    return (
+        keyed
+        | 'GroupPerQuery' >> beam.CoGroupByKey()
+        | 'MinePerQuery' >> beam.ParDo(_MineQueryFn(self._config, self._score_field)))
+
+
+class AttachMinedTexts(beam.PTransform):
+  """``MinedQuery`` + query texts + passage texts -> ``(MinedQuery, query_text,
+  {doc_id: text})``; only the documents a query needs travel to it."""
+  def expand(self, pcolls):
+    mined = pcolls['mined']
+    wanted = mined | 'DocsNeeded' >> beam.FlatMap(
+        lambda m: [(doc_id, m.query_id) for doc_id, _ in m.positives + m.negatives])
+    doc_texts_per_query = (
+        {'texts': pcolls['corpus'] | 'CorpusById' >> beam.Map(lambda r: (r['id'], r['text'])),
+         'queries': wanted}
+        | 'JoinDocTexts' >> beam.CoGroupByKey()
+        | 'TextsToQueries' >> beam.FlatMap(_texts_to_queries))
+    return (
+        {
+            'mined': mined | 'MinedById' >> beam.WithKeys(lambda m: m.query_id),
+            'query_text': pcolls['queries'] | 'QueriesById' >> beam.Map(
+                lambda r: (r['id'], r['text'])),
+            'doc_texts': doc_texts_per_query,
+        }
+        | 'JoinPerQuery' >> beam.CoGroupByKey()
+        | 'AssembleQuery' >> beam.FlatMap(_assemble))
+
+
+def _texts_to_queries(joined):
+  doc_id, groups = joined
+  texts = list(groups['texts'])
+  for query_id in set(groups['queries']):
+    yield query_id, (doc_id, texts[0] if texts else None)
+
+
+def _assemble(joined):
+  query_id, groups = joined
+  mined = list(groups['mined'])
+  query_texts = list(groups['query_text'])
+  if not mined or not query_texts:
+    return
+  yield mined[0], query_texts[0], dict(groups['doc_texts'])
+
+
+def split_of(query_id: str, dev_fraction: float) -> str:
+  """``train`` or ``dev``, decided by a stable hash of the query id."""
+  if dev_fraction <= 0:
+    return 'train'
+  return 'dev' if (stable_hash(query_id) % 1_000_000) < dev_fraction * 1_000_000 else 'train'
+
+
+def format_rows(
+    fmt: str, mined: MinedQuery, query_text: str, doc_texts: dict,
+    num_negatives: int) -> Iterable[tuple[dict, dict]]:
+  """``(text row, id row)`` pairs of one training format for one query.
+
+  Text rows have exactly the columns the sentence-transformers trainers take;
+  id rows, aligned one to one, keep the ids for traceability.
+  """
+  positives = [(d, s) for d, s in mined.positives if doc_texts.get(d)]
+  negatives = [(d, s) for d, s in mined.negatives if doc_texts.get(d)]
+  qid = mined.query_id
+  if fmt == 'labeled-pair':
+    for doc_id, _ in positives:
+      yield ({'sentence_0': query_text, 'sentence_1': doc_texts[doc_id], 'label': 1.0},
+             {'query_id': qid, 'doc_id': doc_id})
+    for doc_id, _ in negatives:
+      yield ({'sentence_0': query_text, 'sentence_1': doc_texts[doc_id], 'label': 0.0},
+             {'query_id': qid, 'doc_id': doc_id})
+  elif fmt == 'pair':
+    for doc_id, _ in positives:
+      yield ({'sentence_0': query_text, 'sentence_1': doc_texts[doc_id]},
+             {'query_id': qid, 'doc_id': doc_id})
+  elif fmt == 'triplet':
+    for positive_id, _ in positives:
+      for negative_id, _ in negatives:
+        yield ({'anchor': query_text, 'positive': doc_texts[positive_id],
+                'negative': doc_texts[negative_id]},
+               {'query_id': qid, 'positive_id': positive_id, 'negative_id': negative_id})
+  elif fmt == 'n-tuple':
+    if len(negatives) < num_negatives:
+      return
+    for positive_id, _ in positives:
+      row = {'anchor': query_text, 'positive': doc_texts[positive_id]}
+      for i, (negative_id, _) in enumerate(negatives[:num_negatives], start=1):
+        row[f'negative_{i}'] = doc_texts[negative_id]
+      yield (row, {'query_id': qid, 'positive_id': positive_id,
+                   'negative_ids': [n for n, _ in negatives[:num_negatives]]})
+  elif fmt == 'distill':
+    for doc_id, score in positives + negatives:
+      if score is not None:
+        yield ({'query': query_text, 'passage': doc_texts[doc_id], 'score': float(score)},
+               {'query_id': qid, 'doc_id': doc_id})
+  else:
+    raise ValueError(fmt)
+
+
+FORMATS = ('labeled-pair', 'pair', 'triplet', 'n-tuple', 'distill')

@@ -1,0 +1,191 @@
+"""The mine job's graph: candidates + labels -> training-pair Parquet per format."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Sequence
+
+import apache_beam as beam
+import pyarrow as pa
+from apache_beam.io.filesystems import FileSystems
+
+from transforms.dead_letters import DEAD_LETTER_SCHEMA, DEAD_LETTER_TAG, dead_letter_sort_key
+from transforms.mining import (
+    AttachMinedTexts, MineNegatives, MiningConfig, format_rows, split_of)
+from transforms.parquet_sink import (
+    MANIFEST_NAME, CommitOutputs, ShardedOutput, WriteParquetShards)
+from transforms.retrieval import ExactTopK
+from transforms.texts import PrepareTexts
+
+SPLITS = ('train', 'dev')
+
+
+def text_schema(fmt: str, num_negatives: int) -> pa.Schema:
+  """The columns the sentence-transformers trainers take, and nothing else."""
+  s = pa.string()
+  if fmt == 'labeled-pair':
+    return pa.schema([('sentence_0', s), ('sentence_1', s), ('label', pa.float32())])
+  if fmt == 'pair':
+    return pa.schema([('sentence_0', s), ('sentence_1', s)])
+  if fmt == 'triplet':
+    return pa.schema([('anchor', s), ('positive', s), ('negative', s)])
+  if fmt == 'n-tuple':
+    return pa.schema([('anchor', s), ('positive', s)] +
+                     [(f'negative_{i}', s) for i in range(1, num_negatives + 1)])
+  if fmt == 'distill':
+    return pa.schema([('query', s), ('passage', s), ('score', pa.float32())])
+  raise ValueError(fmt)
+
+
+def id_schema(fmt: str) -> pa.Schema:
+  """Ids of each row of a format, aligned row for row with its text files."""
+  s = pa.string()
+  if fmt in ('labeled-pair', 'pair', 'distill'):
+    return pa.schema([('query_id', s), ('doc_id', s)])
+  if fmt == 'triplet':
+    return pa.schema([('query_id', s), ('positive_id', s), ('negative_id', s)])
+  if fmt == 'n-tuple':
+    return pa.schema([('query_id', s), ('positive_id', s), ('negative_ids', pa.list_(s))])
+  raise ValueError(fmt)
+
+
+@dataclasses.dataclass(frozen=True)
+class MineConfig:
+  """Everything the mine job needs, validated by the launcher."""
+  queries_pattern: str
+  corpus_pattern: str
+  output_dir: str
+  formats: Sequence[str]
+  mining: MiningConfig
+  candidate_source: str  # 'ranked', 'candidates' or 'dense'
+  candidates_pattern: Optional[str] = None  # ranked files or supplied candidates
+  candidates_score_column: Optional[str] = None
+  query_embeddings_dir: Optional[str] = None
+  corpus_embeddings_dir: Optional[str] = None
+  normalize_embeddings: bool = False
+  top_k: int = 100
+  qrels_pattern: Optional[str] = None
+  positives_pattern: Optional[str] = None
+  query_id_column: str = 'query_id'
+  query_text_column: str = 'text'
+  doc_id_column: str = 'doc_id'
+  doc_text_column: str = 'text'
+  doc_title_column: Optional[str] = None
+  title_separator: str = '\n'
+  dev_fraction: float = 0.0
+  rows_per_shard: int = 100_000
+
+
+def _candidate_row(row: dict, score_field: Optional[str]) -> dict:
+  score = row.get(score_field) if score_field else None
+  return {
+      'query_id': str(row['query_id']),
+      'doc_id': str(row['doc_id']),
+      'retrieval_rank': row.get('retrieval_rank'),
+      'score': None if score is None else float(score),
+  }
+
+
+def _qrel_row(row: dict) -> dict:
+  return {'query_id': str(row['query_id']), 'doc_id': str(row['doc_id']),
+          'relevance': int(row.get('relevance', 1) if row.get('relevance') is not None else 0)}
+
+
+def _keyed_rows(item, fmt: str, num_negatives: int, dev_fraction: float):
+  mined, query_text, doc_texts = item
+  split = split_of(mined.query_id, dev_fraction)
+  for index, (text_row, id_row) in enumerate(
+      format_rows(fmt, mined, query_text, doc_texts, num_negatives)):
+    key = f'{mined.query_id}\t{index:06d}'
+    yield beam.pvalue.TaggedOutput(split, (key, text_row, id_row))
+
+
+def build_mine_pipeline(pipeline: beam.Pipeline, config: MineConfig, manifest: dict) -> None:
+  """Wires the mine job onto ``pipeline``."""
+  def read_texts(label, pattern, id_column, text_column, title_column, stage):
+    columns = [id_column, text_column] + ([title_column] if title_column else [])
+    return (pipeline
+            | f'Read{label}Parquet' >> beam.io.ReadFromParquet(pattern, columns=columns)
+            | f'Prepare{label}Texts' >> PrepareTexts(
+                stage=stage, id_column=id_column, text_column=text_column,
+                title_column=title_column, title_separator=config.title_separator))
+
+  queries = read_texts('Queries', config.queries_pattern, config.query_id_column,
+                       config.query_text_column, None, 'mine/queries')
+  corpus = read_texts('Corpus', config.corpus_pattern, config.doc_id_column,
+                      config.doc_text_column, config.doc_title_column, 'mine/corpus')
+
+  if config.candidate_source == 'dense':
+    def read_embeddings(label, directory):
+      return pipeline | f'Read{label}Embeddings' >> beam.io.ReadFromParquetBatched(
+          FileSystems.join(directory, 'part-*.parquet'), columns=['id', 'embedding'])
+    candidates = (
+        {'queries': read_embeddings('Query', config.query_embeddings_dir),
+         'corpus': read_embeddings('Corpus', config.corpus_embeddings_dir)}
+        | 'ExactDenseTopK' >> ExactTopK(
+            config.top_k, normalize=config.normalize_embeddings)
+        | 'ToCandidates' >> beam.Map(_candidate_row, 'retrieval_score'))
+  else:
+    columns = ['query_id', 'doc_id']
+    if config.candidate_source == 'ranked':
+      columns.append('retrieval_rank')
+    if config.candidates_score_column:
+      columns.append(config.candidates_score_column)
+    candidates = (
+        pipeline
+        | 'ReadCandidatesParquet' >> beam.io.ReadFromParquet(
+            config.candidates_pattern, columns=columns)
+        | 'ToCandidates' >> beam.Map(_candidate_row, config.candidates_score_column))
+
+  if config.qrels_pattern:
+    labels = (pipeline
+              | 'ReadQrelsParquet' >> beam.io.ReadFromParquet(
+                  config.qrels_pattern, columns=['query_id', 'doc_id', 'relevance'])
+              | 'ToQrels' >> beam.Map(_qrel_row))
+  elif config.positives_pattern:
+    labels = (pipeline
+              | 'ReadPositivesParquet' >> beam.io.ReadFromParquet(
+                  config.positives_pattern, columns=['query_id', 'doc_id'])
+              | 'ToQrels' >> beam.Map(_qrel_row))
+  else:
+    labels = pipeline | 'NoQrels' >> beam.Create([])
+
+  mined = {'candidates': candidates, 'qrels': labels} | 'MineNegatives' >> MineNegatives(
+      config.mining, 'score')
+  with_texts = {
+      'mined': mined, 'queries': queries['texts'], 'corpus': corpus['texts'],
+  } | 'AttachTexts' >> AttachMinedTexts()
+
+  outputs, written = [], {}
+  for fmt in config.formats:
+    label = ''.join(part.title() for part in fmt.split('-'))
+    by_split = with_texts | f'Format{label}' >> beam.FlatMap(
+        _keyed_rows, fmt, config.mining.num_negatives, config.dev_fraction).with_outputs(
+            *SPLITS)
+    for split in SPLITS:
+      for kind, schema, index in (('', text_schema(fmt, config.mining.num_negatives), 1),
+                                  ('-ids', id_schema(fmt), 2)):
+        output = ShardedOutput(
+            name=f'{fmt}/{split}{kind}', root=config.output_dir,
+            subdirectory=f'{fmt}/{split}{kind}', schema=schema,
+            key_fn=lambda row: row['_key'].split('\t', 1)[0],
+            sort_key_fn=lambda row: row['_key'],
+            rows_per_shard=config.rows_per_shard,
+            to_table=lambda rows, schema: pa.Table.from_pylist(
+                [{k: v for k, v in r.items() if k != '_key'} for r in rows], schema=schema))
+        outputs.append(output)
+        step = f'{label}{split.title()}{"Ids" if kind else "Texts"}'
+        written[output.name] = (
+            by_split[split]
+            | f'Rows{step}' >> beam.Map(
+                lambda keyed, i=index: dict(keyed[i], _key=keyed[0]))
+            | f'Write{step}' >> WriteParquetShards(output))
+  dead = ((queries[DEAD_LETTER_TAG], corpus[DEAD_LETTER_TAG])
+          | 'FlattenDeadLetters' >> beam.Flatten())
+  dead_output = ShardedOutput(
+      name='dead_letter', root=config.output_dir, subdirectory='dead_letter',
+      schema=DEAD_LETTER_SCHEMA, key_fn=lambda row: row['record_id'] or '',
+      sort_key_fn=dead_letter_sort_key, rows_per_shard=config.rows_per_shard)
+  outputs.append(dead_output)
+  written['dead_letter'] = dead | 'WriteDeadLetters' >> WriteParquetShards(dead_output)
+  _ = pipeline | 'CommitOutputs' >> CommitOutputs(
+      outputs, written, FileSystems.join(config.output_dir, MANIFEST_NAME), manifest)
