@@ -80,8 +80,10 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 
   scoring = parser.add_argument_group('cross-encoder')
   scoring.add_argument(
-      '--cross-encoder', required=True, metavar='NAME_OR_PATH',
-      help='sentence-transformers CrossEncoder directory or hub id (1 label).')
+      '--cross-encoder', default=None, metavar='NAME_OR_PATH',
+      help='sentence-transformers CrossEncoder directory or hub id (1 label). Default: '
+      'a cross-encoder fine-tuned locally from the packaged all-MiniLM-L6-v2 on the '
+      'sample collection (built once, cached; see its note).')
   scoring.add_argument('--top-n', type=common.positive_int, default=10, help='Ranked rows kept per query (default: %(default)s).')
   scoring.add_argument('--max-length', type=common.positive_int, default=None, help="Tokens per pair (default: the model's).")
   scoring.add_argument(
@@ -205,7 +207,12 @@ def run(argv: Sequence[str] | None = None) -> dict:
     check_parquet_input(
         args.qrels, '--qrels', {'query_id': 'id', 'doc_id': 'id', 'relevance': 'int'})
     evaluation.parse_measures(args.metrics.split(','))
-  ce = inspect_cross_encoder(args.cross_encoder, args.max_length, args.trust_remote_code)
+  cross_encoder = args.cross_encoder
+  if cross_encoder is None:
+    from transforms.default_cross_encoder import describe, ensure_default_cross_encoder
+    cross_encoder, default_info = ensure_default_cross_encoder()
+    print(describe(cross_encoder, default_info), file=sys.stderr, flush=True)
+  ce = inspect_cross_encoder(cross_encoder, args.max_length, args.trust_remote_code)
 
   query_dir, corpus_dir = args.query_embeddings, args.corpus_embeddings
   if args.model:

@@ -106,9 +106,23 @@ def embeddings_to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
       schema=schema)
 
 
-def _failed_batch_to_dead_letters(failed: tuple[Any, Exception]):
+def _error_text(error: Any) -> str:
+  """``'Type: message'`` of a failure. ``with_exception_handling`` gives
+  ``(type, repr, traceback lines)`` rather than the exception itself."""
+  if isinstance(error, BaseException):
+    return f'{type(error).__name__}: {error}'
+  exc_type, exc_repr, trace = error
+  name = getattr(exc_type, '__name__', str(exc_type))
+  for line in reversed(trace or []):
+    head, sep, message = line.partition(':')
+    if head == name or head.endswith('.' + name):
+      return f'{name}:{message}'.rstrip() if sep else name
+  return f'{name}: {exc_repr}'
+
+
+def _failed_batch_to_dead_letters(failed: tuple[Any, Any]):
   batch, error = failed
-  reason = f'encode_error: {type(error).__name__}: {error}'.splitlines()[0]
+  reason = f'encode_error: {_error_text(error)}'.splitlines()[0]
   for record in batch:
     yield dead_letter(
         f'{STAGE}/inference', record.get('id'), reason,

@@ -84,6 +84,9 @@ class ShardedOutput:
   sort_key_fn: Optional[Callable[[dict], Any]] = None
   rows_per_shard: int = 100_000
   to_table: Optional[Callable[[list[dict], pa.Schema], pa.Table]] = None
+  # False: an output with no rows gets no file (e.g. datasets.load_dataset
+  # cannot read an empty Parquet file); True: one empty file with the schema.
+  write_empty: bool = True
 
   @property
   def directory(self) -> str:
@@ -173,6 +176,8 @@ def commit_outputs(
       staged = FileSystems.join(output.staging_directory, file_name)
       final = FileSystems.join(output.directory, file_name)
       if file_name not in by_name:  # A shard that got no rows.
+        if not output.write_empty:
+          continue
         write_table(output.schema.empty_table(), staged)
         by_name[file_name] = 0
       if FileSystems.exists(staged):

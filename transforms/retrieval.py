@@ -55,7 +55,8 @@ def table_to_matrix(table: pa.Table, column: str = 'embedding') -> np.ndarray:
   array = table.column(column).combine_chunks()
   dim = array.type.list_size
   values = array.flatten().to_numpy(zero_copy_only=False)
-  return values.astype(np.float32, copy=False).reshape(-1, dim)
+  # A writable copy: Arrow's buffers are read-only, and torch wants writable.
+  return np.array(values, dtype=np.float32).reshape(-1, dim)
 
 
 def l2_normalize(matrix: np.ndarray) -> np.ndarray:

@@ -161,7 +161,7 @@ def build_mine_pipeline(pipeline: beam.Pipeline, config: MineConfig, manifest: d
     by_split = with_texts | f'Format{label}' >> beam.FlatMap(
         _keyed_rows, fmt, config.mining.num_negatives, config.dev_fraction).with_outputs(
             *SPLITS)
-    for split in SPLITS:
+    for split in (SPLITS if config.dev_fraction > 0 else ('train',)):
       for kind, schema, index in (('', text_schema(fmt, config.mining.num_negatives), 1),
                                   ('-ids', id_schema(fmt), 2)):
         output = ShardedOutput(
@@ -169,7 +169,7 @@ def build_mine_pipeline(pipeline: beam.Pipeline, config: MineConfig, manifest: d
             subdirectory=f'{fmt}/{split}{kind}', schema=schema,
             key_fn=lambda row: row['_key'].split('\t', 1)[0],
             sort_key_fn=lambda row: row['_key'],
-            rows_per_shard=config.rows_per_shard,
+            rows_per_shard=config.rows_per_shard, write_empty=False,
             to_table=lambda rows, schema: pa.Table.from_pylist(
                 [{k: v for k, v in r.items() if k != '_key'} for r in rows], schema=schema))
         outputs.append(output)
