@@ -41,3 +41,32 @@ def write_result(name: str, result: dict) -> str:
   with open(path, 'w') as handle:
     json.dump(result, handle, indent=2, sort_keys=True)
   return path
+
+
+def run_exact_top_k(query_dir: str, corpus_dir: str, k: int, output: str,
+                    beam_args: list[str] | None = None) -> float:
+  """The product's blocked exact top-k (``ExactTopK``) over two embedding folders,
+  written as candidate Parquet (query_id, doc_id, retrieval_rank, retrieval_score).
+  Returns the pipeline's wall seconds."""
+  import apache_beam as beam
+  import pyarrow as pa
+  from apache_beam.options.pipeline_options import PipelineOptions
+
+  sys.path.insert(0, REPO)
+  from transforms.parquet_sink import CommitOutputs, ShardedOutput, WriteParquetShards
+  from transforms.retrieval import ExactTopK
+  started = time.perf_counter()
+  schema = pa.schema([('query_id', pa.string()), ('doc_id', pa.string()),
+                      ('retrieval_rank', pa.int32()), ('retrieval_score', pa.float32())])
+  sink = ShardedOutput(
+      name='candidates', root=output, subdirectory='', schema=schema,
+      key_fn=lambda r: r['query_id'], sort_key_fn=lambda r: (r['query_id'], r['retrieval_rank']))
+  with beam.Pipeline(options=PipelineOptions(beam_args or [])) as pipeline:
+    read = lambda label, d: pipeline | label >> beam.io.ReadFromParquetBatched(
+        os.path.join(d, 'part-*.parquet'), columns=['id', 'embedding'])
+    candidates = {'queries': read('ReadQueries', query_dir),
+                  'corpus': read('ReadCorpus', corpus_dir)} | 'ExactTopK' >> ExactTopK(k)
+    written = {'candidates': candidates | 'Write' >> WriteParquetShards(sink)}
+    _ = pipeline | 'Commit' >> CommitOutputs(
+        [sink], written, os.path.join(output, 'manifest.json'), {})
+  return time.perf_counter() - started

@@ -39,29 +39,11 @@ def write_shards(directory: str, ids: list[str], matrix: np.ndarray, rows_per_sh
 
 def child(args, beam_args) -> None:
   """The pipeline: shards -> ExactTopK -> candidate Parquet."""
-  import apache_beam as beam
-  import pyarrow as pa
-  from apache_beam.options.pipeline_options import PipelineOptions
-
-  from transforms.parquet_sink import CommitOutputs, ShardedOutput, WriteParquetShards
-  from transforms.retrieval import ExactTopK
-  started = time.perf_counter()
-  schema = pa.schema([('query_id', pa.string()), ('doc_id', pa.string()),
-                      ('retrieval_rank', pa.int32()), ('retrieval_score', pa.float32())])
-  output = ShardedOutput(
-      name='candidates', root=args.output, subdirectory='', schema=schema,
-      key_fn=lambda r: r['query_id'], sort_key_fn=lambda r: (r['query_id'], r['retrieval_rank']))
-  with beam.Pipeline(options=PipelineOptions(beam_args)) as pipeline:
-    read = lambda label, d: pipeline | label >> beam.io.ReadFromParquetBatched(
-        os.path.join(d, 'part-*.parquet'), columns=['id', 'embedding'])
-    candidates = {
-        'queries': read('ReadQueries', os.path.join(args.workdir, 'queries')),
-        'corpus': read('ReadCorpus', os.path.join(args.workdir, 'corpus')),
-    } | 'ExactTopK' >> ExactTopK(args.k)
-    written = {'candidates': candidates | 'Write' >> WriteParquetShards(output)}
-    _ = pipeline | 'Commit' >> CommitOutputs(
-        [output], written, os.path.join(args.output, 'manifest.json'), {})
-  print(json.dumps({'wall_seconds': time.perf_counter() - started}))
+  from benchmarks._common import run_exact_top_k
+  seconds = run_exact_top_k(
+      os.path.join(args.workdir, 'queries'), os.path.join(args.workdir, 'corpus'),
+      args.k, args.output, beam_args)
+  print(json.dumps({'wall_seconds': seconds}))
 
 
 def brute_force(queries: np.ndarray, docs: np.ndarray, doc_ids: np.ndarray, k: int):
