@@ -114,7 +114,7 @@ def _error_text(error: Any) -> str:
   exc_type, exc_repr, trace = error
   name = getattr(exc_type, '__name__', str(exc_type))
   for line in reversed(trace or []):
-    head, sep, message = line.partition(':')
+    head, sep, message = line.strip().partition(':')
     if head == name or head.endswith('.' + name):
       return f'{name}:{message}'.rstrip() if sep else name
   return f'{name}: {exc_repr}'
