@@ -164,7 +164,7 @@ def _write_trec(output_dir: str, tag: str) -> str:
   lines = frame.select(pl.format(
       '{} Q0 {} {} {} ' + tag, 'query_id', 'doc_id', 'rank', 'score'))
   path = FileSystems.join(output_dir, 'run.trec')
-  text = '\n'.join(lines.to_series().to_list()) + '\n'
+  text = ''.join(f'{line}\n' for line in lines.to_series().to_list())
   with FileSystems.create(path) as handle:
     handle.write(text.encode('utf-8'))
   return path
