@@ -24,7 +24,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(USAGE)
     print('\njobs:')
     for name, (_, summary) in JOBS.items():
-      print(f'  {name:<10} {summary}')
+      print(f'  {name:<12} {summary}')
     print('\nAny Beam pipeline option passes through (--runner, --direct_running_mode, ...).')
     return 0 if argv else 2
   job = argv[0]

@@ -207,19 +207,21 @@ def run(argv: Sequence[str] | None = None) -> dict:
     check_parquet_input(
         args.qrels, '--qrels', {'query_id': 'id', 'doc_id': 'id', 'relevance': 'int'})
     evaluation.parse_measures(args.metrics.split(','))
-  cross_encoder = args.cross_encoder
-  if cross_encoder is None:
-    from transforms.default_cross_encoder import describe, ensure_default_cross_encoder
-    cross_encoder, default_info = ensure_default_cross_encoder()
-    print(describe(cross_encoder, default_info), file=sys.stderr, flush=True)
-  ce = inspect_cross_encoder(cross_encoder, args.max_length, args.trust_remote_code)
-
+  # An explicit cross-encoder is checked before any encoding; the default one
+  # is built (minutes, once) only after every cheap check has passed.
+  ce = (inspect_cross_encoder(args.cross_encoder, args.max_length, args.trust_remote_code)
+        if args.cross_encoder else None)
   query_dir, corpus_dir = args.query_embeddings, args.corpus_embeddings
   if args.model:
     query_dir, corpus_dir = _encode_first(args, beam_args)
   embeddings = None
   if query_dir:
     embeddings, _ = _check_embeddings(query_dir, corpus_dir)
+  if ce is None:
+    from transforms.default_cross_encoder import describe, ensure_default_cross_encoder
+    default_dir, default_info = ensure_default_cross_encoder()
+    print(describe(default_dir, default_info), file=sys.stderr, flush=True)
+    ce = inspect_cross_encoder(default_dir, args.max_length, args.trust_remote_code)
 
   output_dir = args.output.rstrip('/')
   config = RerankConfig(
@@ -299,10 +301,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
   report = {
       'job': 'rerank',
       'output': output_dir,
-      'queries_ranked': written['outputs']['ranked']['rows'] and
-      evaluation.read_parquet_files(
-          [FileSystems.join(output_dir, f['path']) for f in
-           written['outputs']['ranked']['files']], ['query_id'])['query_id'].n_unique(),
+      'queries_ranked': counts.get('queries_ranked', 0),
       'candidates_in': candidates_in,
       'dense_candidates': counts.get('dense_candidates', 0),
       'supplied_candidates': counts.get('supplied_candidates_in', 0),

@@ -53,3 +53,17 @@ def reason_code(reason: str) -> str:
 def dead_letter_sort_key(row: dict) -> tuple:
   """A total order on dead letters, so their files are deterministic."""
   return (row['stage'], row['record_id'] or '', row['reason'], row['payload'])
+
+
+def error_text(error: Any) -> str:
+  """``'Type: message'`` of a failure. ``with_exception_handling`` gives
+  ``(type, repr, traceback lines)`` rather than the exception itself."""
+  if isinstance(error, BaseException):
+    return f'{type(error).__name__}: {error}'
+  exc_type, exc_repr, trace = error
+  name = getattr(exc_type, '__name__', str(exc_type))
+  for line in reversed(trace or []):
+    head, sep, message = line.strip().partition(':')
+    if head == name or head.endswith('.' + name):
+      return f'{name}:{message}'.rstrip() if sep else name
+  return f'{name}: {exc_repr}'

@@ -15,7 +15,7 @@ from apache_beam.ml.inference.base import RunInference
 from transforms.batching import BatchByTokenLengthFn
 from transforms.bi_encoder import SentenceTransformerHandler
 from transforms.dead_letters import (
-    DEAD_LETTER_SCHEMA, DEAD_LETTER_TAG, dead_letter, dead_letter_sort_key)
+    DEAD_LETTER_SCHEMA, DEAD_LETTER_TAG, dead_letter, dead_letter_sort_key, error_text)
 from transforms.incremental import REUSED_TAG, ReuseUnchanged
 from transforms.model_info import BiEncoderInfo, load_tokenizer, resolve_model_dir
 from transforms.parquet_sink import (
@@ -106,23 +106,9 @@ def embeddings_to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
       schema=schema)
 
 
-def _error_text(error: Any) -> str:
-  """``'Type: message'`` of a failure. ``with_exception_handling`` gives
-  ``(type, repr, traceback lines)`` rather than the exception itself."""
-  if isinstance(error, BaseException):
-    return f'{type(error).__name__}: {error}'
-  exc_type, exc_repr, trace = error
-  name = getattr(exc_type, '__name__', str(exc_type))
-  for line in reversed(trace or []):
-    head, sep, message = line.strip().partition(':')
-    if head == name or head.endswith('.' + name):
-      return f'{name}:{message}'.rstrip() if sep else name
-  return f'{name}: {exc_repr}'
-
-
 def _failed_batch_to_dead_letters(failed: tuple[Any, Any]):
   batch, error = failed
-  reason = f'encode_error: {_error_text(error)}'.splitlines()[0]
+  reason = f'encode_error: {error_text(error)}'.splitlines()[0]
   for record in batch:
     yield dead_letter(
         f'{STAGE}/inference', record.get('id'), reason,

@@ -49,7 +49,7 @@ def _fits(kind: ColumnKind, dtype: pa.DataType) -> bool:
 def expand_pattern(pattern: str) -> str:
   """A directory means the Parquet files in it; anything else is a glob."""
   if pattern.endswith('/') or os.path.isdir(pattern):
-    return FileSystems.join(pattern.rstrip('/'), '*.parquet')
+    return pattern.rstrip('/') + '/*.parquet'
   return pattern
 
 

@@ -6,6 +6,9 @@ from typing import Iterable
 
 import apache_beam as beam
 import pyarrow as pa
+from apache_beam.metrics import Metrics
+
+from transforms.texts import METRICS_NAMESPACE
 
 ALL_TAG = 'all'
 
@@ -44,9 +47,11 @@ def rank_candidates(query_id: str, scored: Iterable[dict]) -> list[dict]:
 class _RankFn(beam.DoFn):
   def __init__(self, top_n: int):
     self._top_n = top_n
+    self._queries = Metrics.counter(METRICS_NAMESPACE, 'rerank/queries_ranked')
 
   def process(self, keyed):
     query_id, scored = keyed
+    self._queries.inc()
     for row in rank_candidates(query_id, scored):
       yield beam.pvalue.TaggedOutput(ALL_TAG, row)
       if row['rank'] <= self._top_n:

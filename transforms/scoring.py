@@ -9,7 +9,7 @@ from apache_beam.ml.inference.base import RunInference
 
 from transforms.batching import BatchByTokenLengthFn
 from transforms.cross_encoder import Activation, CrossEncoderHandler
-from transforms.dead_letters import DEAD_LETTER_TAG, dead_letter
+from transforms.dead_letters import DEAD_LETTER_TAG, dead_letter, error_text
 from transforms.model_info import load_tokenizer, resolve_model_dir
 from transforms.progress import LogProgressFn
 from transforms.texts import METRICS_NAMESPACE
@@ -17,23 +17,9 @@ from transforms.texts import METRICS_NAMESPACE
 STAGE = 'rerank'
 
 
-def _error_text(error: Any) -> str:
-  """``'Type: message'`` of a failure. ``with_exception_handling`` gives
-  ``(type, repr, traceback lines)`` rather than the exception itself."""
-  if isinstance(error, BaseException):
-    return f'{type(error).__name__}: {error}'
-  exc_type, exc_repr, trace = error
-  name = getattr(exc_type, '__name__', str(exc_type))
-  for line in reversed(trace or []):
-    head, sep, message = line.partition(':')
-    if head == name or head.endswith('.' + name):
-      return f'{name}:{message}'.rstrip() if sep else name
-  return f'{name}: {exc_repr}'
-
-
 def _failed_batch_to_dead_letters(failed: tuple[Any, Any]):
   batch, error = failed
-  reason = f'score_error: {_error_text(error)}'.splitlines()[0]
+  reason = f'score_error: {error_text(error)}'.splitlines()[0]
   for record in batch:
     yield dead_letter(
         f'{STAGE}/score', f'{record["query_id"]}\t{record["doc_id"]}', reason,
