@@ -118,6 +118,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
   score_column = args.score_column
   candidates_pattern = None
   normalize = False
+  has_rank = False
   if args.ranked:
     pattern = FileSystems.join(args.ranked, 'candidates', 'part-*.parquet')
     try:
@@ -132,10 +133,14 @@ def run(argv: Sequence[str] | None = None) -> dict:
     checked = check_parquet_input(args.candidates, '--candidates', {
         'query_id': 'id', 'doc_id': 'id'})
     score_column = score_column or 'score'
-    if score_column not in file_columns(checked.files[0]):
+    columns = file_columns(checked.files[0])
+    if score_column not in columns:
       score_column = None
     else:
       check_parquet_input(args.candidates, '--candidates', {score_column: 'float'})
+    has_rank = 'retrieval_rank' in columns
+    if has_rank:
+      check_parquet_input(args.candidates, '--candidates', {'retrieval_rank': 'int'})
     candidates_pattern, source = checked.pattern, 'candidates'
   else:
     embeddings, _ = _check_embeddings(args.query_embeddings, args.corpus_embeddings)
@@ -162,6 +167,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
       queries_pattern=queries.pattern, corpus_pattern=corpus.pattern, output_dir=output_dir,
       formats=formats, mining=mining, candidate_source=source,
       candidates_pattern=candidates_pattern, candidates_score_column=score_column,
+      candidates_have_retrieval_rank=has_rank,
       query_embeddings_dir=args.query_embeddings, corpus_embeddings_dir=args.corpus_embeddings,
       normalize_embeddings=normalize, top_k=args.top_k, qrels_pattern=args.qrels,
       positives_pattern=args.positives, query_id_column=args.query_id_column,

@@ -4,9 +4,10 @@
 For one query: the candidate pool is its best ``range_max + #positives``
 candidates in retrieval order; positives are removed; margin guards (against
 the query's *weakest* positive, as sentence-transformers does), ``max_score``
-and ``min_score`` drop candidates; the rest are ordered by score (desc, then
-doc_id), the first ``range_min`` skipped, and ``num_negatives`` taken from the
-top or sampled (seeded by query id, so runs are deterministic).
+and ``min_score`` drop candidates (one without a score fails every score
+guard); the rest are ordered by score (desc, then doc_id), the first
+``range_min`` skipped, and ``num_negatives`` taken from the top or sampled
+(seeded by query id, so runs are deterministic).
 """
 from __future__ import annotations
 
@@ -99,20 +100,21 @@ def mine_query(
       weakest = min(positive_scores)
       if config.absolute_margin is not None:
         before = len(kept)
-        kept = [c for c in kept if not (c.score + config.absolute_margin > weakest)]
+        kept = [c for c in kept
+                if not (c.score is None or c.score + config.absolute_margin > weakest)]
         dropped['absolute_margin'] += before - len(kept)
       if config.relative_margin is not None:
         threshold = weakest - abs(weakest) * config.relative_margin
         before = len(kept)
-        kept = [c for c in kept if not (c.score > threshold)]
+        kept = [c for c in kept if not (c.score is None or c.score > threshold)]
         dropped['relative_margin'] += before - len(kept)
   if config.max_score is not None:
     before = len(kept)
-    kept = [c for c in kept if not (c.score > config.max_score)]
+    kept = [c for c in kept if not (c.score is None or c.score > config.max_score)]
     dropped['max_score'] += before - len(kept)
   if config.min_score is not None:
     before = len(kept)
-    kept = [c for c in kept if not (c.score < config.min_score)]
+    kept = [c for c in kept if not (c.score is None or c.score < config.min_score)]
     dropped['min_score'] += before - len(kept)
   kept.sort(key=_score_order)
   skipped = kept[:config.range_min]
@@ -167,14 +169,21 @@ class _MineQueryFn(beam.DoFn):
     if mined is not None:
       yield mined
 
+  def _retrieval_order(self, row: dict) -> tuple:
+    """Retrieval rank; rows without one (a candidates file without ranks)
+    follow in score order (desc), then by doc_id."""
+    rank = row.get('retrieval_rank')
+    score = row.get(self._score_field)
+    return (math.inf if rank is None else rank,
+            math.inf if score is None else -score, row['doc_id'])
+
   def _mine(self, query_id, groups) -> Optional[MinedQuery]:
     rows = list(groups['candidates'])
     if not rows:
       return None  # Judged, but never retrieved: nothing to mine from.
     self._queries.inc()
     candidates = []
-    for index, row in enumerate(sorted(
-        rows, key=lambda r: (r.get('retrieval_rank') or math.inf, r['doc_id']))):
+    for index, row in enumerate(sorted(rows, key=self._retrieval_order)):
       score = row.get(self._score_field)
       candidates.append(Candidate(
           doc_id=row['doc_id'], score=None if score is None else float(score),

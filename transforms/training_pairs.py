@@ -59,6 +59,7 @@ class MineConfig:
   candidate_source: str  # 'ranked', 'candidates' or 'dense'
   candidates_pattern: Optional[str] = None  # ranked files or supplied candidates
   candidates_score_column: Optional[str] = None
+  candidates_have_retrieval_rank: bool = False  # supplied candidates with ranks
   query_embeddings_dir: Optional[str] = None
   corpus_embeddings_dir: Optional[str] = None
   normalize_embeddings: bool = False
@@ -126,7 +127,7 @@ def build_mine_pipeline(pipeline: beam.Pipeline, config: MineConfig, manifest: d
         | 'ToCandidates' >> beam.Map(_candidate_row, 'retrieval_score'))
   else:
     columns = ['query_id', 'doc_id']
-    if config.candidate_source == 'ranked':
+    if config.candidate_source == 'ranked' or config.candidates_have_retrieval_rank:
       columns.append('retrieval_rank')
     if config.candidates_score_column:
       columns.append(config.candidates_score_column)

@@ -1,0 +1,418 @@
+"""The mine job end to end on small Parquet inputs: every format's columns and
+rows, aligned id folders, the train/dev split, the report's counts, pseudo-labels,
+user errors; the outputs loaded by ``datasets`` and trained on by the
+sentence-transformers trainers unchanged; dense mining equal to
+``mine_hard_negatives``.
+
+Job runs are shared across tests (module scope).
+"""
+from __future__ import annotations
+
+import glob
+import json
+import math
+import pathlib
+import shutil
+
+import pyarrow as pa
+import pytest
+
+from pipelines import encode as encode_job
+from pipelines import mine
+from transforms.mining import GUARDS, split_of
+
+pytest.register_assert_rewrite('tests.mine_fixtures')
+from tests.mine_fixtures import (  # noqa: E402
+    CORPUS, QUERIES, ST_ANCHORS, ST_CORPUS, ST_POSITIVES, ST_RANGE_MAX, quietly,
+    read_rows, read_schema, st_guard_configs, st_reference, write_candidates,
+    write_collection, write_parquet)
+
+pytest_plugins = ('tests.mine_fixtures',)
+
+ALL_FORMATS = ('labeled-pair', 'pair', 'triplet', 'n-tuple', 'distill')
+# With --dev-fraction 0.4, q1 (and q4) fall in dev, the others in train.
+DEV_FRACTION = 0.4
+
+
+def drops(**counts: int) -> dict[str, int]:
+  return {guard: counts.get(guard, 0) for guard in GUARDS}
+
+
+def fields(schema: pa.Schema) -> list[tuple[str, pa.DataType]]:
+  return [(f.name, f.type) for f in schema]
+
+
+@pytest.fixture(scope='module')
+def collection(tmp_path_factory) -> dict[str, str]:
+  return write_collection(tmp_path_factory.mktemp('mine_inputs'))
+
+
+@pytest.fixture(scope='module')
+def qrels_run(tmp_path_factory, collection) -> tuple[dict, pathlib.Path]:
+  """--ranked + --qrels, every format, 2 negatives, dev split."""
+  out = tmp_path_factory.mktemp('mine_qrels') / 'pairs'
+  report = quietly(mine.run, [
+      '--ranked', collection['ranked'], '--queries', collection['queries'],
+      '--corpus', collection['corpus'], '--qrels', collection['qrels'],
+      '--output', str(out), '--format', ','.join(ALL_FORMATS),
+      '--num-negatives', '2', '--dev-fraction', str(DEV_FRACTION)])
+  return report, out
+
+
+# What the qrels run must write, as id rows per (format, split), in file order
+# (query by query, positives first). Text rows follow from the ids.
+#   q1: positives d01 (5.0), d03 (3.0); negatives by score d02 (4.5), d04 (2.5);
+#       d05, d06 not sampled.               -> dev
+#   q2: positive d06 (2.0); negatives d07 (1.5), d05 (0.5); d12 not sampled.
+#   q5: positive d10 (3.0); no negative.    q3: no relevant judgment.
+#   q6: not judged.                         q4: judged, never retrieved.
+EXPECTED_IDS = {
+    ('labeled-pair', 'dev'): [('q1', 'd01', 1.0), ('q1', 'd03', 1.0), ('q1', 'd02', 0.0),
+                              ('q1', 'd04', 0.0)],
+    ('labeled-pair', 'train'): [('q2', 'd06', 1.0), ('q2', 'd07', 0.0), ('q2', 'd05', 0.0),
+                                ('q5', 'd10', 1.0)],
+    ('pair', 'dev'): [('q1', 'd01'), ('q1', 'd03')],
+    ('pair', 'train'): [('q2', 'd06'), ('q5', 'd10')],
+    ('triplet', 'dev'): [('q1', 'd01', 'd02'), ('q1', 'd01', 'd04'), ('q1', 'd03', 'd02'),
+                         ('q1', 'd03', 'd04')],
+    ('triplet', 'train'): [('q2', 'd06', 'd07'), ('q2', 'd06', 'd05')],
+    ('n-tuple', 'dev'): [('q1', 'd01', ['d02', 'd04']), ('q1', 'd03', ['d02', 'd04'])],
+    ('n-tuple', 'train'): [('q2', 'd06', ['d07', 'd05'])],
+    ('distill', 'dev'): [('q1', 'd01', 5.0), ('q1', 'd03', 3.0), ('q1', 'd02', 4.5),
+                         ('q1', 'd04', 2.5)],
+    ('distill', 'train'): [('q2', 'd06', 2.0), ('q2', 'd07', 1.5), ('q2', 'd05', 0.5),
+                           ('q5', 'd10', 3.0)],
+}
+TEXT_COLUMNS = {
+    'labeled-pair': [('sentence_0', pa.string()), ('sentence_1', pa.string()),
+                     ('label', pa.float32())],
+    'pair': [('sentence_0', pa.string()), ('sentence_1', pa.string())],
+    'triplet': [('anchor', pa.string()), ('positive', pa.string()), ('negative', pa.string())],
+    'n-tuple': [('anchor', pa.string()), ('positive', pa.string()),
+                ('negative_1', pa.string()), ('negative_2', pa.string())],
+    'distill': [('query', pa.string()), ('passage', pa.string()), ('score', pa.float32())],
+}
+ID_COLUMNS = {
+    'labeled-pair': [('query_id', pa.string()), ('doc_id', pa.string())],
+    'pair': [('query_id', pa.string()), ('doc_id', pa.string())],
+    'distill': [('query_id', pa.string()), ('doc_id', pa.string())],
+    'triplet': [('query_id', pa.string()), ('positive_id', pa.string()),
+                ('negative_id', pa.string())],
+    'n-tuple': [('query_id', pa.string()), ('positive_id', pa.string()),
+                ('negative_ids', pa.list_(pa.string()))],
+}
+
+
+def expected_rows(fmt: str, split: str) -> tuple[list[dict], list[dict]]:
+  """(text rows, id rows) the job must write for ``fmt``/``split``."""
+  texts, ids = [], []
+  for spec in EXPECTED_IDS[(fmt, split)]:
+    query_id, doc_id, extra = spec[0], spec[1], spec[2] if len(spec) > 2 else None
+    query = QUERIES[query_id]
+    if fmt == 'labeled-pair':
+      texts.append({'sentence_0': query, 'sentence_1': CORPUS[doc_id], 'label': extra})
+      ids.append({'query_id': query_id, 'doc_id': doc_id})
+    elif fmt == 'pair':
+      texts.append({'sentence_0': query, 'sentence_1': CORPUS[doc_id]})
+      ids.append({'query_id': query_id, 'doc_id': doc_id})
+    elif fmt == 'triplet':
+      texts.append({'anchor': query, 'positive': CORPUS[doc_id], 'negative': CORPUS[extra]})
+      ids.append({'query_id': query_id, 'positive_id': doc_id, 'negative_id': extra})
+    elif fmt == 'n-tuple':
+      texts.append({'anchor': query, 'positive': CORPUS[doc_id],
+                    **{f'negative_{i}': CORPUS[n] for i, n in enumerate(extra, start=1)}})
+      ids.append({'query_id': query_id, 'positive_id': doc_id, 'negative_ids': extra})
+    else:
+      texts.append({'query': query, 'passage': CORPUS[doc_id], 'score': extra})
+      ids.append({'query_id': query_id, 'doc_id': doc_id})
+  return texts, ids
+
+
+@pytest.mark.parametrize('fmt', ALL_FORMATS)
+def test_every_format_columns_rows_and_aligned_ids(qrels_run, fmt):
+  _, out = qrels_run
+  for split in ('train', 'dev'):
+    texts, ids = expected_rows(fmt, split)
+    assert fields(read_schema(out / fmt / split)) == TEXT_COLUMNS[fmt]
+    assert fields(read_schema(out / fmt / f'{split}-ids')) == ID_COLUMNS[fmt]
+    assert read_rows(out / fmt / split) == texts, (fmt, split)
+    assert read_rows(out / fmt / f'{split}-ids') == ids, (fmt, split)
+
+
+def test_split_follows_split_of_query_id(qrels_run):
+  _, out = qrels_run
+  for fmt in ALL_FORMATS:
+    for split in ('train', 'dev'):
+      for row in read_rows(out / fmt / f'{split}-ids'):
+        assert split_of(row['query_id'], DEV_FRACTION) == split
+
+
+def test_report_counts(qrels_run):
+  report, out = qrels_run
+  assert report['queries_with_candidates'] == 5  # q1 q2 q3 q5 q6
+  assert report['queries_with_positives'] == 3  # q1 q2 q5
+  assert report['queries_without_positives'] == 2  # q3 q6
+  assert report['queries_without_negatives'] == 1  # q5
+  assert report['positives'] == 4
+  assert report['negatives_kept'] == 4
+  assert report['candidates_dropped'] == drops(positive=4, not_sampled=3)
+  assert report['pseudo_labels'] is False
+  rows = {f'{fmt}/{split}': len(EXPECTED_IDS[(fmt, split)])
+          for fmt in ALL_FORMATS for split in ('train', 'dev')}
+  assert report['rows'] == {**rows, 'dead_letter': 0}
+  assert json.loads((out / 'report.json').read_text()) == report
+
+
+def test_rerun_writes_identical_files(qrels_run, collection, tmp_path):
+  """Same inputs, same output folder: the same bytes (deterministic shards)."""
+  _, first = qrels_run
+  out = tmp_path / 'pairs'
+  shutil.copytree(first, out)  # the shared run's folder stays as it was
+  before = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob('*.parquet'))}
+  quietly(mine.run, [
+      '--ranked', collection['ranked'], '--queries', collection['queries'],
+      '--corpus', collection['corpus'], '--qrels', collection['qrels'],
+      '--output', str(out), '--format', ','.join(ALL_FORMATS),
+      '--num-negatives', '2', '--dev-fraction', str(DEV_FRACTION)])
+  after = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob('*.parquet'))}
+  assert after == before
+
+
+def test_manifest(qrels_run):
+  _, out = qrels_run
+  manifest = json.loads((out / 'manifest.json').read_text())
+  assert manifest['kind'] == 'training_pairs'
+  assert manifest['formats'] == list(ALL_FORMATS)
+  assert manifest['candidate_source'] == 'ranked'
+  assert manifest['score_column'] == 'score'
+  assert manifest['labels'] == 'qrels'
+  assert manifest['pseudo_labels'] is False
+  assert manifest['dev_fraction'] == DEV_FRACTION
+  assert manifest['mining']['num_negatives'] == 2
+  for (fmt, split), ids in EXPECTED_IDS.items():
+    assert manifest['outputs'][f'{fmt}/{split}']['rows'] == len(ids)
+    assert manifest['outputs'][f'{fmt}/{split}-ids']['rows'] == len(ids)
+  # No staging left behind; every text folder has only its part files.
+  assert not (out / '.staging').exists()
+  for fmt in ALL_FORMATS:
+    assert [p.name for p in (out / fmt / 'train').iterdir()] == [
+        'part-00000-of-00001.parquet']
+
+
+def test_supplied_candidates_follow_their_retrieval_rank_with_guards(
+    tmp_path, collection):
+  """--candidates with ranks: range_max cuts by retrieval_rank (not doc_id);
+  each guard's drops are counted in the report."""
+  candidates = write_candidates(tmp_path / 'candidates.parquet')
+  out = tmp_path / 'pairs'
+  report = quietly(mine.run, [
+      '--candidates', candidates, '--queries', collection['queries'],
+      '--corpus', collection['corpus'], '--qrels', collection['qrels'],
+      '--output', str(out), '--format', 'labeled-pair', '--num-negatives', '3',
+      '--range-max', '3', '--absolute-margin', '0', '--min-score', '-1.5'])
+  # q1: pool = ranks 1-5 (3 + 2 positives): d04 d01 d06 d03 d02, d05 cut;
+  #     margin vs weakest positive 3.0 drops d02 (4.5); d04, d06 remain.
+  # q2: d05 d06 d07 d12 (3 + 1); min_score drops d12 (-2.0).
+  assert read_rows(out / 'labeled-pair' / 'train-ids') == [
+      {'query_id': 'q1', 'doc_id': 'd01'}, {'query_id': 'q1', 'doc_id': 'd03'},
+      {'query_id': 'q1', 'doc_id': 'd04'}, {'query_id': 'q1', 'doc_id': 'd06'},
+      {'query_id': 'q2', 'doc_id': 'd06'}, {'query_id': 'q2', 'doc_id': 'd07'},
+      {'query_id': 'q2', 'doc_id': 'd05'},
+      {'query_id': 'q5', 'doc_id': 'd10'}]
+  assert [r['label'] for r in read_rows(out / 'labeled-pair' / 'train')] == [
+      1.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0]
+  assert report['candidates_dropped'] == drops(
+      positive=4, range_max=1, absolute_margin=1, min_score=1)
+  assert report['negatives_kept'] == 4
+  assert report['queries_without_negatives'] == 1
+  # No dev split asked: no dev folders at all.
+  assert not (out / 'labeled-pair' / 'dev').exists()
+  manifest = json.loads((out / 'manifest.json').read_text())
+  assert manifest['candidate_source'] == 'candidates'
+  assert set(manifest['outputs']) == {
+      'labeled-pair/train', 'labeled-pair/train-ids', 'dead_letter'}
+
+
+def test_pseudo_labels_from_score_thresholds(tmp_path, collection):
+  out = tmp_path / 'pairs'
+  report = quietly(mine.run, [
+      '--ranked', collection['ranked'], '--queries', collection['queries'],
+      '--corpus', collection['corpus'], '--positive-threshold', '2.0',
+      '--negative-threshold', '1.0', '--output', str(out),
+      '--format', 'labeled-pair,distill', '--num-negatives', '3'])
+  manifest = json.loads((out / 'manifest.json').read_text())
+  assert manifest['pseudo_labels'] is True
+  assert manifest['labels'] == (
+      'pseudo: cross-encoder score thresholds (positive >= 2.0, negative <= 1.0)')
+  assert report['pseudo_labels'] is True
+  # q1: positives d01 d02 d03 d04 (>= 2), negatives d05 d06 (<= 1);
+  # q2: positive d06, negatives d05 d12 (d07 at 1.5 is neither);
+  # q3: nothing >= 2; q5: d10 positive, no negative; q6: d07 / d02.
+  assert read_rows(out / 'labeled-pair' / 'train-ids') == [
+      {'query_id': q, 'doc_id': d} for q, d in [
+          ('q1', 'd01'), ('q1', 'd02'), ('q1', 'd03'), ('q1', 'd04'),
+          ('q1', 'd05'), ('q1', 'd06'), ('q2', 'd06'), ('q2', 'd05'), ('q2', 'd12'),
+          ('q5', 'd10'), ('q6', 'd07'), ('q6', 'd02')]]
+  assert [r['label'] for r in read_rows(out / 'labeled-pair' / 'train')] == [
+      1.0] * 4 + [0.0] * 2 + [1.0, 0.0, 0.0, 1.0, 1.0, 0.0]
+  assert [r['score'] for r in read_rows(out / 'distill' / 'train')] == [
+      5.0, 4.5, 3.0, 2.5, 1.0, -1.0, 2.0, 0.5, -2.0, 3.0, 4.0, 0.0]
+  assert report['queries_with_positives'] == 4
+  assert report['queries_without_positives'] == 1
+  assert report['positives'] == 7
+  assert report['negatives_kept'] == 5
+  assert report['candidates_dropped'] == drops(positive=7)
+
+
+@pytest.mark.parametrize('case', [
+    'missing_column', 'two_candidate_sources', 'no_label_source', 'two_label_sources',
+    'unknown_format', 'missing_glob'])
+def test_user_errors_exit_2_with_one_line(tmp_path, collection, capsys, case):
+  bad_qrels = write_parquet(tmp_path / 'bad_qrels.parquet', {
+      'query_id': ['q1'], 'doc_id': ['d01']})  # no relevance column
+  base = ['--queries', collection['queries'], '--corpus', collection['corpus'],
+          '--output', str(tmp_path / 'out')]
+  argv, needle = {
+      'missing_column': (
+          ['--ranked', collection['ranked'], '--qrels', bad_qrels],
+          "no column 'relevance'"),
+      'two_candidate_sources': (
+          ['--ranked', collection['ranked'], '--candidates', collection['corpus'],
+           '--qrels', collection['qrels']], 'exactly one candidate source'),
+      'no_label_source': (['--ranked', collection['ranked']], 'exactly one label source'),
+      'two_label_sources': (
+          ['--ranked', collection['ranked'], '--qrels', collection['qrels'],
+           '--positive-threshold', '1'], 'exactly one label source'),
+      'unknown_format': (
+          ['--ranked', collection['ranked'], '--qrels', collection['qrels'],
+           '--format', 'pair,quadruplet'], 'unknown --format quadruplet'),
+      'missing_glob': (
+          ['--ranked', collection['ranked'], '--qrels', str(tmp_path / 'none*.parquet')],
+          '--qrels'),
+  }[case]
+  assert mine.main(base + argv) == 2
+  captured = capsys.readouterr()
+  lines = captured.err.strip().splitlines()
+  assert len(lines) == 1, captured.err
+  assert lines[0].startswith('beam-rerank mine: error: ')
+  assert needle in lines[0]
+  assert not (tmp_path / 'out').exists()
+
+
+# ---------------------------------------------------------------- acceptance
+
+
+def _load(directory: pathlib.Path, cache: pathlib.Path):
+  from datasets import load_dataset
+  return load_dataset(
+      'parquet', data_files={'train': sorted(glob.glob(str(directory / 'part-*.parquet')))},
+      cache_dir=str(cache))['train']
+
+
+def _trained(model, before: dict) -> bool:
+  return any(not (p.detach() == before[n]).all() for n, p in model.named_parameters())
+
+
+def test_labeled_pairs_train_a_cross_encoder_unchanged(
+    qrels_run, tmp_path, mine_bert_dir):
+  from sentence_transformers.cross_encoder import (
+      CrossEncoder, CrossEncoderTrainer, CrossEncoderTrainingArguments)
+  from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
+  _, out = qrels_run
+  dataset = _load(out / 'labeled-pair' / 'train', tmp_path / 'cache')
+  assert dataset.column_names == ['sentence_0', 'sentence_1', 'label']
+  assert dataset.num_rows == len(EXPECTED_IDS[('labeled-pair', 'train')])
+  assert dataset.features['label'].dtype == 'float32'
+  model = CrossEncoder(mine_bert_dir, num_labels=1, device='cpu')
+  before = {n: p.detach().clone() for n, p in model.named_parameters()}
+  trainer = CrossEncoderTrainer(
+      model=model, train_dataset=dataset, loss=BinaryCrossEntropyLoss(model),
+      args=CrossEncoderTrainingArguments(
+          output_dir=str(tmp_path / 'ce'), max_steps=1, per_device_train_batch_size=4,
+          report_to='none', save_strategy='no', use_cpu=True))
+  result = trainer.train()
+  assert result.global_step == 1
+  assert math.isfinite(result.training_loss)
+  assert _trained(model, before)
+
+
+def test_pairs_train_a_bi_encoder_unchanged(qrels_run, tmp_path, mine_bi_encoder_dir):
+  from sentence_transformers import (
+      SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments)
+  from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+  _, out = qrels_run
+  dataset = _load(out / 'pair' / 'train', tmp_path / 'cache')
+  assert dataset.column_names == ['sentence_0', 'sentence_1']
+  assert dataset.num_rows == len(EXPECTED_IDS[('pair', 'train')])
+  model = SentenceTransformer(mine_bi_encoder_dir, device='cpu')
+  before = {n: p.detach().clone() for n, p in model.named_parameters()}
+  trainer = SentenceTransformerTrainer(
+      model=model, train_dataset=dataset, loss=MultipleNegativesRankingLoss(model),
+      args=SentenceTransformerTrainingArguments(
+          output_dir=str(tmp_path / 'bi'), max_steps=1, per_device_train_batch_size=4,
+          report_to='none', save_strategy='no', use_cpu=True))
+  result = trainer.train()
+  assert result.global_step == 1
+  assert math.isfinite(result.training_loss)
+  assert _trained(model, before)
+
+
+# ---------------------------------------------------------------- vs sentence-transformers
+
+
+@pytest.fixture(scope='module')
+def dense_inputs(tmp_path_factory, mine_bi_encoder_dir) -> dict[str, str]:
+  """The sentence-transformers comparison set as Parquet, encoded by the encode
+  job (normalized float32 embeddings)."""
+  root = tmp_path_factory.mktemp('dense_inputs')
+  query_ids = [f'a{i}' for i in range(len(ST_ANCHORS))]
+  doc_ids = [f'c{j:02d}' for j in range(len(ST_CORPUS))]
+  paths = {
+      'queries': write_parquet(root / 'queries.parquet', {
+          'query_id': query_ids, 'text': ST_ANCHORS}),
+      'corpus': write_parquet(root / 'corpus.parquet', {
+          'doc_id': doc_ids, 'text': ST_CORPUS}),
+      'qrels': write_parquet(root / 'qrels.parquet', {
+          'query_id': query_ids, 'doc_id': doc_ids[:len(ST_POSITIVES)],
+          'relevance': [1] * len(query_ids)}, pa.schema([
+              ('query_id', pa.string()), ('doc_id', pa.string()),
+              ('relevance', pa.int64())])),
+      'emb_queries': str(root / 'emb_queries'),
+      'emb_corpus': str(root / 'emb_corpus'),
+  }
+  quietly(encode_job.run, ['--input', paths['corpus'], '--output', paths['emb_corpus'],
+                           '--model', mine_bi_encoder_dir, '--device', 'cpu'])
+  quietly(encode_job.run, ['--input', paths['queries'], '--output', paths['emb_queries'],
+                           '--model', mine_bi_encoder_dir, '--device', 'cpu',
+                           '--id-column', 'query_id'])
+  return paths
+
+
+@pytest.mark.parametrize('name', ['plain', 'relative_margin', 'combined'])
+def test_dense_mining_equals_mine_hard_negatives(
+    tmp_path, dense_inputs, mine_st_scores, name):
+  """encode -> mine --query-embeddings/--corpus-embeddings gives the triplets
+  ``mine_hard_negatives`` gives (the guards each drop some candidates)."""
+  model, scores = mine_st_scores
+  guards = st_guard_configs(scores)[name]
+  expected = st_reference(model, 'triplet', guards)
+  assert sum(len(v) for v in expected.values()) >= 6
+  flags = [arg for key, value in guards.items()
+           for arg in ('--' + key.replace('_', '-'), repr(value))]
+  out = tmp_path / 'pairs'
+  quietly(mine.run, [
+      '--query-embeddings', dense_inputs['emb_queries'],
+      '--corpus-embeddings', dense_inputs['emb_corpus'],
+      '--top-k', str(ST_RANGE_MAX + 1), '--range-max', str(ST_RANGE_MAX),
+      '--queries', dense_inputs['queries'], '--corpus', dense_inputs['corpus'],
+      '--qrels', dense_inputs['qrels'], '--output', str(out),
+      '--format', 'triplet', '--num-negatives', '3', *flags])
+  actual: dict[str, list[str]] = {a: [] for a in ST_ANCHORS}
+  for row in read_rows(out / 'triplet' / 'train'):
+    assert row['positive'] == ST_POSITIVES[ST_ANCHORS.index(row['anchor'])]
+    actual[row['anchor']].append(row['negative'])
+  assert actual == expected
+  manifest = json.loads((out / 'manifest.json').read_text())
+  assert manifest['candidate_source'] == 'dense'
+  assert manifest['score_column'] == 'retrieval_score'
+  assert len(read_rows(out / 'triplet' / 'train-ids')) == sum(map(len, expected.values()))
