@@ -416,3 +416,32 @@ def test_dense_mining_equals_mine_hard_negatives(
   assert manifest['candidate_source'] == 'dense'
   assert manifest['score_column'] == 'retrieval_score'
   assert len(read_rows(out / 'triplet' / 'train-ids')) == sum(map(len, expected.values()))
+
+
+def test_mined_ids_without_text_are_dead_lettered(tmp_path, collection):
+  """A mined negative missing from --corpus and a query missing from --queries
+  become dead letters with reasons, not silent gaps in the formats."""
+  candidates = write_parquet(tmp_path / 'candidates.parquet', {
+      'query_id': ['q1', 'q1', 'q1', 'q2', 'q2', 'q9', 'q9'],
+      'doc_id': ['d01', 'd99', 'd02', 'd06', 'd07', 'd01', 'd02'],
+      'score': [0.9, 0.8, 0.7, 0.9, 0.1, 0.5, 0.4],
+  }, schema=pa.schema([('query_id', pa.string()), ('doc_id', pa.string()),
+                       ('score', pa.float64())]))
+  qrels = write_parquet(tmp_path / 'qrels.parquet', {
+      'query_id': ['q1', 'q2', 'q9'], 'doc_id': ['d01', 'd06', 'd01'],
+      'relevance': [1, 1, 1]}, schema=pa.schema([
+          ('query_id', pa.string()), ('doc_id', pa.string()), ('relevance', pa.int32())]))
+  out = tmp_path / 'pairs'
+  report = quietly(mine.run, [
+      '--candidates', candidates, '--queries', collection['queries'],
+      '--corpus', collection['corpus'], '--qrels', qrels, '--output', str(out),
+      '--format', 'labeled-pair', '--num-negatives', '2'])
+  assert read_rows(out / 'labeled-pair' / 'train-ids') == [
+      {'query_id': 'q1', 'doc_id': 'd01'}, {'query_id': 'q1', 'doc_id': 'd02'},
+      {'query_id': 'q2', 'doc_id': 'd06'}, {'query_id': 'q2', 'doc_id': 'd07'}]
+  dead = read_rows(out / 'dead_letter')
+  assert [(d['stage'], d['record_id'], d['reason'].split(':')[0]) for d in dead] == [
+      ('mine/join', 'q1\td99', 'unknown_doc_id'),
+      ('mine/join', 'q9', 'unknown_query_id')]
+  assert report['mined_ids_without_text'] == 2
+  assert report['dead_letters'] == 2

@@ -19,6 +19,7 @@ from typing import Iterable, Literal, Optional, Sequence
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from transforms.dead_letters import DEAD_LETTER_TAG, dead_letter
 from transforms.parquet_sink import stable_hash
 from transforms.texts import METRICS_NAMESPACE
 
@@ -233,8 +234,9 @@ class MineNegatives(beam.PTransform):
 
 
 class AttachMinedTexts(beam.PTransform):
-  """``MinedQuery`` + query texts + passage texts -> ``(MinedQuery, query_text,
-  {doc_id: text})``; only the documents a query needs travel to it."""
+  """``MinedQuery`` + query texts + passage texts -> outputs ``assembled``:
+  ``(MinedQuery, query_text, {doc_id: text})``, and ``dead_letter``; only the
+  documents a query needs travel to it."""
   def expand(self, pcolls):
     mined = pcolls['mined']
     wanted = mined | 'DocsNeeded' >> beam.FlatMap(
@@ -252,7 +254,8 @@ class AttachMinedTexts(beam.PTransform):
             'doc_texts': doc_texts_per_query,
         }
         | 'JoinPerQuery' >> beam.CoGroupByKey()
-        | 'AssembleQuery' >> beam.FlatMap(_assemble))
+        | 'AssembleQuery' >> beam.ParDo(_AssembleQueryFn()).with_outputs(
+            DEAD_LETTER_TAG, main='assembled'))
 
 
 def _texts_to_queries(joined):
@@ -262,13 +265,41 @@ def _texts_to_queries(joined):
     yield query_id, (doc_id, texts[0] if texts else None)
 
 
-def _assemble(joined):
-  query_id, groups = joined
-  mined = list(groups['mined'])
-  query_texts = list(groups['query_text'])
-  if not mined or not query_texts:
-    return
-  yield mined[0], query_texts[0], dict(groups['doc_texts'])
+class _AssembleQueryFn(beam.DoFn):
+  """One query's mined ids + its texts -> ``(MinedQuery, query_text, doc_texts)``.
+
+  A mined id with no text (not in the input, or dead-lettered there) goes to
+  a dead letter instead of silently vanishing from the formats.
+  """
+  def __init__(self):
+    self._missing = Metrics.counter(METRICS_NAMESPACE, f'{STAGE}/mined_ids_without_text')
+
+  def process(self, joined):
+    query_id, groups = joined
+    mined = list(groups['mined'])
+    if not mined:
+      return
+    mined = mined[0]
+    query_texts = list(groups['query_text'])
+    doc_texts = {d: t for d, t in groups['doc_texts'] if t is not None}
+    if not query_texts:
+      self._missing.inc()
+      yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dead_letter(
+          f'{STAGE}/join', query_id,
+          'unknown_query_id: the query has candidates and labels but no text in '
+          '--queries (or was dead-lettered there); nothing mined for it',
+          {'query_id': query_id}))
+      return
+    for role, ids in (('positive', mined.positives), ('negative', mined.negatives)):
+      for doc_id, score in ids:
+        if doc_id not in doc_texts:
+          self._missing.inc()
+          yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dead_letter(
+              f'{STAGE}/join', f'{query_id}\t{doc_id}',
+              f'unknown_doc_id: the mined {role} has no text in --corpus (or was '
+              'dead-lettered there); left out of every format',
+              {'query_id': query_id, 'doc_id': doc_id, 'role': role, 'score': score}))
+    yield mined, query_texts[0], doc_texts
 
 
 def split_of(query_id: str, dev_fraction: float) -> str:

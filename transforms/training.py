@@ -96,6 +96,14 @@ def train(config: TrainConfig) -> dict:
       disable_tqdm=not config.show_progress,
       use_cpu=not torch.cuda.is_available(),
   )
+  try:
+    return _train(config, fmt, data, work, common_args)
+  finally:
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def _train(config: TrainConfig, fmt: str, data, work: str, common_args: dict) -> dict:
+  import torch
   started = time.perf_counter()
   if config.kind == 'cross-encoder':
     from sentence_transformers.cross_encoder import (
@@ -148,5 +156,4 @@ def train(config: TrainConfig) -> dict:
     shutil.rmtree(config.output_dir)
   os.makedirs(os.path.dirname(os.path.abspath(config.output_dir)), exist_ok=True)
   shutil.move(staged, config.output_dir)
-  shutil.rmtree(work, ignore_errors=True)
   return report

@@ -152,9 +152,10 @@ def build_mine_pipeline(pipeline: beam.Pipeline, config: MineConfig, manifest: d
 
   mined = {'candidates': candidates, 'qrels': labels} | 'MineNegatives' >> MineNegatives(
       config.mining, 'score')
-  with_texts = {
+  attached = {
       'mined': mined, 'queries': queries['texts'], 'corpus': corpus['texts'],
   } | 'AttachTexts' >> AttachMinedTexts()
+  with_texts = attached.assembled
 
   outputs, written = [], {}
   for fmt in config.formats:
@@ -180,7 +181,7 @@ def build_mine_pipeline(pipeline: beam.Pipeline, config: MineConfig, manifest: d
             | f'Rows{step}' >> beam.Map(
                 lambda keyed, i=index: dict(keyed[i], _key=keyed[0]))
             | f'Write{step}' >> WriteParquetShards(output))
-  dead = ((queries[DEAD_LETTER_TAG], corpus[DEAD_LETTER_TAG])
+  dead = ((queries[DEAD_LETTER_TAG], corpus[DEAD_LETTER_TAG], attached[DEAD_LETTER_TAG])
           | 'FlattenDeadLetters' >> beam.Flatten())
   dead_output = ShardedOutput(
       name='dead_letter', root=config.output_dir, subdirectory='dead_letter',
