@@ -149,13 +149,16 @@ def plot_report(
       qrels.select('query_id', 'doc_id', 'relevance'), on=['query_id', 'doc_id'],
       how='left').with_columns(
           relevant=pl.col('relevance').fill_null(0) > 0)
+  plotted = False
   for relevant, label in ((True, 'judged relevant'), (False, 'other candidates')):
     scores = judged.filter(pl.col('relevant') == relevant)['score'].to_list()
     if scores:
       right.hist(scores, bins=40, alpha=0.6, density=True, label=f'{label} ({len(scores):,})')
+      plotted = True
   right.set_title('cross-encoder scores')
   right.set_xlabel('score')
-  right.legend()
+  if plotted:
+    right.legend()
   fig.suptitle(title)
   fig.tight_layout()
   buffer = io.BytesIO()
