@@ -45,7 +45,7 @@ def main() -> None:
     encode.run(['--input', os.path.join(cranfield, 'queries.parquet'), '--output', query_dir,
                 '--id-column', 'query_id'])
   out = tempfile.mkdtemp(prefix='dense_cranfield_topk_')
-  seconds = run_exact_top_k(query_dir, corpus_dir, args.k, out)
+  seconds, _ = run_exact_top_k(query_dir, corpus_dir, args.k, out)
   got = pl.read_parquet(os.path.join(out, 'part-*.parquet')).sort('query_id', 'retrieval_rank')
 
   def load(d):
