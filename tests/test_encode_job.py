@@ -930,9 +930,11 @@ def _beam_failure(error: BaseException):
      'encode_error: _CustomError: custom: with colon'),
 ])
 def test_failed_batch_reasons(error, expected):
-  from transforms.encoding import _failed_batch_to_dead_letters
+  from transforms.inference import _failed_batch_to_dead_letters
   batch = [{'id': 'a', 'text': 'x', 'text_sha256': 'h'}, {'id': 'b', 'text': 'y'}]
-  dead = list(_failed_batch_to_dead_letters((batch, error)))
+  dead = list(_failed_batch_to_dead_letters(
+      (batch, error), 'encode/inference', 'encode_error', lambda r: r.get('id'),
+      lambda r: {'id': r.get('id'), 'text': r.get('text')}))
   assert [d['record_id'] for d in dead] == ['a', 'b']
   assert {d['reason'] for d in dead} == {expected}
   assert {d['stage'] for d in dead} == {'encode/inference'}

@@ -3,25 +3,22 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Optional
+from typing import Optional
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import RunInference
 
-from transforms.batching import BatchByTokenLengthFn
 from transforms.bi_encoder import SentenceTransformerHandler
 from transforms.dead_letters import (
-    DEAD_LETTER_SCHEMA, DEAD_LETTER_TAG, dead_letter, dead_letter_sort_key, error_text)
+    DEAD_LETTER_SCHEMA, DEAD_LETTER_TAG, dead_letter_sort_key)
 from transforms.incremental import REUSED_TAG, ReuseUnchanged
-from transforms.model_info import BiEncoderInfo, load_tokenizer, resolve_model_dir
+from transforms.inference import InferByTokenLength
+from transforms.model_info import BiEncoderInfo
 from transforms.parquet_sink import (
     MANIFEST_NAME, CommitOutputs, ShardedOutput, WriteParquetShards)
-from transforms.progress import LogProgressFn
-from transforms.texts import METRICS_NAMESPACE, PrepareTexts
+from transforms.texts import PrepareTexts
 
 STAGE = 'encode'
 EMBEDDINGS_METADATA_KEY = b'beam_rerank.embeddings'
@@ -106,20 +103,11 @@ def embeddings_to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
       schema=schema)
 
 
-def _failed_batch_to_dead_letters(failed: tuple[Any, Any]):
-  batch, error = failed
-  reason = f'encode_error: {error_text(error)}'.splitlines()[0]
-  for record in batch:
-    yield dead_letter(
-        f'{STAGE}/inference', record.get('id'), reason,
-        {'id': record.get('id'), 'text': record.get('text')})
-
-
 class EncodeTexts(beam.PTransform):
   """Text records -> ``{'embeddings', 'dead_letter'}``.
 
-  Length-aware batches (``BatchByTokenLengthFn``) go through ``RunInference``
-  with batching skipped; a batch that fails becomes dead letters, one per text.
+  Length-aware batches through ``RunInference`` (``InferByTokenLength``); a
+  batch that fails becomes dead letters, one per text.
   """
   def __init__(self, config: EncodeConfig, info: BiEncoderInfo):
     super().__init__()
@@ -140,33 +128,17 @@ class EncodeTexts(beam.PTransform):
         trust_remote_code=config.trust_remote_code,
         share_across_processes=config.share_model_across_processes,
         model_copies=config.model_copies)
-    batches = texts | 'BatchByTokenLength' >> beam.ParDo(
-        BatchByTokenLengthFn(
-            tokenizer_loader=lambda: load_tokenizer(resolve_model_dir(model)),
-            tokenizer_key=f'tokenizer:{info.fingerprint}',
-            max_seq_length=info.max_seq_length,
-            max_tokens_per_batch=config.max_tokens_per_batch,
-            max_batch_size=config.max_batch_size,
-            sort_window=config.sort_window,
-            text_fn=lambda record: prompt + record['text'],
-            stage=STAGE))
-    embedded, failures = (
-        batches
-        | 'EncodeBatches' >> RunInference(
-            handler.with_no_batching()).with_exception_handling())
-    encoded = Metrics.counter(METRICS_NAMESPACE, f'{STAGE}/texts_encoded')
-
-    def count_encoded(row):
-      encoded.inc()
-      return row
-
-    embeddings = (
-        embedded
-        | 'CountEncoded' >> beam.Map(count_encoded)
-        | 'ReportProgress' >> beam.ParDo(LogProgressFn(STAGE, 'texts')))
-    dead = failures.failed_inferences | 'FailedBatchesToDeadLetters' >> beam.FlatMap(
-        _failed_batch_to_dead_letters)
-    return {'embeddings': embeddings, DEAD_LETTER_TAG: dead}
+    encoded = texts | 'InferByTokenLength' >> InferByTokenLength(
+        handler, model=model, model_fingerprint=info.fingerprint,
+        max_seq_length=info.max_seq_length,
+        max_tokens_per_batch=config.max_tokens_per_batch,
+        max_batch_size=config.max_batch_size, sort_window=config.sort_window,
+        text_fn=lambda record: prompt + record['text'], stage=STAGE, unit='texts',
+        done_counter='texts_encoded', dead_letter_stage=f'{STAGE}/inference',
+        error_code='encode_error',
+        record_id=lambda record: record.get('id'),
+        payload=lambda record: {'id': record.get('id'), 'text': record.get('text')})
+    return {'embeddings': encoded['outputs'], DEAD_LETTER_TAG: encoded[DEAD_LETTER_TAG]}
 
 
 def _previous_to_record(row: dict, dtype) -> dict:
