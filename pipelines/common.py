@@ -106,3 +106,11 @@ def main_wrapper(
 
 def dump_json(value: Mapping[str, Any]) -> str:
   return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
+
+
+def query_groups(query_manifest: Mapping[str, Any] | None, max_in_memory: int) -> int:
+  """How many groups queries are split into so one group fits in memory."""
+  if not query_manifest:
+    return 1
+  rows = int(query_manifest.get('row_count') or 0)
+  return max(1, -(-rows // max_in_memory))

@@ -40,6 +40,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
   io.add_argument('--query-embeddings', metavar='DIR', default=None, help='With --corpus-embeddings: retrieve dense candidates here.')
   io.add_argument('--corpus-embeddings', metavar='DIR', default=None)
   io.add_argument('--top-k', type=common.positive_int, default=100, help='Dense candidates per query (default: %(default)s).')
+  io.add_argument(
+      '--max-queries-in-memory', type=common.positive_int, default=100_000,
+      help='Dense: query embeddings one worker holds; more are split into groups (default: %(default)s).')
   io.add_argument('--queries', required=True, metavar='GLOB', help='Parquet queries (query_id, text).')
   io.add_argument('--corpus', required=True, metavar='GLOB', help='Parquet corpus (doc_id, text[, title]).')
   io.add_argument('--output', required=True, metavar='DIR', help='Folder: FORMAT/train, FORMAT/dev, FORMAT/train-ids, ..., manifest.json, report.json.')
@@ -119,6 +122,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
   candidates_pattern = None
   normalize = False
   has_rank = False
+  embeddings = None
   if args.ranked:
     pattern = FileSystems.join(args.ranked, 'candidates', 'part-*.parquet')
     try:
@@ -170,6 +174,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
       candidates_have_retrieval_rank=has_rank,
       query_embeddings_dir=args.query_embeddings, corpus_embeddings_dir=args.corpus_embeddings,
       normalize_embeddings=normalize, top_k=args.top_k, qrels_pattern=args.qrels,
+      query_groups=common.query_groups(embeddings, args.max_queries_in_memory),
       positives_pattern=args.positives, query_id_column=args.query_id_column,
       query_text_column=args.query_text_column, doc_id_column=args.doc_id_column,
       doc_text_column=args.doc_text_column, doc_title_column=args.doc_title_column,

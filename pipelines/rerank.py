@@ -77,6 +77,10 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
   cands.add_argument('--top-k', type=common.positive_int, default=100, help='Dense candidates per query (default: %(default)s).')
   cands.add_argument('--corpus-block-size', type=common.positive_int, default=32768, help='Corpus rows per matrix product (default: %(default)s).')
   cands.add_argument('--query-block-size', type=common.positive_int, default=1024, help='Queries per matrix product (default: %(default)s).')
+  cands.add_argument(
+      '--max-queries-in-memory', type=common.positive_int, default=100_000,
+      help='Query embeddings one worker holds as a side input; more queries are split '
+      'into groups scored in separate branches (default: %(default)s).')
 
   scoring = parser.add_argument_group('cross-encoder')
   scoring.add_argument(
@@ -236,6 +240,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
       normalize_embeddings=bool(
           embeddings and not embeddings['normalized'] and
           embeddings['similarity'] == 'cosine'),
+      query_groups=common.query_groups(embeddings, args.max_queries_in_memory),
       candidates_pattern=candidates_pattern,
       candidates_score_column=score_column,
       top_k=args.top_k,

@@ -208,11 +208,13 @@ def test_trec_run_file(dense_run):
 
 def test_two_runs_byte_identical(tmp_path, dense_run, rerank_inputs, embeddings,
                                  tiny_cross_encoder_dir):
-  """Same inputs, same bytes, even with other retrieval block sizes."""
+  """Same inputs, same bytes, even with other retrieval block sizes and the
+  queries split into groups (one query per side input)."""
   first, _, _ = dense_run
   second = tmp_path / 'ranked'
   _run(_dense_args(rerank_inputs, embeddings, tiny_cross_encoder_dir, second) + [
-      '--corpus-block-size', '1', '--query-block-size', '1'])
+      '--corpus-block-size', '1', '--query-block-size', '1',
+      '--max-queries-in-memory', '1'])
   files = _files(first)
   assert sorted(files) == [
       'candidates/part-00000-of-00001.parquet', 'dead_letter/part-00000-of-00001.parquet',

@@ -178,7 +178,9 @@ def test_table_to_matrix_and_blocks():
   np.testing.assert_allclose(np.linalg.norm(normalized, axis=1), 1.0, rtol=1e-6)
 
 
-def test_exact_top_k_pipeline_equals_brute_force():
+@pytest.mark.parametrize('query_groups', [1, 3])
+def test_exact_top_k_pipeline_equals_brute_force(query_groups):
+  """Also with queries split into groups (separate side inputs and branches)."""
   query_ids, queries, doc_ids, docs = _random_case(seed=3, num_queries=5, num_docs=11, dim=8)
   expected = brute_force_top_k(query_ids, queries, doc_ids, docs, 3)
   with TestPipeline() as p:
@@ -188,7 +190,7 @@ def test_exact_top_k_pipeline_equals_brute_force():
     corpus_tables = p | 'Corpus' >> beam.Create([
         _table(doc_ids[:6], docs[:6]), _table(doc_ids[6:], docs[6:])])
     rows = {'queries': query_tables, 'corpus': corpus_tables} | ExactTopK(
-        3, corpus_block_size=4, query_block_size=2)
+        3, corpus_block_size=4, query_block_size=2, query_groups=query_groups)
     assert_that(rows, equal_to(expected))
 
 

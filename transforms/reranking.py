@@ -32,6 +32,7 @@ class RerankConfig:
   query_embeddings_dir: Optional[str] = None
   corpus_embeddings_dir: Optional[str] = None
   normalize_embeddings: bool = False
+  query_groups: int = 1
   candidates_pattern: Optional[str] = None
   candidates_score_column: Optional[str] = None
   top_k: int = 100
@@ -99,7 +100,8 @@ def build_rerank_pipeline(
         | 'ExactDenseTopK' >> ExactTopK(
             config.top_k, corpus_block_size=config.corpus_block_size,
             query_block_size=config.query_block_size,
-            normalize=config.normalize_embeddings)
+            normalize=config.normalize_embeddings,
+            query_groups=config.query_groups)
         | 'MarkDense' >> beam.Map(_dense_row))
     candidate_sources.append(dense)
   if config.candidates_pattern:

@@ -212,35 +212,56 @@ def _query_blocks(
   return list(tables_to_blocks(table, block_size, normalize))
 
 
+def _table_of_group(table: pa.Table, group: int, groups: int) -> pa.Table:
+  """The rows of ``table`` whose id hashes to ``group`` of ``groups``."""
+  if groups == 1:
+    return table
+  from transforms.parquet_sink import stable_hash
+  mask = [stable_hash(i) % groups == group for i in table.column('id').to_pylist()]
+  return table.filter(pa.array(mask, pa.bool_()))
+
+
 class ExactTopK(beam.PTransform):
   """``{'queries': tables, 'corpus': tables}`` -> candidate rows, exact top-k.
 
   Inputs are PCollections of Arrow tables with ``id`` and a fixed-size-list
   ``embedding`` (what ``ReadFromParquetBatched`` yields from embedding shards).
+  Queries reach the scoring step as a side input; with ``query_groups`` > 1
+  they are split by id hash into that many groups, each its own side input
+  and scoring branch over the same corpus stream, so no worker holds more
+  than one group's queries.
   """
   def __init__(
       self, k: int, corpus_block_size: int = 32768,
-      query_block_size: int = 1024, normalize: bool = False):
+      query_block_size: int = 1024, normalize: bool = False, query_groups: int = 1):
     super().__init__()
     self._k = k
     self._corpus_block_size = corpus_block_size
     self._query_block_size = query_block_size
     self._normalize = normalize
+    self._query_groups = query_groups
 
   def expand(self, pcolls):
-    query_blocks = (
-        pcolls['queries']
-        | 'CollectQueryTables' >> beam.combiners.ToList()
-        | 'ToQueryBlocks' >> beam.Map(
-            _query_blocks, self._query_block_size, self._normalize))
-    return (
-        pcolls['corpus']
-        | 'ToCorpusBlocks' >> beam.FlatMap(
-            tables_to_blocks, self._corpus_block_size, self._normalize)
-        # No Reshuffle here: blocks stream from the (splittable) Parquet read
-        # into scoring, so a runner never buffers the whole corpus.
-        | 'ScoreBlocks' >> beam.ParDo(
-            _ScoreBlockFn(self._k, self._query_block_size),
-            queries=beam.pvalue.AsSingleton(query_blocks))
-        | 'MergeTopK' >> beam.CombinePerKey(MergeTopKFn(self._k))
-        | 'ToCandidateRows' >> beam.FlatMap(lambda keyed: top_k_rows(keyed[1])))
+    corpus_blocks = pcolls['corpus'] | 'ToCorpusBlocks' >> beam.FlatMap(
+        tables_to_blocks, self._corpus_block_size, self._normalize)
+    # No Reshuffle here: blocks stream from the (splittable) Parquet read into
+    # scoring, so a runner never buffers the whole corpus.
+    branches = []
+    for group in range(self._query_groups):
+      suffix = '' if self._query_groups == 1 else f'Group{group}'
+      query_blocks = (
+          pcolls['queries']
+          | f'SelectQueries{suffix}' >> beam.Map(_table_of_group, group, self._query_groups)
+          | f'CollectQueryTables{suffix}' >> beam.combiners.ToList()
+          | f'ToQueryBlocks{suffix}' >> beam.Map(
+              _query_blocks, self._query_block_size, self._normalize))
+      branches.append(
+          corpus_blocks
+          | f'ScoreBlocks{suffix}' >> beam.ParDo(
+              _ScoreBlockFn(self._k, self._query_block_size),
+              queries=beam.pvalue.AsSingleton(query_blocks))
+          | f'MergeTopK{suffix}' >> beam.CombinePerKey(MergeTopKFn(self._k))
+          | f'ToCandidateRows{suffix}' >> beam.FlatMap(lambda keyed: top_k_rows(keyed[1])))
+    if len(branches) == 1:
+      return branches[0]
+    return branches | 'FlattenQueryGroups' >> beam.Flatten()

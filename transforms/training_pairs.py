@@ -63,6 +63,7 @@ class MineConfig:
   query_embeddings_dir: Optional[str] = None
   corpus_embeddings_dir: Optional[str] = None
   normalize_embeddings: bool = False
+  query_groups: int = 1
   top_k: int = 100
   qrels_pattern: Optional[str] = None
   positives_pattern: Optional[str] = None
@@ -123,7 +124,8 @@ def build_mine_pipeline(pipeline: beam.Pipeline, config: MineConfig, manifest: d
         {'queries': read_embeddings('Query', config.query_embeddings_dir),
          'corpus': read_embeddings('Corpus', config.corpus_embeddings_dir)}
         | 'ExactDenseTopK' >> ExactTopK(
-            config.top_k, normalize=config.normalize_embeddings)
+            config.top_k, normalize=config.normalize_embeddings,
+            query_groups=config.query_groups)
         | 'ToCandidates' >> beam.Map(_candidate_row, 'retrieval_score'))
   else:
     columns = ['query_id', 'doc_id']
