@@ -20,7 +20,6 @@ from typing import Iterable, Iterator, Optional
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
-import torch
 from apache_beam.metrics import Metrics
 
 from transforms.texts import METRICS_NAMESPACE
@@ -57,8 +56,7 @@ def table_to_matrix(table: pa.Table, column: str = 'embedding') -> np.ndarray:
   array = table.column(column).combine_chunks()
   dim = array.type.list_size
   values = array.flatten().to_numpy(zero_copy_only=False)
-  # A writable copy: Arrow's buffers are read-only, and torch wants writable.
-  return np.array(values, dtype=np.float32).reshape(-1, dim)
+  return values.astype(np.float32, copy=False).reshape(-1, dim)
 
 
 def l2_normalize(matrix: np.ndarray) -> np.ndarray:
@@ -91,17 +89,16 @@ def block_top_k(
   """Exact top-``k`` of one corpus block for one block of queries."""
   num_docs = len(docs.ids)
   kk = min(k, num_docs)
-  doc_matrix = torch.from_numpy(docs.matrix)
-  scores = torch.from_numpy(queries) @ doc_matrix.T
-  kth = torch.topk(scores, kk, dim=1, sorted=False).values.min(dim=1).values.numpy()
+  scores = queries @ docs.matrix.T
+  kth = np.partition(scores, num_docs - kk, axis=1)[:, num_docs - kk]
   # Bound on float32 dot-product error: dim * eps * |q| * max|d|, doubled
   # (and the norms themselves rounded up by a further 1%).
   dim = queries.shape[1]
-  doc_norm_max = float(torch.linalg.vector_norm(doc_matrix, dim=1).max()) * 1.01
+  doc_norm_max = float(np.sqrt(np.einsum('ij,ij->i', docs.matrix, docs.matrix).max())) * 1.01
   query_norms = np.linalg.norm(queries, axis=1).astype(np.float64) * 1.01
   margin = 2.0 * dim * _FLOAT32_EPS * query_norms * doc_norm_max
-  threshold = torch.from_numpy((kth - margin).astype(np.float32))[:, None]
-  rows, cols = (t.numpy() for t in torch.nonzero(scores >= threshold, as_tuple=True))
+  threshold = (kth - margin).astype(np.float32)
+  rows, cols = np.nonzero(scores >= threshold[:, None])
   exact = exact_scores_for_rows(queries, docs.matrix, rows, cols)
   # Ties break by doc_id: sort by the id's rank in the block (integers sort
   # far faster than strings, and give the same order).
