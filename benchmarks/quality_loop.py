@@ -97,7 +97,7 @@ def main() -> None:
         '--num-negatives', str(args.negatives)])
     mined_rows[name] = report['rows']['labeled-pair/train']
     for f in os.listdir(path(f'pairs_{name}', 'labeled-pair', 'train')):
-      shutil.copy(path(f'pairs_{name}', 'labeled-pair', 'train', f), os.path.join(combined, f'{name}-{f}'))
+      shutil.copy(path(f'pairs_{name}', 'labeled-pair', 'train', f), os.path.join(combined, f'part-{name}-{f[len("part-"):]}'))
   timings['mine_seconds'] = time.perf_counter() - started
 
   ce_dir = path('ce_finetuned')
