@@ -114,3 +114,21 @@ def query_groups(query_manifest: Mapping[str, Any] | None, max_in_memory: int) -
     return 1
   rows = int(query_manifest.get('row_count') or 0)
   return max(1, -(-rows // max_in_memory))
+
+
+def dead_letter_counts(output_dir: str) -> list[tuple[str, str, int]]:
+  """``(stage, reason code, rows)`` of an output's ``dead_letter/`` files."""
+  import polars as pl
+
+  from transforms.evaluation import read_parquet_files
+  from transforms.parquet_input import match_files
+  try:
+    files = match_files(f'{output_dir}/dead_letter/part-*.parquet', 'dead letters')
+  except UserInputError:
+    return []
+  frame = read_parquet_files(files, ['stage', 'reason'])
+  if frame.height == 0:
+    return []
+  counts = frame.group_by(
+      'stage', code=pl.col('reason').str.split(':').list.first()).len().sort('stage', 'code')
+  return [tuple(row) for row in counts.iter_rows()]

@@ -15,7 +15,6 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines import common
-from transforms.dead_letters import reason_code
 from transforms.encoding import EncodeConfig, build_encode_pipeline, embedding_settings
 from transforms.errors import UserInputError
 from transforms.incremental import settings_mismatch
@@ -121,18 +120,6 @@ def _previous_is_reusable(previous_dir: str, settings: dict) -> bool:
   return True
 
 
-def _dead_letters_by_reason(output_dir: str) -> dict[str, int]:
-  import polars as pl
-  pattern = FileSystems.join(output_dir, 'dead_letter', 'part-*.parquet')
-  frame = pl.read_parquet(pattern, columns=['reason'])
-  if frame.height == 0:
-    return {}
-  counts = (
-      frame.select(pl.col('reason').map_elements(reason_code, return_dtype=pl.String))
-      .group_by('reason').len().sort('reason'))
-  return dict(zip(counts['reason'].to_list(), counts['len'].to_list()))
-
-
 def run(argv: Sequence[str] | None = None) -> dict:
   """Runs the encode job; returns its report (also written as report.json)."""
   common.quiet_libraries()
@@ -185,7 +172,9 @@ def run(argv: Sequence[str] | None = None) -> dict:
 
   counts = common.counters(result, 'encode')
   manifest = read_json(FileSystems.join(config.output_dir, MANIFEST_NAME))
-  dead_by_reason = _dead_letters_by_reason(config.output_dir)
+  dead_by_reason: dict[str, int] = {}
+  for _, code, rows in common.dead_letter_counts(config.output_dir):
+    dead_by_reason[code] = dead_by_reason.get(code, 0) + rows
   encoded = counts.get('texts_encoded', 0)
   padded = counts.get('padded_tokens', 0)
   report = {

@@ -18,7 +18,6 @@ from pipelines import common
 from pipelines import encode as encode_job
 from pipelines.evaluate import evaluate_ranked
 from transforms import evaluation
-from transforms.dead_letters import reason_code
 from transforms.errors import UserInputError
 from transforms.model_info import inspect_cross_encoder
 from transforms.parquet_input import check_parquet_input
@@ -292,15 +291,9 @@ def run(argv: Sequence[str] | None = None) -> dict:
   counts = common.counters(result, 'rerank')
   written = read_json(FileSystems.join(output_dir, MANIFEST_NAME))
   import polars as pl
-  dead = evaluation.read_parquet_files(
-      [f.path for f in FileSystems.match(
-          [FileSystems.join(output_dir, 'dead_letter', 'part-*.parquet')])[0].metadata_list],
-      ['stage', 'reason'])
-  dead = dead.with_columns(
-      code=pl.col('reason').map_elements(reason_code, return_dtype=pl.String))
-  by_reason = {f'{s} {c}': n for s, c, n in dead.group_by('stage', 'code').len().sort(
-      'stage', 'code').iter_rows()}
-  candidate_dead = dead.filter(pl.col('stage').is_in(_CANDIDATE_STAGES)).height
+  dead = common.dead_letter_counts(output_dir)
+  by_reason = {f'{stage} {code}': rows for stage, code, rows in dead}
+  candidate_dead = sum(rows for stage, _, rows in dead if stage in _CANDIDATE_STAGES)
   candidates_in = counts.get('dense_candidates', 0) + counts.get('supplied_candidates_in', 0)
   scored = counts.get('pairs_scored', 0)
   report = {
@@ -314,7 +307,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
       'pairs_scored': scored,
       'candidate_dead_letters': candidate_dead,
       'reconciles': candidates_in == scored + candidate_dead + counts.get('union_overlap', 0),
-      'dead_letters': dead.height,
+      'dead_letters': sum(rows for _, _, rows in dead),
       'dead_letters_by_reason': by_reason,
       'pairs_truncated': counts.get('texts_truncated', 0),
       'batches': counts.get('batches', 0),
