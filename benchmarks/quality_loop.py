@@ -31,7 +31,10 @@ def main() -> None:
   parser.add_argument('--epochs', type=float, default=1.0)
   parser.add_argument('--lr', type=float, default=1e-4)
   parser.add_argument('--batch-size', type=int, default=16)
-  parser.add_argument('--negatives', type=int, default=3)
+  parser.add_argument('--negatives', type=int, default=8,
+                      help='negatives per train-half query (it has ~8 positives)')
+  parser.add_argument('--title-negatives', type=int, default=1,
+                      help='negatives per title pseudo-query (it has 1 positive)')
   parser.add_argument('--max-length', type=int, default=256)
   parser.add_argument('--top-k', type=int, default=20)
   parser.add_argument('--workdir', default=None)
@@ -80,21 +83,25 @@ def main() -> None:
   timings['encode_seconds'] = time.perf_counter() - started
 
   started = time.perf_counter()
+  # Negatives per source are set so labels are about balanced within each
+  # source: otherwise the model learns which kind of query it sees.
   pair_dirs = [('qrels', path('train_queries.parquet'), path('train_qrels.parquet'),
-                'train_queries', corpus_path, 'corpus')]
+                'train_queries', corpus_path, 'corpus', args.negatives)]
   if not args.no_titles:
     pair_dirs.append(('titles', path('title_queries.parquet'), path('title_qrels.parquet'),
-                      'title_queries', path('corpus_untitled.parquet'), 'corpus_untitled'))
+                      'title_queries', path('corpus_untitled.parquet'), 'corpus_untitled',
+                      args.title_negatives))
   combined = path('pairs_combined', 'labeled-pair', 'train')
   shutil.rmtree(path('pairs_combined'), ignore_errors=True)
   os.makedirs(combined)
   mined_rows = {}
-  for name, q, r, q_emb, c, c_emb in pair_dirs:
+  for name, q, r, q_emb, c, c_emb, negatives in pair_dirs:
+    shutil.rmtree(path(f'pairs_{name}'), ignore_errors=True)
     report = mine.run([
         '--query-embeddings', path('emb', q_emb), '--corpus-embeddings', path('emb', c_emb),
         '--top-k', str(args.top_k), '--queries', q, '--corpus', c, '--qrels', r,
         '--output', path(f'pairs_{name}'), '--format', 'labeled-pair',
-        '--num-negatives', str(args.negatives)])
+        '--num-negatives', str(negatives)])
     mined_rows[name] = report['rows']['labeled-pair/train']
     for f in os.listdir(path(f'pairs_{name}', 'labeled-pair', 'train')):
       shutil.copy(path(f'pairs_{name}', 'labeled-pair', 'train', f), os.path.join(combined, f'part-{name}-{f[len("part-"):]}'))
