@@ -78,6 +78,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
   model.add_argument(
       '--device', choices=['auto', 'cpu', 'cuda'], default='auto',
       help='Where the model runs on each worker; auto = cuda when visible (default: %(default)s).')
+  model.add_argument('--allow-pickle-weights', action='store_true', help='Allow models whose weights are only pickle files (.bin); off by default: unpickling can run code.')
   model.add_argument(
       '--trust-remote-code', action='store_true',
       help='Allow models that ship their own Python code (off by default).')
@@ -134,7 +135,8 @@ def run(argv: Sequence[str] | None = None) -> dict:
   if os.path.isfile(args.output):
     raise UserInputError(f'--output {args.output!r} is a file, not a folder')
   model = resolve_model_name(args.model)
-  info = inspect_bi_encoder(model, args.max_seq_length, args.trust_remote_code)
+  info = inspect_bi_encoder(
+      model, args.max_seq_length, args.trust_remote_code, args.allow_pickle_weights)
   config = EncodeConfig(
       input_pattern=checked.pattern,
       output_dir=args.output.rstrip('/'),

@@ -100,6 +100,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
   scoring.add_argument('--share-model-across-processes', action='store_true', help='One model per machine (GPUs).')
   scoring.add_argument('--model-copies', type=common.positive_int, default=None, help='With sharing: copies per machine.')
   scoring.add_argument('--trust-remote-code', action='store_true', help='Allow models that ship Python code.')
+  scoring.add_argument('--allow-pickle-weights', action='store_true', help='Allow models whose weights are only pickle files (.bin); off by default: unpickling can run code.')
 
   evaluation_group = parser.add_argument_group('evaluation')
   evaluation_group.add_argument('--qrels', metavar='GLOB', default=None, help='Evaluate against these judgments after ranking.')
@@ -149,6 +150,8 @@ def _encode_first(args, beam_args) -> tuple[str, str]:
     argv = ['--input', pattern, '--output', directory, '--model', args.model,
             '--id-column', id_column, '--text-column', text_column,
             '--device', args.device]
+    argv += ['--allow-pickle-weights'] if args.allow_pickle_weights else []
+    argv += ['--trust-remote-code'] if args.trust_remote_code else []
     if title:
       argv += ['--title-column', title, '--title-separator', args.title_separator]
     if FileSystems.exists(FileSystems.join(directory, MANIFEST_NAME)):
@@ -212,7 +215,8 @@ def run(argv: Sequence[str] | None = None) -> dict:
     evaluation.parse_measures(args.metrics.split(','))
   # An explicit cross-encoder is checked before any encoding; the default one
   # is built (minutes, once) only after every cheap check has passed.
-  ce = (inspect_cross_encoder(args.cross_encoder, args.max_length, args.trust_remote_code)
+  ce = (inspect_cross_encoder(
+      args.cross_encoder, args.max_length, args.trust_remote_code, args.allow_pickle_weights)
         if args.cross_encoder else None)
   query_dir, corpus_dir = args.query_embeddings, args.corpus_embeddings
   if args.model:

@@ -18,7 +18,7 @@ from typing import Sequence
 
 from pipelines import common
 from transforms.errors import UserInputError
-from transforms.model_info import resolve_model_dir, resolve_model_name
+from transforms.model_info import check_weights_format, resolve_model_dir, resolve_model_name
 from transforms.training import TrainConfig, train
 
 PROG = 'beam-rerank train'
@@ -41,7 +41,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
   parser.add_argument('--max-length', type=common.positive_int, default=None, help="Tokens per input (default: the model's).")
   parser.add_argument('--pos-weight', type=float, default=None, help='Cross-encoder: BCE weight of positives (e.g. #neg/#pos).')
   parser.add_argument('--seed', type=int, default=12, help='(default: %(default)s)')
-  parser.add_argument('--trust-remote-code', action='store_true')
+  parser.add_argument('--trust-remote-code', action='store_true', help='Allow models that ship Python code.')
+  parser.add_argument('--allow-pickle-weights', action='store_true', help='Allow models whose weights are only pickle files (.bin); off by default: unpickling can run code.')
   parser.add_argument('--no-progress', action='store_true', help='No progress bar.')
   return parser
 
@@ -54,6 +55,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
   if args.learning_rate <= 0 or args.epochs <= 0:
     raise UserInputError('--learning-rate and --epochs must be positive')
   base = resolve_model_dir(resolve_model_name(args.base_model))
+  check_weights_format(base, args.base_model or base, args.allow_pickle_weights)
   report = train(TrainConfig(
       pairs_dir=args.pairs, kind=args.kind, base_model=base, output_dir=args.output,
       pairs_format=args.format, epochs=args.epochs, batch_size=args.batch_size,

@@ -57,6 +57,29 @@ def resolve_model_dir(name_or_path: str) -> str:
         f'fetched from the hub ({type(error).__name__}: {error})'.splitlines()[0])
 
 
+PICKLE_SUFFIXES = ('.bin', '.pt', '.pth', '.ckpt', '.pkl', '.pickle')
+
+
+def check_weights_format(model_dir: str, name: str, allow_pickle: bool) -> None:
+  """Refuses a model whose weights exist only as pickle files.
+
+  Unpickling can run arbitrary code; safetensors cannot. A model that ships
+  both is fine (safetensors are what gets loaded).
+
+  Raises:
+    UserInputError: only pickle weights and ``allow_pickle`` is False.
+  """
+  names = [n for _, _, files in os.walk(model_dir) for n in files]
+  if allow_pickle or any(n.endswith('.safetensors') for n in names):
+    return
+  pickles = sorted(n for n in names if n.endswith(PICKLE_SUFFIXES))
+  if pickles:
+    raise UserInputError(
+        f'model {name!r} has only pickle weights ({pickles[0]}); loading them can '
+        'run arbitrary code. Convert them to safetensors, or pass '
+        '--allow-pickle-weights if you trust the files')
+
+
 def fingerprint_model_dir(model_dir: str) -> str:
   """SHA-256 over every model file's relative path and content.
 
@@ -112,9 +135,10 @@ class BiEncoderInfo:
 
 def inspect_bi_encoder(
     name_or_path: str, max_seq_length: int | None = None,
-    trust_remote_code: bool = False) -> BiEncoderInfo:
+    trust_remote_code: bool = False, allow_pickle: bool = False) -> BiEncoderInfo:
   """Loads the model once on the CPU to learn its dimension and limits."""
   model_dir = resolve_model_dir(name_or_path)
+  check_weights_format(model_dir, name_or_path, allow_pickle)
   from sentence_transformers import SentenceTransformer
   try:
     model = SentenceTransformer(
@@ -155,9 +179,10 @@ class CrossEncoderInfo:
 
 def inspect_cross_encoder(
     name_or_path: str, max_length: int | None = None,
-    trust_remote_code: bool = False) -> CrossEncoderInfo:
+    trust_remote_code: bool = False, allow_pickle: bool = False) -> CrossEncoderInfo:
   """Loads the cross-encoder once on the CPU: it must load and give 1 score."""
   model_dir = resolve_model_dir(name_or_path)
+  check_weights_format(model_dir, name_or_path, allow_pickle)
   from sentence_transformers import CrossEncoder
   try:
     model = CrossEncoder(
