@@ -20,7 +20,7 @@ from pipelines.evaluate import evaluate_ranked
 from transforms import evaluation
 from transforms.errors import UserInputError
 from transforms.model_info import inspect_cross_encoder
-from transforms.parquet_input import check_parquet_input
+from transforms.parquet_input import check_parquet_input, file_columns
 from transforms.parquet_sink import MANIFEST_NAME, read_json, write_json
 from transforms.reranking import RerankConfig, build_rerank_pipeline
 
@@ -204,7 +204,6 @@ def run(argv: Sequence[str] | None = None) -> dict:
     candidates_input = check_parquet_input(
         args.candidates, '--candidates', {'query_id': 'id', 'doc_id': 'id'})
     candidates_pattern = candidates_input.pattern
-    from transforms.parquet_input import file_columns
     if args.candidates_score_column in file_columns(candidates_input.files[0]):
       check_parquet_input(
           args.candidates, '--candidates', {args.candidates_score_column: 'float'})
