@@ -54,7 +54,7 @@ def run_exact_top_k(query_dir: str, corpus_dir: str, k: int, output: str,
 
   sys.path.insert(0, REPO)
   from transforms.parquet_sink import CommitOutputs, ShardedOutput, WriteParquetShards
-  from transforms.retrieval import ExactTopK
+  from transforms.retrieval import ExactTopK, ReadEmbeddingTables
   started = time.perf_counter()
   schema = pa.schema([('query_id', pa.string()), ('doc_id', pa.string()),
                       ('retrieval_rank', pa.int32()), ('retrieval_score', pa.float32())])
@@ -62,10 +62,10 @@ def run_exact_top_k(query_dir: str, corpus_dir: str, k: int, output: str,
       name='candidates', root=output, subdirectory='', schema=schema,
       key_fn=lambda r: r['query_id'], sort_key_fn=lambda r: (r['query_id'], r['retrieval_rank']))
   pipeline = beam.Pipeline(options=PipelineOptions(beam_args or []))
-  read = lambda label, d: pipeline | label >> beam.io.ReadFromParquetBatched(
-      os.path.join(d, 'part-*.parquet'), columns=['id', 'embedding'])
-  candidates = {'queries': read('ReadQueries', query_dir),
-                'corpus': read('ReadCorpus', corpus_dir)} | 'ExactTopK' >> ExactTopK(k)
+  candidates = {
+      'queries': pipeline | 'ReadQueries' >> ReadEmbeddingTables(query_dir),
+      'corpus': pipeline | 'ReadCorpus' >> ReadEmbeddingTables(corpus_dir),
+  } | 'ExactTopK' >> ExactTopK(k)
   written = {'candidates': candidates | 'Write' >> WriteParquetShards(sink)}
   _ = pipeline | 'Commit' >> CommitOutputs(
       [sink], written, os.path.join(output, 'manifest.json'), {})

@@ -18,7 +18,7 @@ from transforms.inference import InferByTokenLength
 from transforms.model_info import BiEncoderInfo
 from transforms.parquet_sink import (
     MANIFEST_NAME, CommitOutputs, ShardedOutput, WriteParquetShards)
-from transforms.texts import PrepareTexts
+from transforms.texts import ReadTexts
 
 STAGE = 'encode'
 EMBEDDINGS_METADATA_KEY = b'beam_rerank.embeddings'
@@ -165,17 +165,9 @@ def build_encode_pipeline(
       the same settings (checked by the launcher from its manifest).
   """
   settings = embedding_settings(config, info)
-  columns = [config.id_column, config.text_column]
-  if config.title_column:
-    columns.append(config.title_column)
-  rows = pipeline | 'ReadInputParquet' >> beam.io.ReadFromParquet(
-      config.input_pattern, columns=columns)
-  prepared = rows | 'PrepareTexts' >> PrepareTexts(
-      stage=STAGE,
-      id_column=config.id_column,
-      text_column=config.text_column,
-      title_column=config.title_column,
-      title_separator=config.title_separator)
+  prepared = pipeline | 'ReadInput' >> ReadTexts(
+      config.input_pattern, STAGE, config.id_column, config.text_column,
+      config.title_column, config.title_separator)
 
   to_encode = prepared['texts']
   reused = None

@@ -15,9 +15,9 @@ from transforms.dead_letters import (
 from transforms.parquet_sink import (
     MANIFEST_NAME, CommitOutputs, ShardedOutput, WriteParquetShards)
 from transforms.ranking import ALL_TAG, RANKED_SCHEMA, RankPerQuery, ranked_sort_key
-from transforms.retrieval import ExactTopK
+from transforms.retrieval import ExactTopK, ReadEmbeddingTables
 from transforms.scoring import ScorePairs
-from transforms.texts import METRICS_NAMESPACE, PrepareTexts
+from transforms.texts import METRICS_NAMESPACE, ReadTexts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,16 +56,6 @@ class RerankConfig:
   trust_remote_code: bool = False
 
 
-def _read_texts(pipeline, label, pattern, id_column, text_column, title_column,
-                title_separator, stage):
-  columns = [id_column, text_column] + ([title_column] if title_column else [])
-  rows = pipeline | f'Read{label}Parquet' >> beam.io.ReadFromParquet(
-      pattern, columns=columns)
-  return rows | f'Prepare{label}Texts' >> PrepareTexts(
-      stage=stage, id_column=id_column, text_column=text_column,
-      title_column=title_column, title_separator=title_separator)
-
-
 _DENSE_CANDIDATES = Metrics.counter(METRICS_NAMESPACE, 'rerank/dense_candidates')
 
 
@@ -77,25 +67,22 @@ def _dense_row(row: dict) -> dict:
 def build_rerank_pipeline(
     pipeline: beam.Pipeline, config: RerankConfig, manifest: dict) -> None:
   """Wires the rerank job onto ``pipeline``; ``manifest`` describes the run."""
-  queries = _read_texts(
-      pipeline, 'Queries', config.queries_pattern, config.query_id_column,
-      config.query_text_column, None, config.title_separator, 'rerank/queries')
-  corpus = _read_texts(
-      pipeline, 'Corpus', config.corpus_pattern, config.doc_id_column,
-      config.doc_text_column, config.doc_title_column, config.title_separator,
-      'rerank/corpus')
+  queries = pipeline | 'ReadQueries' >> ReadTexts(
+      config.queries_pattern, 'rerank/queries', config.query_id_column,
+      config.query_text_column)
+  corpus = pipeline | 'ReadCorpus' >> ReadTexts(
+      config.corpus_pattern, 'rerank/corpus', config.doc_id_column,
+      config.doc_text_column, config.doc_title_column, config.title_separator)
 
   candidate_sources = []
   dead_letters = [queries[DEAD_LETTER_TAG], corpus[DEAD_LETTER_TAG]]
   if config.query_embeddings_dir:
-    def read_embeddings(label, directory):
-      return pipeline | f'Read{label}Embeddings' >> beam.io.ReadFromParquetBatched(
-          FileSystems.join(directory, 'part-*.parquet'), columns=['id', 'embedding'])
-
     dense = (
         {
-            'queries': read_embeddings('Query', config.query_embeddings_dir),
-            'corpus': read_embeddings('Corpus', config.corpus_embeddings_dir),
+            'queries': pipeline | 'ReadQueryEmbeddings' >> ReadEmbeddingTables(
+                config.query_embeddings_dir),
+            'corpus': pipeline | 'ReadCorpusEmbeddings' >> ReadEmbeddingTables(
+                config.corpus_embeddings_dir),
         }
         | 'ExactDenseTopK' >> ExactTopK(
             config.top_k, corpus_block_size=config.corpus_block_size,

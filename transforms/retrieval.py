@@ -242,6 +242,17 @@ def _table_of_group(table: pa.Table, group: int, groups: int) -> pa.Table:
   return table.filter(pa.array(mask, pa.bool_()))
 
 
+class ReadEmbeddingTables(beam.PTransform):
+  """Pipeline -> Arrow tables of ``id, embedding`` from an encode output folder."""
+  def __init__(self, directory: str):
+    super().__init__()
+    self._pattern = directory.rstrip('/') + '/part-*.parquet'
+
+  def expand(self, pbegin):
+    return pbegin | 'ReadParquetBatched' >> beam.io.ReadFromParquetBatched(
+        self._pattern, columns=['id', 'embedding'])
+
+
 class ExactTopK(beam.PTransform):
   """``{'queries': tables, 'corpus': tables}`` -> candidate rows, exact top-k.
 

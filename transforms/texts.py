@@ -140,3 +140,28 @@ class PrepareTexts(beam.PTransform):
     dead = ((validated[DEAD_LETTER_TAG], unique[DEAD_LETTER_TAG])
             | 'FlattenDeadLetters' >> beam.Flatten())
     return {'texts': unique.texts, DEAD_LETTER_TAG: dead}
+
+
+class ReadTexts(beam.PTransform):
+  """Pipeline -> Parquet rows -> ``PrepareTexts`` (same outputs), reading only
+  the id, text and title columns."""
+  def __init__(
+      self,
+      pattern: str,
+      stage: str,
+      id_column: str,
+      text_column: str,
+      title_column: str | None = None,
+      title_separator: str = '\n'):
+    super().__init__()
+    self._pattern = pattern
+    self._prepare = PrepareTexts(
+        stage=stage, id_column=id_column, text_column=text_column,
+        title_column=title_column, title_separator=title_separator)
+    self._columns = [id_column, text_column] + ([title_column] if title_column else [])
+
+  def expand(self, pbegin):
+    return (
+        pbegin
+        | 'ReadParquet' >> beam.io.ReadFromParquet(self._pattern, columns=self._columns)
+        | 'PrepareTexts' >> self._prepare)

@@ -13,8 +13,8 @@ from transforms.mining import (
     AttachMinedTexts, MineNegatives, MiningConfig, format_rows, split_of)
 from transforms.parquet_sink import (
     MANIFEST_NAME, CommitOutputs, ShardedOutput, WriteParquetShards)
-from transforms.retrieval import ExactTopK
-from transforms.texts import PrepareTexts
+from transforms.retrieval import ExactTopK, ReadEmbeddingTables
+from transforms.texts import ReadTexts
 
 SPLITS = ('train', 'dev')
 
@@ -103,26 +103,19 @@ def _keyed_rows(item, fmt: str, num_negatives: int, dev_fraction: float):
 
 def build_mine_pipeline(pipeline: beam.Pipeline, config: MineConfig, manifest: dict) -> None:
   """Wires the mine job onto ``pipeline``."""
-  def read_texts(label, pattern, id_column, text_column, title_column, stage):
-    columns = [id_column, text_column] + ([title_column] if title_column else [])
-    return (pipeline
-            | f'Read{label}Parquet' >> beam.io.ReadFromParquet(pattern, columns=columns)
-            | f'Prepare{label}Texts' >> PrepareTexts(
-                stage=stage, id_column=id_column, text_column=text_column,
-                title_column=title_column, title_separator=config.title_separator))
-
-  queries = read_texts('Queries', config.queries_pattern, config.query_id_column,
-                       config.query_text_column, None, 'mine/queries')
-  corpus = read_texts('Corpus', config.corpus_pattern, config.doc_id_column,
-                      config.doc_text_column, config.doc_title_column, 'mine/corpus')
+  queries = pipeline | 'ReadQueries' >> ReadTexts(
+      config.queries_pattern, 'mine/queries', config.query_id_column,
+      config.query_text_column)
+  corpus = pipeline | 'ReadCorpus' >> ReadTexts(
+      config.corpus_pattern, 'mine/corpus', config.doc_id_column,
+      config.doc_text_column, config.doc_title_column, config.title_separator)
 
   if config.candidate_source == 'dense':
-    def read_embeddings(label, directory):
-      return pipeline | f'Read{label}Embeddings' >> beam.io.ReadFromParquetBatched(
-          FileSystems.join(directory, 'part-*.parquet'), columns=['id', 'embedding'])
     candidates = (
-        {'queries': read_embeddings('Query', config.query_embeddings_dir),
-         'corpus': read_embeddings('Corpus', config.corpus_embeddings_dir)}
+        {'queries': pipeline | 'ReadQueryEmbeddings' >> ReadEmbeddingTables(
+            config.query_embeddings_dir),
+         'corpus': pipeline | 'ReadCorpusEmbeddings' >> ReadEmbeddingTables(
+             config.corpus_embeddings_dir)}
         | 'ExactDenseTopK' >> ExactTopK(
             config.top_k, normalize=config.normalize_embeddings,
             query_groups=config.query_groups)
