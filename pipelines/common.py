@@ -7,10 +7,12 @@ import os
 import sys
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from transforms.errors import UserInputError
+from transforms.parquet_sink import MANIFEST_NAME, read_json
 from transforms.texts import METRICS_NAMESPACE
 
 BEAM_EPILOG = (
@@ -132,3 +134,34 @@ def dead_letter_counts(output_dir: str) -> list[tuple[str, str, int]]:
   counts = frame.group_by(
       'stage', code=pl.col('reason').str.split(':').list.first()).len().sort('stage', 'code')
   return [tuple(row) for row in counts.iter_rows()]
+
+
+def embedding_manifest(directory: str, option: str) -> dict:
+  """The manifest of an encode output folder; one error line if it is not one."""
+  path = FileSystems.join(directory, MANIFEST_NAME)
+  if not FileSystems.exists(path):
+    raise UserInputError(
+        f'{option} {directory!r} has no {MANIFEST_NAME}: not a complete output of '
+        'the encode job')
+  manifest = read_json(path)
+  if manifest.get('kind') != 'embeddings':
+    raise UserInputError(f'{option} {directory!r} does not hold embeddings')
+  return manifest
+
+
+def check_embedding_pair(query_dir: str, corpus_dir: str) -> tuple[dict, dict]:
+  """Query and corpus manifests, refused unless made alike (model, dim, normalization)."""
+  query = embedding_manifest(query_dir, '--query-embeddings')
+  corpus = embedding_manifest(corpus_dir, '--corpus-embeddings')
+  disagree = [
+      f'{key}: queries {query.get(key)!r} vs corpus {corpus.get(key)!r}'
+      for key in ('model_fingerprint', 'dim', 'normalized', 'similarity')
+      if query.get(key) != corpus.get(key)]
+  if disagree:
+    raise UserInputError(
+        'query and corpus embeddings were not made alike, refusing to mix them: '
+        + '; '.join(disagree))
+  if query.get('similarity') not in ('cosine', 'dot'):
+    raise UserInputError(
+        f"similarity {query.get('similarity')!r} is not supported (cosine or dot)")
+  return query, corpus

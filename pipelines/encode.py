@@ -104,14 +104,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 
 
 def _previous_is_reusable(previous_dir: str, settings: dict) -> bool:
-  manifest_path = FileSystems.join(previous_dir, MANIFEST_NAME)
-  if not FileSystems.exists(manifest_path):
-    raise UserInputError(
-        f'--previous {previous_dir!r} has no {MANIFEST_NAME}: not a complete '
-        'output of the encode job')
-  previous = read_json(manifest_path)
-  if previous.get('kind') != 'embeddings':
-    raise UserInputError(f'--previous {previous_dir!r} does not hold embeddings')
+  previous = common.embedding_manifest(previous_dir, '--previous')
   mismatch = settings_mismatch(previous, settings)
   if mismatch:
     print(

@@ -15,7 +15,6 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines import common
-from pipelines.rerank import _check_embeddings
 from transforms.errors import UserInputError
 from transforms.mining import FORMATS, GUARDS, MiningConfig
 from transforms.parquet_input import check_parquet_input, file_columns, match_files
@@ -147,7 +146,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
       check_parquet_input(args.candidates, '--candidates', {'retrieval_rank': 'int'})
     candidates_pattern, source = checked.pattern, 'candidates'
   else:
-    embeddings, _ = _check_embeddings(args.query_embeddings, args.corpus_embeddings)
+    embeddings, _ = common.check_embedding_pair(args.query_embeddings, args.corpus_embeddings)
     normalize = not embeddings['normalized'] and embeddings['similarity'] == 'cosine'
     source = 'dense'
   needs_scores = any(v is not None for v in (

@@ -110,35 +110,6 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
   return parser
 
 
-def _embedding_manifest(directory: str, option: str) -> dict:
-  path = FileSystems.join(directory, MANIFEST_NAME)
-  if not FileSystems.exists(path):
-    raise UserInputError(
-        f'{option} {directory!r} has no {MANIFEST_NAME}: not a complete output of '
-        'the encode job')
-  manifest = read_json(path)
-  if manifest.get('kind') != 'embeddings':
-    raise UserInputError(f'{option} {directory!r} does not hold embeddings')
-  return manifest
-
-
-def _check_embeddings(query_dir: str, corpus_dir: str) -> tuple[dict, dict]:
-  query = _embedding_manifest(query_dir, '--query-embeddings')
-  corpus = _embedding_manifest(corpus_dir, '--corpus-embeddings')
-  disagree = [
-      f'{key}: queries {query.get(key)!r} vs corpus {corpus.get(key)!r}'
-      for key in ('model_fingerprint', 'dim', 'normalized', 'similarity')
-      if query.get(key) != corpus.get(key)]
-  if disagree:
-    raise UserInputError(
-        'query and corpus embeddings were not made alike, refusing to mix them: '
-        + '; '.join(disagree))
-  if query.get('similarity') not in ('cosine', 'dot'):
-    raise UserInputError(
-        f"similarity {query.get('similarity')!r} is not supported (cosine or dot)")
-  return query, corpus
-
-
 def _encode_first(args, beam_args) -> tuple[str, str]:
   """--model: run the encode job for queries and corpus into OUTPUT/embeddings."""
   dirs = {}
@@ -222,7 +193,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
     query_dir, corpus_dir = _encode_first(args, beam_args)
   embeddings = None
   if query_dir:
-    embeddings, _ = _check_embeddings(query_dir, corpus_dir)
+    embeddings, _ = common.check_embedding_pair(query_dir, corpus_dir)
   if ce is None:
     from transforms.default_cross_encoder import describe, ensure_default_cross_encoder
     default_dir, default_info = ensure_default_cross_encoder()
