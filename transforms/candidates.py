@@ -12,7 +12,7 @@ from typing import Any, Iterable, Mapping
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from transforms.dead_letters import DEAD_LETTER_TAG, dead_letter
+from transforms.dead_letters import DEAD_LETTER_TAG, bad_score_reason, dead_letter
 from transforms.texts import METRICS_NAMESPACE
 
 STAGE = 'rerank'
@@ -22,7 +22,8 @@ _SOURCE_PREFERENCE = {SOURCE_DENSE: 0, SOURCE_SUPPLIED: 1}
 
 
 class _ValidateSuppliedFn(beam.DoFn):
-  """Supplied candidate rows -> candidates, or dead letters (null ids, NaN score)."""
+  """Supplied candidate rows -> candidates, or dead letters (null ids; a NaN,
+  infinite or beyond-float32 score)."""
   def __init__(self, score_column: str | None):
     self._score_column = score_column
     self._rows_in = Metrics.counter(METRICS_NAMESPACE, f'{STAGE}/supplied_candidates_in')
@@ -36,8 +37,8 @@ class _ValidateSuppliedFn(beam.DoFn):
       reason = 'null_query_id: candidate has no query_id'
     elif doc_id is None or str(doc_id).strip() == '':
       reason = 'null_doc_id: candidate has no doc_id'
-    elif self._score_column and score is not None and not math.isfinite(score):
-      reason = f'bad_score: score is {score}'
+    elif self._score_column:
+      reason = bad_score_reason(score)
     if reason is not None:
       yield beam.pvalue.TaggedOutput(
           DEAD_LETTER_TAG,

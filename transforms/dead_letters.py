@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+import math
+from typing import Any, Optional
 
 import pyarrow as pa
 
@@ -43,6 +44,23 @@ def dead_letter(
       'reason': reason,
       'payload': payload,
   }
+
+
+# The largest float32: a score beyond it would be stored as +/-inf in the
+# float32 score columns of the outputs.
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def bad_score_reason(score: Any) -> Optional[str]:
+  """``'bad_score: ...'`` for a score that is NaN, infinite or beyond float32
+  (the outputs store float32); None for a usable score or no score."""
+  if score is None:
+    return None
+  if not math.isfinite(score):
+    return f'bad_score: score is {score}'
+  if abs(score) > FLOAT32_MAX:
+    return f'bad_score: score {score!r} is beyond the float32 range of the outputs'
+  return None
 
 
 def reason_code(reason: str) -> str:
