@@ -165,3 +165,60 @@ def check_embedding_pair(query_dir: str, corpus_dir: str) -> tuple[dict, dict]:
     raise UserInputError(
         f"similarity {query.get('similarity')!r} is not supported (cosine or dot)")
   return query, corpus
+
+
+def add_backend_arguments(group: argparse._ArgumentGroup) -> None:
+  """``--backend`` and its fidelity check options (encode, rerank)."""
+  from transforms import backends
+  group.add_argument(
+      '--backend', choices=list(backends.BACKENDS), default=backends.DEFAULT_BACKEND,
+      help=backends.backend_help())
+  group.add_argument(
+      '--min-fidelity', type=float, default=backends.DEFAULT_MIN_FIDELITY,
+      help='Refuse a non-float32 backend whose mean cosine to float32 embeddings '
+      '(cross-encoder: score correlation) on a sample of the input is below '
+      'this (default: %(default)s).')
+  group.add_argument(
+      '--fidelity-sample', type=int, default=backends.DEFAULT_FIDELITY_SAMPLE,
+      help='Input rows the fidelity check uses (default: %(default)s; 0 skips it).')
+  group.add_argument(
+      '--export-cache', metavar='DIR', default=None,
+      help='Where OpenVINO exports of models are cached (default: '
+      '~/.cache/beam-rerank/exports or $BEAM_RERANK_EXPORTS).')
+
+
+def first_values(files: Sequence[str], columns: Sequence[str], limit: int) -> list[tuple]:
+  """Up to ``limit`` rows of ``columns`` from the start of ``files`` whose
+  first value is a non-empty string (a sample of the real input)."""
+  import pyarrow.parquet as pq
+  rows: list[tuple] = []
+  for path in files:
+    if len(rows) >= limit:
+      break
+    with FileSystems.open(path, mime_type='application/octet-stream') as handle:
+      parquet = pq.ParquetFile(handle)
+      for batch in parquet.iter_batches(batch_size=max(limit, 64), columns=list(columns)):
+        values = zip(*(batch.column(c).to_pylist() for c in columns))
+        rows.extend(v for v in values if isinstance(v[0], str) and v[0].strip())
+        if len(rows) >= limit:
+          break
+  return rows[:limit]
+
+
+def check_backend(args: argparse.Namespace, kind: str, handler_factory: Callable[[str], Any],
+                  sample: Sequence[Any]) -> dict | None:
+  """Checks ``--backend`` is usable here and close enough to float32 on
+  ``sample`` (texts or pairs); returns the fidelity for the manifest."""
+  from transforms import backends
+  from transforms.bi_encoder import resolve_device
+  backend = backends.get_backend(args.backend, resolve_device(args.device))
+  if backend.is_reference or args.fidelity_sample <= 0:
+    return None
+  reference, candidate = handler_factory('torch'), handler_factory(args.backend)
+  run = ((lambda handler, model: lambda s: handler.encode(s, model)) if kind == 'bi-encoder'
+         else (lambda handler, model: lambda s: handler.predict(s, model)))
+  fidelity = backends.check_fidelity(
+      backend, kind, list(sample)[:args.fidelity_sample],
+      run(reference, reference.load_model()), run(candidate, candidate.load_model()),
+      args.min_fidelity)
+  return fidelity.as_dict() if fidelity else None

@@ -15,11 +15,13 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines import common
+from transforms.bi_encoder import SentenceTransformerHandler
 from transforms.encoding import EncodeConfig, build_encode_pipeline, embedding_settings
 from transforms.errors import UserInputError
 from transforms.incremental import settings_mismatch
 from transforms.model_info import DEFAULT_BI_ENCODER, inspect_bi_encoder, resolve_model_name
 from transforms.parquet_input import check_parquet_input
+from transforms.texts import join_title
 from transforms.parquet_sink import MANIFEST_NAME, read_json, write_json
 
 PROG = 'beam-rerank encode'
@@ -78,6 +80,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
   model.add_argument(
       '--device', choices=['auto', 'cpu', 'cuda'], default='auto',
       help='Where the model runs on each worker; auto = cuda when visible (default: %(default)s).')
+  common.add_backend_arguments(model)
   model.add_argument('--allow-pickle-weights', action='store_true', help='Allow models whose weights are only pickle files (.bin); off by default: unpickling can run code.')
   model.add_argument(
       '--trust-remote-code', action='store_true',
@@ -112,6 +115,16 @@ def _previous_is_reusable(previous_dir: str, settings: dict) -> bool:
         f'({"; ".join(mismatch)}); re-encoding every row', file=sys.stderr)
     return False
   return True
+
+
+def _sample_texts(files: Sequence[str], args: argparse.Namespace, limit: int) -> list[str]:
+  """The first ``limit`` usable texts of the input (title joined as the job does)."""
+  if limit <= 0 or args.backend == 'torch':
+    return []
+  if not args.title_column:
+    return [text for (text,) in common.first_values(files, [args.text_column], limit)]
+  return [join_title(title, text, args.title_separator) for text, title in
+          common.first_values(files, [args.text_column, args.title_column], limit)]
 
 
 def run(argv: Sequence[str] | None = None) -> dict:
@@ -150,7 +163,16 @@ def run(argv: Sequence[str] | None = None) -> dict:
       rows_per_shard=args.rows_per_shard,
       share_model_across_processes=args.share_model_across_processes,
       model_copies=args.model_copies,
-      trust_remote_code=args.trust_remote_code)
+      trust_remote_code=args.trust_remote_code,
+      backend=args.backend,
+      export_root=args.export_cache)
+  fidelity = common.check_backend(
+      args, 'bi-encoder',
+      lambda backend: SentenceTransformerHandler(
+          model, device=args.device, max_seq_length=info.max_seq_length,
+          prompt=args.prompt, normalize=args.normalize, backend=backend,
+          fingerprint=info.fingerprint, export_root=args.export_cache),
+      _sample_texts(checked.files, args, args.fidelity_sample))
   settings = embedding_settings(config, info)
   reuse = bool(args.previous) and _previous_is_reusable(args.previous, settings)
   print(
@@ -188,6 +210,8 @@ def run(argv: Sequence[str] | None = None) -> dict:
       'wall_seconds': finished - started,
       'pipeline_seconds': finished - pipeline_started,
       'texts_per_second': encoded / (finished - started) if encoded else 0.0,
+      'backend': args.backend,
+      'backend_fidelity': fidelity,
   }
   write_json(report, FileSystems.join(config.output_dir, 'report.json'))
   common.print_summary('encode summary', [
@@ -203,6 +227,8 @@ def run(argv: Sequence[str] | None = None) -> dict:
       ('padding fraction', f"{report['padding_fraction']:.1%}"),
       ('wall time (s)', report['wall_seconds']),
       ('texts/s (encoded / wall)', report['texts_per_second']),
+      ('backend', args.backend + (
+          f" (mean cosine to float32 {fidelity['mean']:.5f})" if fidelity else '')),
       ('output', config.output_dir),
   ])
   return report

@@ -18,6 +18,7 @@ from pipelines import common
 from pipelines import encode as encode_job
 from pipelines.evaluate import evaluate_ranked
 from transforms import evaluation
+from transforms.cross_encoder import CrossEncoderHandler
 from transforms.errors import UserInputError
 from transforms.model_info import inspect_cross_encoder
 from transforms.parquet_input import check_parquet_input, file_columns
@@ -100,6 +101,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
   scoring.add_argument('--share-model-across-processes', action='store_true', help='One model per machine (GPUs).')
   scoring.add_argument('--model-copies', type=common.positive_int, default=None, help='With sharing: copies per machine.')
   scoring.add_argument('--trust-remote-code', action='store_true', help='Allow models that ship Python code.')
+  common.add_backend_arguments(scoring)
   scoring.add_argument('--allow-pickle-weights', action='store_true', help='Allow models whose weights are only pickle files (.bin); off by default: unpickling can run code.')
 
   evaluation_group = parser.add_argument_group('evaluation')
@@ -120,7 +122,10 @@ def _encode_first(args, beam_args) -> tuple[str, str]:
     directory = FileSystems.join(args.output, 'embeddings', name)
     argv = ['--input', pattern, '--output', directory, '--model', args.model,
             '--id-column', id_column, '--text-column', text_column,
-            '--device', args.device]
+            '--device', args.device, '--backend', args.backend,
+            '--min-fidelity', str(args.min_fidelity),
+            '--fidelity-sample', str(args.fidelity_sample)]
+    argv += ['--export-cache', args.export_cache] if args.export_cache else []
     argv += ['--allow-pickle-weights'] if args.allow_pickle_weights else []
     argv += ['--trust-remote-code'] if args.trust_remote_code else []
     if title:
@@ -145,6 +150,18 @@ def _write_trec(output_dir: str, tag: str) -> str:
   with FileSystems.create(path) as handle:
     handle.write(text.encode('utf-8'))
   return path
+
+
+def _sample_pairs(query_files, corpus_files, args) -> list[tuple[str, str]]:
+  """Pairs for the fidelity check: the i-th query with the i-th passage."""
+  if args.fidelity_sample <= 0 or args.backend == 'torch':
+    return []
+  queries = common.first_values(query_files, [args.query_text_column], args.fidelity_sample)
+  passages = common.first_values(corpus_files, [args.doc_text_column], args.fidelity_sample)
+  if not queries or not passages:
+    return []
+  return [(queries[i % len(queries)][0], passages[i % len(passages)][0])
+          for i in range(args.fidelity_sample)]
 
 
 def run(argv: Sequence[str] | None = None) -> dict:
@@ -234,7 +251,16 @@ def run(argv: Sequence[str] | None = None) -> dict:
       rows_per_shard=args.rows_per_shard,
       share_model_across_processes=args.share_model_across_processes,
       model_copies=args.model_copies,
-      trust_remote_code=args.trust_remote_code)
+      trust_remote_code=args.trust_remote_code,
+      backend=args.backend,
+      export_root=args.export_cache)
+  fidelity = common.check_backend(
+      args, 'cross-encoder',
+      lambda backend: CrossEncoderHandler(
+          ce.name_or_path, device=args.device, max_length=ce.max_length,
+          activation=args.activation, backend=backend, fingerprint=ce.fingerprint,
+          export_root=args.export_cache),
+      _sample_pairs(queries_input.files, corpus_input.files, args))
   manifest = {
       'kind': 'ranked',
       'cross_encoder': ce.name_or_path,
@@ -247,6 +273,8 @@ def run(argv: Sequence[str] | None = None) -> dict:
           ('dense', bool(query_dir)), ('supplied', bool(candidates_pattern))) if on],
       'retrieval_model_fingerprint': embeddings and embeddings['model_fingerprint'],
       'ranking': 'score desc, then retrieval_score desc, then doc_id asc',
+      'backend': args.backend,
+      'backend_fidelity': fidelity,
   }
   print(
       f'[rerank] queries {queries_input.num_rows:,} rows, corpus '
@@ -291,6 +319,8 @@ def run(argv: Sequence[str] | None = None) -> dict:
       'wall_seconds': finished - started,
       'pipeline_seconds': finished - pipeline_started,
       'pairs_per_second': scored / (finished - pipeline_started) if scored else 0.0,
+      'backend': args.backend,
+      'backend_fidelity': fidelity,
   }
   if args.trec:
     report['trec_run'] = _write_trec(output_dir, 'beam-rerank')
@@ -316,6 +346,8 @@ def run(argv: Sequence[str] | None = None) -> dict:
       ('padding fraction', f"{report['padding_fraction']:.1%}"),
       ('wall time (s)', report['wall_seconds']),
       ('pairs/s (pipeline)', report['pairs_per_second']),
+      ('backend', args.backend + (
+          f" (score correlation with float32 {fidelity['mean']:.5f})" if fidelity else '')),
       ('output', output_dir),
   ])
   return report

@@ -38,11 +38,17 @@ class SentenceTransformerHandler(ModelHandler[list, dict, Any]):
       precision: Precision = 'float32',
       trust_remote_code: bool = False,
       share_across_processes: bool = False,
-      model_copies: Optional[int] = None):
+      model_copies: Optional[int] = None,
+      backend: str = 'torch',
+      fingerprint: Optional[str] = None,
+      export_root: Optional[str] = None):
     super().__init__(
         large_model=share_across_processes, model_copies=model_copies)
     self._model_name_or_path = model_name_or_path
     self._device = device
+    self._backend = backend
+    self._fingerprint = fingerprint
+    self._export_root = export_root
     self._max_seq_length = max_seq_length
     self._prompt = prompt or None
     self._normalize = normalize
@@ -50,25 +56,31 @@ class SentenceTransformerHandler(ModelHandler[list, dict, Any]):
     self._trust_remote_code = trust_remote_code
 
   def load_model(self) -> Any:
-    from sentence_transformers import SentenceTransformer
-    model = SentenceTransformer(
-        self._model_name_or_path, device=resolve_device(self._device),
-        trust_remote_code=self._trust_remote_code)
+    from transforms.backends import BACKENDS, load_model
+    model = load_model(
+        self._model_name_or_path, 'bi-encoder', BACKENDS[self._backend],
+        resolve_device(self._device), trust_remote_code=self._trust_remote_code,
+        fingerprint=self._fingerprint, export_root=self._export_root)
     if self._max_seq_length:
       model.max_seq_length = self._max_seq_length
-    model.eval()
     return model
+
+  def encode(self, texts: Sequence[str], model: Any) -> np.ndarray:
+    """Embeddings of ``texts`` in one batch, as the pipeline computes them."""
+    from transforms.backends import BACKENDS, inference_context
+    with inference_context(BACKENDS[self._backend], resolve_device(self._device)):
+      embeddings = model.encode(
+          list(texts), batch_size=max(1, len(texts)), prompt=self._prompt,
+          normalize_embeddings=self._normalize, convert_to_numpy=True,
+          show_progress_bar=False)
+    return np.asarray(embeddings, dtype=np.float32)
 
   def run_inference(
       self,
       batch: Sequence[dict],
       model: Any,
       inference_args: Optional[dict[str, Any]] = None) -> Iterable[dict]:
-    texts = [record['text'] for record in batch]
-    embeddings = model.encode(
-        texts, batch_size=max(1, len(texts)), prompt=self._prompt,
-        normalize_embeddings=self._normalize, convert_to_numpy=True,
-        show_progress_bar=False)
+    embeddings = self.encode([record['text'] for record in batch], model)
     embeddings = embeddings.astype(self._dtype, copy=False)
     return [{
         'id': record['id'],

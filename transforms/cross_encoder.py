@@ -39,22 +39,37 @@ class CrossEncoderHandler(ModelHandler[list, dict, Any]):
       activation: Activation = 'identity',
       trust_remote_code: bool = False,
       share_across_processes: bool = False,
-      model_copies: Optional[int] = None):
+      model_copies: Optional[int] = None,
+      backend: str = 'torch',
+      fingerprint: Optional[str] = None,
+      export_root: Optional[str] = None):
     super().__init__(
         large_model=share_across_processes, model_copies=model_copies)
     self._model_name_or_path = model_name_or_path
     self._device = device
+    self._backend = backend
+    self._fingerprint = fingerprint
+    self._export_root = export_root
     self._max_length = max_length
     self._activation = activation
     self._trust_remote_code = trust_remote_code
 
   def load_model(self) -> Any:
-    from sentence_transformers import CrossEncoder
-    model = CrossEncoder(
-        self._model_name_or_path, device=resolve_device(self._device),
-        max_length=self._max_length, trust_remote_code=self._trust_remote_code)
-    model.eval()
-    return model
+    from transforms.backends import BACKENDS, load_model
+    return load_model(
+        self._model_name_or_path, 'cross-encoder', BACKENDS[self._backend],
+        resolve_device(self._device), trust_remote_code=self._trust_remote_code,
+        fingerprint=self._fingerprint, export_root=self._export_root,
+        max_length=self._max_length)
+
+  def predict(self, pairs: Sequence[tuple[str, str]], model: Any) -> np.ndarray:
+    """Scores of ``pairs`` in one batch, as the pipeline computes them."""
+    from transforms.backends import BACKENDS, inference_context
+    with inference_context(BACKENDS[self._backend], resolve_device(self._device)):
+      scores = model.predict(
+          list(pairs), batch_size=max(1, len(pairs)), show_progress_bar=False,
+          activation_fn=activation_module(self._activation), convert_to_numpy=True)
+    return np.asarray(scores, dtype=np.float32).reshape(len(pairs), -1)
 
   def run_inference(
       self,
@@ -62,10 +77,7 @@ class CrossEncoderHandler(ModelHandler[list, dict, Any]):
       model: Any,
       inference_args: Optional[dict[str, Any]] = None) -> Iterable[dict]:
     pairs = [(record['query_text'], record['passage_text']) for record in batch]
-    scores = model.predict(
-        pairs, batch_size=max(1, len(pairs)), show_progress_bar=False,
-        activation_fn=activation_module(self._activation), convert_to_numpy=True)
-    scores = np.asarray(scores, dtype=np.float32).reshape(len(pairs), -1)
+    scores = self.predict(pairs, model)
     if scores.shape[1] != 1:
       raise ValueError(
           f'the cross-encoder returns {scores.shape[1]} scores per pair; '

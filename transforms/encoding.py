@@ -47,6 +47,8 @@ class EncodeConfig:
   share_model_across_processes: bool = False
   model_copies: Optional[int] = None
   trust_remote_code: bool = False
+  backend: str = 'torch'
+  export_root: Optional[str] = None
 
 
 def embedding_settings(config: EncodeConfig, info: BiEncoderInfo) -> dict:
@@ -61,6 +63,7 @@ def embedding_settings(config: EncodeConfig, info: BiEncoderInfo) -> dict:
       'precision': config.precision,
       'max_seq_length': info.max_seq_length,
       'prompt': config.prompt or '',
+      'backend': config.backend,
       'source': {
           'input': config.input_pattern,
           'id_column': config.id_column,
@@ -127,7 +130,10 @@ class EncodeTexts(beam.PTransform):
         precision=config.precision,
         trust_remote_code=config.trust_remote_code,
         share_across_processes=config.share_model_across_processes,
-        model_copies=config.model_copies)
+        model_copies=config.model_copies,
+        backend=config.backend,
+        fingerprint=info.fingerprint,
+        export_root=config.export_root)
     encoded = texts | 'InferByTokenLength' >> InferByTokenLength(
         handler, model=model, model_fingerprint=info.fingerprint,
         max_seq_length=info.max_seq_length,

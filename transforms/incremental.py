@@ -14,16 +14,20 @@ REUSED_TAG = 'reused'
 # are reused only when all of them match.
 EMBEDDING_SETTINGS = (
     'model_fingerprint', 'dim', 'normalized', 'precision', 'max_seq_length',
-    'prompt')
+    'prompt', 'backend')
+# Values of settings that manifests written before the setting existed lack.
+_SETTING_DEFAULTS = {'backend': 'torch'}
 
 
 def settings_mismatch(
     previous: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
   """The embedding settings on which two manifests disagree, as readable lines."""
   return [
-      f'{key}: previous {previous.get(key)!r}, now {current.get(key)!r}'
+      f'{key}: previous {previous.get(key, _SETTING_DEFAULTS.get(key))!r}, '
+      f'now {current.get(key, _SETTING_DEFAULTS.get(key))!r}'
       for key in EMBEDDING_SETTINGS
-      if previous.get(key) != current.get(key)
+      if previous.get(key, _SETTING_DEFAULTS.get(key)) !=
+      current.get(key, _SETTING_DEFAULTS.get(key))
   ]
 
 

@@ -54,6 +54,8 @@ class RerankConfig:
   share_model_across_processes: bool = False
   model_copies: Optional[int] = None
   trust_remote_code: bool = False
+  backend: str = 'torch'
+  export_root: Optional[str] = None
 
 
 _DENSE_CANDIDATES = Metrics.counter(METRICS_NAMESPACE, 'rerank/dense_candidates')
@@ -123,7 +125,8 @@ def build_rerank_pipeline(
           max_batch_size=config.max_batch_size, sort_window=config.sort_window,
           trust_remote_code=config.trust_remote_code,
           share_across_processes=config.share_model_across_processes,
-          model_copies=config.model_copies))
+          model_copies=config.model_copies,
+          backend=config.backend, export_root=config.export_root))
   ranked = scored['scored'] | 'RankPerQuery' >> RankPerQuery(config.top_n)
   dead_letters += [
       candidates[DEAD_LETTER_TAG], pairs[DEAD_LETTER_TAG], scored[DEAD_LETTER_TAG]]

@@ -32,8 +32,12 @@ class ScorePairs(beam.PTransform):
       sort_window: int = 8192,
       trust_remote_code: bool = False,
       share_across_processes: bool = False,
-      model_copies: Optional[int] = None):
+      model_copies: Optional[int] = None,
+      backend: str = 'torch',
+      export_root: Optional[str] = None):
     super().__init__()
+    self._backend = backend
+    self._export_root = export_root
     self._model = model
     self._fingerprint = model_fingerprint
     self._max_length = max_length
@@ -51,7 +55,9 @@ class ScorePairs(beam.PTransform):
     handler = CrossEncoderHandler(
         model, device=self._device, max_length=self._max_length,
         activation=self._activation, trust_remote_code=self._trust_remote_code,
-        share_across_processes=self._share, model_copies=self._model_copies)
+        share_across_processes=self._share, model_copies=self._model_copies,
+        backend=self._backend, fingerprint=self._fingerprint,
+        export_root=self._export_root)
     scored = pairs | 'InferByTokenLength' >> InferByTokenLength(
         handler, model=model, model_fingerprint=self._fingerprint,
         max_seq_length=self._max_length,

@@ -1,0 +1,266 @@
+"""Inference backends: one ``--backend`` name picks the runtime and precision.
+
+Both models (bi-encoder and cross-encoder) load through ``load_model`` here,
+on the launcher (inspection, fidelity check) and on the workers (the
+``ModelHandler``\\ s), so what is checked is what runs. Non-PyTorch runtimes go
+through sentence-transformers' own ``backend=`` support; their exported model
+is made once from the (safetensors) PyTorch weights and cached in its own
+folder, never inside the model's folder (which may be read-only, e.g. in
+site-packages).
+
+Any backend other than ``torch`` (float32) must pass a fidelity check against
+float32 PyTorch on a sample of the job's own input before a run starts
+(``check_fidelity``).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+import numpy as np
+
+from transforms.errors import UserInputError
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+  """How a model runs: ``runtime`` (torch | openvino | onnx) and precision."""
+  name: str
+  runtime: str
+  description: str
+  autocast: Optional[str] = None        # torch: autocast dtype name
+  half: bool = False                    # torch: float16 weights (CUDA only)
+  ov_precision: Optional[str] = None    # openvino: INFERENCE_PRECISION_HINT
+  modules: tuple[str, ...] = ()         # Python modules the runtime needs
+  extra: Optional[str] = None           # the setup.py extra that installs them
+
+  @property
+  def is_reference(self) -> bool:
+    return self.name == 'torch'
+
+  def settings(self) -> dict:
+    """What the manifests record about the backend."""
+    return {'name': self.name, 'runtime': self.runtime}
+
+
+BACKENDS: dict[str, Backend] = {b.name: b for b in [
+    Backend('torch', 'torch', 'PyTorch float32: the reference (default)'),
+    Backend('torch-bf16', 'torch',
+            'PyTorch with bfloat16 autocast (CPUs with AVX512-BF16/AMX, or CUDA)',
+            autocast='bfloat16'),
+    Backend('torch-fp16', 'torch', 'PyTorch float16 weights: CUDA GPUs only',
+            half=True),
+    Backend('openvino', 'openvino',
+            "OpenVINO with the CPU's default precision (bfloat16 where the CPU "
+            'has it); needs the openvino extra', modules=('openvino', 'optimum.intel'),
+            extra='openvino'),
+    Backend('openvino-fp32', 'openvino', 'OpenVINO float32; needs the openvino extra',
+            ov_precision='f32', modules=('openvino', 'optimum.intel'), extra='openvino'),
+]}
+
+DEFAULT_BACKEND = 'torch'
+DEFAULT_MIN_FIDELITY = 0.99
+DEFAULT_FIDELITY_SAMPLE = 64
+
+
+def backend_help() -> str:
+  """The ``--backend`` help text: every name and what it means."""
+  names = '; '.join(f'{b.name}: {b.description}' for b in BACKENDS.values())
+  return (
+      f'Inference runtime and precision (default: {DEFAULT_BACKEND}). {names}. '
+      'ONNX is not offered: its exporter (optimum-onnx) needs transformers<4.58, '
+      'sentence-transformers 6 needs transformers>=5. Anything but torch is '
+      'checked against float32 on a sample first (--min-fidelity).')
+
+
+def get_backend(name: str, device: str = 'cpu') -> Backend:
+  """The named backend, checked to be usable here; else a ``UserInputError``."""
+  if name not in BACKENDS:
+    raise UserInputError(
+        f'--backend {name!r} is not one of: {", ".join(BACKENDS)}')
+  backend = BACKENDS[name]
+  missing = [m for m in backend.modules if not _module_available(m)]
+  if missing:
+    raise UserInputError(
+        f'--backend {name} needs {", ".join(missing)}, which is not installed: '
+        f"pip install 'beam-rerank[{backend.extra}]' (or pip install -e '.[{backend.extra}]')")
+  if backend.half and device != 'cuda':
+    raise UserInputError(
+        f'--backend {name} runs on CUDA GPUs only; pass --device cuda, or use '
+        'torch-bf16 on a CPU')
+  if backend.runtime == 'openvino' and device == 'cuda':
+    raise UserInputError(f'--backend {name} runs on CPUs; use torch-fp16 on a GPU')
+  return backend
+
+
+def _module_available(name: str) -> bool:
+  try:
+    return importlib.util.find_spec(name) is not None
+  except (ImportError, ValueError):
+    return False
+
+
+def default_export_root() -> str:
+  return os.environ.get('BEAM_RERANK_EXPORTS') or os.path.join(
+      os.path.expanduser('~'), '.cache', 'beam-rerank', 'exports')
+
+
+def export_dir(model_dir: str, fingerprint: str, backend: Backend,
+               root: Optional[str] = None) -> str:
+  """Where a model's export for ``backend`` is cached: keyed by the model's
+  fingerprint, so a changed model is exported anew."""
+  key = hashlib.sha256(f'{fingerprint}|{backend.runtime}'.encode()).hexdigest()[:16]
+  name = os.path.basename(os.path.normpath(model_dir)) or 'model'
+  return os.path.join(root or default_export_root(), f'{name}-{backend.runtime}-{key}')
+
+
+def _runtime_kwargs(backend: Backend) -> dict:
+  if backend.runtime == 'openvino' and backend.ov_precision:
+    return {'model_kwargs': {'ov_config': {'INFERENCE_PRECISION_HINT': backend.ov_precision}}}
+  return {}
+
+
+def ensure_export(model_dir: str, fingerprint: str, kind: str, backend: Backend,
+                  root: Optional[str] = None) -> str:
+  """The folder to load ``backend`` from: the model folder itself for torch,
+  else its cached export (made now, atomically, if missing)."""
+  if backend.runtime == 'torch':
+    return model_dir
+  target = export_dir(model_dir, fingerprint, backend, root)
+  marker = os.path.join(target, 'beam-rerank-export.json')
+  if os.path.exists(marker):
+    return target
+  os.makedirs(os.path.dirname(target), exist_ok=True)
+  print(f'[backend] exporting {model_dir} to {backend.runtime} (once) -> {target}',
+        file=sys.stderr, flush=True)
+  model = _load(model_dir, kind, backend.runtime, 'cpu', False, {})
+  staging = tempfile.mkdtemp(prefix='.export-', dir=os.path.dirname(target))
+  try:
+    model.save_pretrained(staging)
+    import json
+    with open(os.path.join(staging, 'beam-rerank-export.json'), 'w', encoding='utf-8') as handle:
+      json.dump({'source': model_dir, 'source_fingerprint': fingerprint,
+                 'runtime': backend.runtime, 'kind': kind}, handle)
+    try:
+      os.rename(staging, target)
+    except OSError:
+      if not os.path.exists(marker):  # not another process's finished export
+        raise
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+  return target
+
+
+def _load(path: str, kind: str, runtime: str, device: str,
+          trust_remote_code: bool, extra_kwargs: dict) -> Any:
+  from sentence_transformers import CrossEncoder, SentenceTransformer
+  cls = SentenceTransformer if kind == 'bi-encoder' else CrossEncoder
+  kwargs = dict(extra_kwargs)
+  if runtime != 'torch':
+    kwargs['backend'] = runtime
+  return cls(str(path), device=device, trust_remote_code=trust_remote_code, **kwargs)
+
+
+def load_model(model_dir: str, kind: str, backend: Backend, device: str,
+               trust_remote_code: bool = False, fingerprint: Optional[str] = None,
+               export_root: Optional[str] = None, **kwargs: Any) -> Any:
+  """A SentenceTransformer (``kind='bi-encoder'``) or CrossEncoder running on
+  ``backend``. ``kwargs`` go to the model's constructor (e.g. ``max_length``)."""
+  path = model_dir
+  if backend.runtime != 'torch':
+    if fingerprint is None:
+      from transforms.model_info import fingerprint_model_dir
+      fingerprint = fingerprint_model_dir(model_dir)
+    path = ensure_export(model_dir, fingerprint, kind, backend, export_root)
+    kwargs.update(_runtime_kwargs(backend))
+  model = _load(path, kind, backend.runtime, device, trust_remote_code, kwargs)
+  if backend.half:
+    model.half()
+  if hasattr(model, 'eval'):
+    model.eval()
+  return model
+
+
+@contextlib.contextmanager
+def inference_context(backend: Backend, device: str) -> Iterator[None]:
+  """Autocast around inference for the torch autocast backends; else nothing."""
+  if backend.autocast:
+    import torch
+    with torch.inference_mode(), torch.autocast(
+        device_type='cuda' if device == 'cuda' else 'cpu',
+        dtype=getattr(torch, backend.autocast)):
+      yield
+  else:
+    yield
+
+
+@dataclasses.dataclass(frozen=True)
+class Fidelity:
+  """How close a backend's outputs are to float32 PyTorch on a sample."""
+  backend: str
+  measure: str
+  mean: float
+  minimum: float
+  sample_size: int
+
+  def as_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+def bi_encoder_fidelity(reference: np.ndarray, candidate: np.ndarray) -> tuple[float, float]:
+  """Mean and minimum row cosine between two embedding matrices."""
+  reference = reference.astype(np.float64)
+  candidate = candidate.astype(np.float64)
+  norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(candidate, axis=1)
+  cosines = np.einsum('ij,ij->i', reference, candidate) / np.maximum(norms, 1e-12)
+  return float(cosines.mean()), float(cosines.min())
+
+
+def cross_encoder_fidelity(reference: np.ndarray, candidate: np.ndarray) -> tuple[float, float]:
+  """Scores are one number per pair: the Pearson correlation of the two score
+  vectors (mean) and 1 - the largest absolute difference relative to the
+  reference's range (minimum), both 1.0 for identical scores."""
+  reference = reference.astype(np.float64).ravel()
+  candidate = candidate.astype(np.float64).ravel()
+  if len(reference) < 2 or np.ptp(reference) == 0:
+    same = float(np.allclose(reference, candidate, atol=1e-3))
+    return same, same
+  correlation = float(np.corrcoef(reference, candidate)[0, 1])
+  worst = 1.0 - float(np.abs(reference - candidate).max() / np.ptp(reference))
+  return correlation, worst
+
+
+def check_fidelity(
+    backend: Backend, kind: str, sample: Sequence[Any],
+    run_reference: Callable[[Sequence[Any]], np.ndarray],
+    run_candidate: Callable[[Sequence[Any]], np.ndarray],
+    min_fidelity: float) -> Optional[Fidelity]:
+  """Compares ``backend`` with float32 on ``sample`` (texts or text pairs);
+  prints the result and raises ``UserInputError`` below ``min_fidelity``.
+  None for the reference backend or an empty sample."""
+  if backend.is_reference or not sample:
+    return None
+  reference = np.asarray(run_reference(sample))
+  candidate = np.asarray(run_candidate(sample))
+  if kind == 'bi-encoder':
+    mean, minimum = bi_encoder_fidelity(reference, candidate)
+    measure = 'cosine to float32 embeddings'
+  else:
+    mean, minimum = cross_encoder_fidelity(reference, candidate)
+    measure = 'score correlation with float32 (min: 1 - max |diff| / range)'
+  fidelity = Fidelity(backend.name, measure, mean, minimum, len(sample))
+  print(f'[backend] {kind} on {backend.name}: {measure}: mean {mean:.6f}, '
+        f'min {minimum:.6f} over {len(sample)} sample(s)', file=sys.stderr, flush=True)
+  if mean < min_fidelity:
+    raise UserInputError(
+        f'--backend {backend.name} is too far from float32 for this {kind}: mean '
+        f'{measure} {mean:.4f} < --min-fidelity {min_fidelity} (on {len(sample)} '
+        'samples of the input); use another backend or lower --min-fidelity')
+  return fidelity
