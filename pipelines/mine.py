@@ -213,6 +213,17 @@ def run(argv: Sequence[str] | None = None) -> dict:
       'negatives_kept': counts.get('negatives_kept', 0),
       'candidates_dropped': {g: counts.get(f'dropped_{g}', 0) for g in GUARDS},
       'mined_ids_without_text': counts.get('mined_ids_without_text', 0),
+      'candidates_in': counts.get('candidates_in', 0),
+      'candidates_rejected': counts.get('candidates_rejected', 0),
+      'candidates_without_positives': counts.get('candidates_without_positives', 0),
+      'qrels_in': counts.get('qrels_in', 0),
+      'qrels_rejected': counts.get('qrels_rejected', 0),
+      'qrels_without_candidates': counts.get('qrels_without_candidates', 0),
+      # Every candidate row is dead-lettered, of a query without positives, dropped
+      # by a guard (or --negative-threshold), or a kept negative.
+      'reconciles': counts.get('candidates_in', 0) == sum(counts.get(k, 0) for k in (
+          'candidates_rejected', 'candidates_without_positives', 'negatives_kept',
+          'dropped_negative_threshold', *(f'dropped_{g}' for g in GUARDS))),
       'dead_letters': written['outputs']['dead_letter']['rows'],
       'rows': rows,
       'pseudo_labels': manifest['pseudo_labels'],
@@ -228,6 +239,13 @@ def run(argv: Sequence[str] | None = None) -> dict:
       ('negatives kept', report['negatives_kept']),
       *[(f'  dropped: {g}', n) for g, n in report['candidates_dropped'].items() if n],
       ('mined ids without text (dead letters)', report['mined_ids_without_text']),
+      ('candidates in', report['candidates_in']),
+      ('  dead-lettered', report['candidates_rejected']),
+      ('  of queries without positives', report['candidates_without_positives']),
+      ('  in = dead + no positives + dropped + kept', 'yes' if report['reconciles'] else 'NO'),
+      ('judgments in / dead-lettered / never retrieved', (
+          f"{report['qrels_in']:,} / {report['qrels_rejected']:,} / "
+          f"{report['qrels_without_candidates']:,}")),
       ('dead letters', report['dead_letters']),
       *[(f'rows {name}', n) for name, n in rows.items() if name != 'dead_letter'],
       ('labels', manifest['labels']),

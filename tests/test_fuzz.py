@@ -370,3 +370,127 @@ def test_rerank_supplied_candidates_fuzz(tmp_path, tiny_cross_encoder_dir):
   assert report['candidate_dead_letters'] == sum(dead.values())
   assert report['reconciles'] is True
   assert report['pairs_scored'] + report['candidate_dead_letters'] == len(rows)
+
+
+# ------------------------------------------------------------------- mine
+
+MINE_CANDIDATES_SCHEMA = pa.schema([
+    ('query_id', pa.string()), ('doc_id', pa.string()), ('score', pa.float64()),
+    ('retrieval_rank', pa.int64())])
+QRELS_SCHEMA = pa.schema([
+    ('query_id', pa.string()), ('doc_id', pa.string()), ('relevance', pa.int32())])
+
+
+def retrieval_order(candidate: tuple) -> tuple:
+  _, doc_id, score, rank = candidate
+  return (math.inf if rank is None else rank, math.inf if score is None else -score, doc_id)
+
+
+def test_mine_fuzz(tmp_path):
+  queries, hostile_queries = text_rows('q', examples=6, good=40)
+  corpus, hostile_docs = text_rows('d', examples=12, good=80)
+  query_ids = [q for q, _ in queries]
+  doc_ids = [d for d, _ in corpus]
+  ranks = st.one_of(st.none(), st.integers(-5, 50), st.integers(-2 ** 63, 2 ** 63 - 1))
+  hostile = collect(st.lists(st.tuples(pair_ids(query_ids, doc_ids), scores_strategy(), ranks).map(
+      lambda t: (*t[0], t[1], t[2])), min_size=25, max_size=25), 50)
+  hostile_qrels = collect(st.lists(st.tuples(pair_ids(query_ids, doc_ids), st.one_of(
+      st.none(), st.integers(-3, 3), st.sampled_from([2 ** 31 - 1, -2 ** 31]))).map(
+          lambda t: (*t[0], t[1])), min_size=25, max_size=25), 13)
+  kept_queries, dead_queries = expected_texts(queries)
+  kept_docs, dead_docs = expected_texts(corpus)
+  rng = random.Random(3)
+  good_queries = sorted(kept_queries)
+  good = [(q, d, rng.uniform(-5, 5), rng.randint(1, 100)) for q, d in zip(
+      rng.choices(good_queries, k=300), rng.choices(sorted(kept_docs), k=300))]
+  good_qrels = [(q, rng.choice(sorted(kept_docs)), 1) for q in good_queries[::2]]
+  rows, qrels = hostile + good, hostile_qrels + good_qrels
+  random.Random(4).shuffle(rows)
+  random.Random(5).shuffle(qrels)
+  print(f'\n[fuzz] mine: {len(rows)} candidate rows, {len(hostile)} hostile; '
+        f'{len(qrels)} qrels, {len(hostile_qrels)} hostile; {hostile_queries} hostile '
+        f'query rows, {hostile_docs} hostile corpus rows')
+  assert len(hostile) >= 1200 and len(hostile_qrels) >= 300
+  root = tmp_path / 'in'
+  root.mkdir()
+  pq.write_table(pa.Table.from_pylist([dict(zip(MINE_CANDIDATES_SCHEMA.names, r)) for r in rows],
+                                      schema=MINE_CANDIDATES_SCHEMA), str(root / 'cand.parquet'))
+  pq.write_table(pa.Table.from_pylist([dict(zip(QRELS_SCHEMA.names, r)) for r in qrels],
+                                      schema=QRELS_SCHEMA), str(root / 'qrels.parquet'))
+  out = tmp_path / 'pairs'
+  report, _ = quiet(mine_job.run, [
+      '--candidates', root / 'cand.parquet', '--qrels', root / 'qrels.parquet',
+      '--queries', write_texts(root / 'q.parquet', 'query_id', queries),
+      '--corpus', write_texts(root / 'c.parquet', 'doc_id', corpus),
+      '--output', out, '--format', 'labeled-pair,distill', '--num-negatives', '100000'])
+
+  # The oracle: row checks, unknown docs, unknown queries (one letter per
+  # query), one copy per pair (first in retrieval order), then labels.
+  dead = Counter()
+  known = defaultdict(list)
+  for query_id, doc_id, score, rank in rows:
+    reason = (id_reason(query_id, 'null_query_id') or id_reason(doc_id, 'null_doc_id')
+              or score_reason(score))
+    if reason:
+      dead[(candidate_record_id(query_id, doc_id), reason)] += 1
+    elif str(doc_id) not in kept_docs:
+      dead[(f'{query_id}\t{doc_id}', 'unknown_doc_id')] += 1
+    else:
+      known[str(query_id)].append((str(query_id), str(doc_id), score, rank))
+  candidates = {}
+  for query_id, group in known.items():
+    if query_id not in kept_queries:
+      dead[(query_id, 'unknown_query_id')] += 1
+      continue
+    candidates[query_id] = {}
+    for _, doc_id, score, _ in sorted(group, key=retrieval_order):
+      if doc_id in candidates[query_id]:
+        dead[(f'{query_id}\t{doc_id}', 'duplicate_pair')] += 1
+      else:
+        candidates[query_id][doc_id] = score
+  positives = defaultdict(set)
+  for query_id, doc_id, relevance in qrels:
+    reason = (id_reason(query_id, 'null_query_id') or id_reason(doc_id, 'null_doc_id')
+              or ('null_relevance' if relevance is None else None))
+    if reason:
+      dead[(candidate_record_id(query_id, doc_id), reason)] += 1
+    elif relevance >= 1:
+      positives[str(query_id)].add(str(doc_id))
+  labeled, distill = Counter(), Counter()
+  for query_id, docs in candidates.items():
+    for doc_id in positives.get(query_id, ()):
+      if doc_id not in kept_docs:
+        dead[(f'{query_id}\t{doc_id}', 'unknown_doc_id')] += 1
+        continue
+      labeled[(query_id, doc_id, kept_queries[query_id], kept_docs[doc_id], 1.0)] += 1
+      if docs.get(doc_id) is not None:
+        distill[(query_id, doc_id, kept_queries[query_id], kept_docs[doc_id],
+                 f32(docs[doc_id]))] += 1
+    if not positives.get(query_id):
+      continue
+    for doc_id, score in docs.items():
+      if doc_id in positives[query_id]:
+        continue
+      labeled[(query_id, doc_id, kept_queries[query_id], kept_docs[doc_id], 0.0)] += 1
+      if score is not None:
+        distill[(query_id, doc_id, kept_queries[query_id], kept_docs[doc_id], f32(score))] += 1
+
+  def joined(fmt, columns):
+    texts, ids = read_dir(out / fmt / 'train'), read_dir(out / fmt / 'train-ids')
+    assert len(texts) == len(ids)
+    return Counter((i['query_id'], i['doc_id'], *(t[c] for c in columns))
+                   for t, i in zip(texts, ids))
+
+  print(f'[fuzz] mine: {sum(labeled.values())} labeled pairs, {sum(dead.values())} '
+        f'candidate/qrel dead letters expected: {dict(Counter(r for _, r in dead.elements()))}')
+  assert joined('labeled-pair', ('sentence_0', 'sentence_1', 'label')) == labeled
+  assert joined('distill', ('query', 'passage', 'score')) == distill
+  dead_letters = read_dir(out / 'dead_letter')
+  got_dead = dead_pairs(dead_letters, {'mine/candidates', 'mine/join', 'mine/qrels'})
+  assert (sorted((got_dead - dead).items()), sorted((dead - got_dead).items())) == ([], [])
+  assert dead_pairs(dead_letters, {'mine/queries'}) == Counter(dead_queries)
+  assert dead_pairs(dead_letters, {'mine/corpus'}) == Counter(dead_docs)
+  assert report['candidates_in'] == len(rows)
+  assert report['qrels_in'] == len(qrels)
+  assert report['reconciles'] is True
+  assert report['dead_letters'] == len(dead_letters)

@@ -19,7 +19,7 @@ from typing import Iterable, Literal, Optional, Sequence
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from transforms.dead_letters import DEAD_LETTER_TAG, dead_letter
+from transforms.dead_letters import DEAD_LETTER_TAG, bad_score_reason, dead_letter
 from transforms.parquet_sink import stable_hash
 from transforms.texts import METRICS_NAMESPACE
 
@@ -165,6 +165,13 @@ class _MineQueryFn(beam.DoFn):
         guard: Metrics.counter(METRICS_NAMESPACE, f'{STAGE}/dropped_{guard}')
         for guard in GUARDS}
 
+    self._without_positives_rows = Metrics.counter(
+        METRICS_NAMESPACE, f'{STAGE}/candidates_without_positives')
+    self._qrels_without_candidates = Metrics.counter(
+        METRICS_NAMESPACE, f'{STAGE}/qrels_without_candidates')
+    self._dropped_negative_threshold = Metrics.counter(
+        METRICS_NAMESPACE, f'{STAGE}/dropped_negative_threshold')
+
   def process(self, joined):
     mined = self._mine(*joined)
     if mined is not None:
@@ -181,7 +188,9 @@ class _MineQueryFn(beam.DoFn):
   def _mine(self, query_id, groups) -> Optional[MinedQuery]:
     rows = list(groups['candidates'])
     if not rows:
-      return None  # Judged, but never retrieved: nothing to mine from.
+      # Judged, but never retrieved (or an unknown query): nothing to mine from.
+      self._qrels_without_candidates.inc(len(list(groups['qrels'])))
+      return None
     self._queries.inc()
     candidates = []
     for index, row in enumerate(sorted(rows, key=self._retrieval_order)):
@@ -190,13 +199,16 @@ class _MineQueryFn(beam.DoFn):
           doc_id=row['doc_id'], score=None if score is None else float(score),
           retrieval_rank=index + 1))
     if self._config.positive_threshold is not None:
+      before = len(candidates)
       positive_ids, candidates = pseudo_label(candidates, self._config)
+      self._dropped_negative_threshold.inc(before - len(candidates))
     else:
       positive_ids = [
           q['doc_id'] for q in groups['qrels']
           if q['relevance'] is not None and q['relevance'] >= self._config.min_relevance]
     if not positive_ids:
       self._without_positives.inc()
+      self._without_positives_rows.inc(len(candidates))
       return None
     self._with_positives.inc()
     mined = mine_query(query_id, candidates, positive_ids, self._config)
@@ -208,6 +220,163 @@ class _MineQueryFn(beam.DoFn):
       if count:
         self._dropped[guard].inc(count)
     return mined
+
+
+def _blank(value) -> bool:
+  return value is None or str(value).strip() == ''
+
+
+def retrieval_order(row: dict) -> tuple:
+  """Retrieval rank; rows without one follow in score order (desc), then doc_id."""
+  rank, score = row.get('retrieval_rank'), row.get('score')
+  return (math.inf if rank is None else rank,
+          math.inf if score is None else -score, row['doc_id'])
+
+
+class CheckCandidateFn(beam.DoFn):
+  """A candidate row -> ``{query_id, doc_id, retrieval_rank, score}``, or a
+  dead letter: a null/blank id, or a NaN, infinite or beyond-float32 score."""
+  def __init__(self, score_field: Optional[str]):
+    self._score_field = score_field
+    self._rows_in = Metrics.counter(METRICS_NAMESPACE, f'{STAGE}/candidates_in')
+    self._rejected = Metrics.counter(METRICS_NAMESPACE, f'{STAGE}/candidates_rejected')
+
+  def process(self, row: dict):
+    self._rows_in.inc()
+    query_id, doc_id = row.get('query_id'), row.get('doc_id')
+    score = row.get(self._score_field) if self._score_field else None
+    reason = None
+    if _blank(query_id):
+      reason = 'null_query_id: candidate has no query_id'
+    elif _blank(doc_id):
+      reason = 'null_doc_id: candidate has no doc_id'
+    else:
+      reason = bad_score_reason(score)
+    if reason is not None:
+      self._rejected.inc()
+      yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dead_letter(
+          f'{STAGE}/candidates', None if query_id is None else f'{query_id}\t{doc_id}',
+          reason, row))
+      return
+    yield {'query_id': str(query_id), 'doc_id': str(doc_id),
+           'retrieval_rank': row.get('retrieval_rank'),
+           'score': None if score is None else float(score)}
+
+
+class CheckQrelFn(beam.DoFn):
+  """A qrels (or positives) row -> ``{query_id, doc_id, relevance}``, or a
+  dead letter: a null/blank id or (qrels) a null relevance. A positives table
+  has no relevance column: every row is relevant (1)."""
+  def __init__(self, has_relevance: bool):
+    self._has_relevance = has_relevance
+    self._rows_in = Metrics.counter(METRICS_NAMESPACE, f'{STAGE}/qrels_in')
+    self._rejected = Metrics.counter(METRICS_NAMESPACE, f'{STAGE}/qrels_rejected')
+
+  def process(self, row: dict):
+    self._rows_in.inc()
+    query_id, doc_id = row.get('query_id'), row.get('doc_id')
+    relevance = row.get('relevance') if self._has_relevance else 1
+    reason = None
+    if _blank(query_id):
+      reason = 'null_query_id: judgment has no query_id'
+    elif _blank(doc_id):
+      reason = 'null_doc_id: judgment has no doc_id'
+    elif relevance is None:
+      reason = 'null_relevance: judgment has no relevance'
+    if reason is not None:
+      self._rejected.inc()
+      yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dead_letter(
+          f'{STAGE}/qrels', None if query_id is None else f'{query_id}\t{doc_id}',
+          reason, row))
+      return
+    yield {'query_id': str(query_id), 'doc_id': str(doc_id), 'relevance': int(relevance)}
+
+
+class _KnownDocFn(beam.DoFn):
+  """``(doc_id, {'texts', 'candidates'})`` -> the candidates, or (no text)
+  one ``unknown_doc_id`` dead letter each. Streams: one doc's candidates are
+  never held together."""
+  def __init__(self):
+    self._rejected = Metrics.counter(METRICS_NAMESPACE, f'{STAGE}/candidates_rejected')
+    self._missing = Metrics.counter(METRICS_NAMESPACE, f'{STAGE}/mined_ids_without_text')
+
+  def process(self, joined):
+    doc_id, groups = joined
+    known = any(True for _ in groups['texts'])
+    for candidate in groups['candidates']:
+      if known:
+        yield candidate
+        continue
+      self._rejected.inc()
+      self._missing.inc()
+      yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dead_letter(
+          f'{STAGE}/join', f'{candidate["query_id"]}\t{doc_id}',
+          f'unknown_doc_id: doc_id {doc_id!r} has no text in --corpus (or was '
+          'dead-lettered there); not a candidate', candidate))
+
+
+class _KnownQueryFn(beam.DoFn):
+  """``(query_id, {'texts', 'candidates'})`` -> the query's candidates, one per
+  doc (the first in retrieval order; ``duplicate_pair`` dead letters for the
+  other copies), or (no text) one ``unknown_query_id`` dead letter for the
+  query naming its candidates."""
+  def __init__(self):
+    self._rejected = Metrics.counter(METRICS_NAMESPACE, f'{STAGE}/candidates_rejected')
+    self._missing = Metrics.counter(METRICS_NAMESPACE, f'{STAGE}/mined_ids_without_text')
+    self._duplicates = Metrics.counter(METRICS_NAMESPACE, f'{STAGE}/duplicate_pairs')
+
+  def process(self, joined):
+    query_id, groups = joined
+    candidates = sorted(groups['candidates'], key=retrieval_order)
+    if not candidates:
+      return
+    if not any(True for _ in groups['texts']):
+      self._rejected.inc(len(candidates))
+      self._missing.inc()
+      yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dead_letter(
+          f'{STAGE}/join', query_id,
+          'unknown_query_id: the query has candidates but no text in --queries (or '
+          'was dead-lettered there); nothing mined for it',
+          {'query_id': query_id, 'candidates': len(candidates),
+           'doc_ids': [c['doc_id'] for c in candidates]}))
+      return
+    seen = set()
+    for candidate in candidates:
+      if candidate['doc_id'] in seen:
+        self._rejected.inc()
+        self._duplicates.inc()
+        yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dead_letter(
+            f'{STAGE}/candidates', f'{query_id}\t{candidate["doc_id"]}',
+            'duplicate_pair: the same (query_id, doc_id) again; the copy first in '
+            'retrieval order was kept', candidate))
+        continue
+      seen.add(candidate['doc_id'])
+      yield candidate
+
+
+class KnownCandidates(beam.PTransform):
+  """``{'candidates', 'queries', 'corpus'}`` (checked candidates, text records)
+  -> ``{'candidates', 'dead_letter'}``: only candidates whose doc and query have
+  a text, once per (query, doc). Negatives are mined from these, so a missing
+  text never takes a negative's place."""
+  def expand(self, pcolls):
+    known_docs = (
+        {'texts': pcolls['corpus'] | 'CorpusIds' >> beam.Map(lambda r: (r['id'], None)),
+         'candidates': pcolls['candidates'] | 'CandidatesByDoc' >> beam.WithKeys(
+             lambda c: c['doc_id'])}
+        | 'JoinDocIds' >> beam.CoGroupByKey()
+        | 'KnownDocs' >> beam.ParDo(_KnownDocFn()).with_outputs(
+            DEAD_LETTER_TAG, main='candidates'))
+    known = (
+        {'texts': pcolls['queries'] | 'QueryIds' >> beam.Map(lambda r: (r['id'], None)),
+         'candidates': known_docs.candidates | 'CandidatesByQuery' >> beam.WithKeys(
+             lambda c: c['query_id'])}
+        | 'JoinQueryIds' >> beam.CoGroupByKey()
+        | 'KnownQueries' >> beam.ParDo(_KnownQueryFn()).with_outputs(
+            DEAD_LETTER_TAG, main='candidates'))
+    dead = ((known_docs[DEAD_LETTER_TAG], known[DEAD_LETTER_TAG])
+            | 'FlattenDeadLetters' >> beam.Flatten())
+    return {'candidates': known.candidates, DEAD_LETTER_TAG: dead}
 
 
 class MineNegatives(beam.PTransform):

@@ -10,7 +10,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms.dead_letters import DEAD_LETTER_SCHEMA, DEAD_LETTER_TAG, dead_letter_sort_key
 from transforms.mining import (
-    AttachMinedTexts, MineNegatives, MiningConfig, format_rows, split_of)
+    AttachMinedTexts, CheckCandidateFn, CheckQrelFn, KnownCandidates, MineNegatives,
+    MiningConfig, format_rows, split_of)
 from transforms.parquet_sink import (
     MANIFEST_NAME, CommitOutputs, ShardedOutput, WriteParquetShards)
 from transforms.retrieval import ExactTopK, ReadEmbeddingTables
@@ -77,21 +78,6 @@ class MineConfig:
   rows_per_shard: int = 100_000
 
 
-def _candidate_row(row: dict, score_field: Optional[str]) -> dict:
-  score = row.get(score_field) if score_field else None
-  return {
-      'query_id': str(row['query_id']),
-      'doc_id': str(row['doc_id']),
-      'retrieval_rank': row.get('retrieval_rank'),
-      'score': None if score is None else float(score),
-  }
-
-
-def _qrel_row(row: dict) -> dict:
-  return {'query_id': str(row['query_id']), 'doc_id': str(row['doc_id']),
-          'relevance': int(row.get('relevance', 1) if row.get('relevance') is not None else 0)}
-
-
 def _keyed_rows(item, fmt: str, num_negatives: int, dev_fraction: float):
   mined, query_text, doc_texts = item
   split = split_of(mined.query_id, dev_fraction)
@@ -119,7 +105,9 @@ def build_mine_pipeline(pipeline: beam.Pipeline, config: MineConfig, manifest: d
         | 'ExactDenseTopK' >> ExactTopK(
             config.top_k, normalize=config.normalize_embeddings,
             query_groups=config.query_groups)
-        | 'ToCandidates' >> beam.Map(_candidate_row, 'retrieval_score'))
+        | 'CheckCandidates' >> beam.ParDo(
+            CheckCandidateFn('retrieval_score')).with_outputs(
+                DEAD_LETTER_TAG, main='candidates'))
   else:
     columns = ['query_id', 'doc_id']
     if config.candidate_source == 'ranked' or config.candidates_have_retrieval_rank:
@@ -130,23 +118,40 @@ def build_mine_pipeline(pipeline: beam.Pipeline, config: MineConfig, manifest: d
         pipeline
         | 'ReadCandidatesParquet' >> beam.io.ReadFromParquet(
             config.candidates_pattern, columns=columns)
-        | 'ToCandidates' >> beam.Map(_candidate_row, config.candidates_score_column))
+        | 'CheckCandidates' >> beam.ParDo(
+            CheckCandidateFn(config.candidates_score_column)).with_outputs(
+                DEAD_LETTER_TAG, main='candidates'))
 
   if config.qrels_pattern:
     labels = (pipeline
               | 'ReadQrelsParquet' >> beam.io.ReadFromParquet(
                   config.qrels_pattern, columns=['query_id', 'doc_id', 'relevance'])
-              | 'ToQrels' >> beam.Map(_qrel_row))
+              | 'CheckQrels' >> beam.ParDo(CheckQrelFn(True)).with_outputs(
+                  DEAD_LETTER_TAG, main='qrels'))
   elif config.positives_pattern:
     labels = (pipeline
               | 'ReadPositivesParquet' >> beam.io.ReadFromParquet(
                   config.positives_pattern, columns=['query_id', 'doc_id'])
-              | 'ToQrels' >> beam.Map(_qrel_row))
+              | 'CheckQrels' >> beam.ParDo(CheckQrelFn(False)).with_outputs(
+                  DEAD_LETTER_TAG, main='qrels'))
+  else:
+    labels = None
+
+  known = {
+      'candidates': candidates.candidates, 'queries': queries['texts'],
+      'corpus': corpus['texts'],
+  } | 'KnownCandidates' >> KnownCandidates()
+  dead_letters = [queries[DEAD_LETTER_TAG], corpus[DEAD_LETTER_TAG],
+                  candidates[DEAD_LETTER_TAG], known[DEAD_LETTER_TAG]]
+  if labels is not None:
+    dead_letters.append(labels[DEAD_LETTER_TAG])
+    labels = labels.qrels
   else:
     labels = pipeline | 'NoQrels' >> beam.Create([])
 
-  mined = {'candidates': candidates, 'qrels': labels} | 'MineNegatives' >> MineNegatives(
-      config.mining, 'score')
+  mined = {
+      'candidates': known['candidates'], 'qrels': labels,
+  } | 'MineNegatives' >> MineNegatives(config.mining, 'score')
   attached = {
       'mined': mined, 'queries': queries['texts'], 'corpus': corpus['texts'],
   } | 'AttachTexts' >> AttachMinedTexts()
@@ -176,8 +181,7 @@ def build_mine_pipeline(pipeline: beam.Pipeline, config: MineConfig, manifest: d
             | f'Rows{step}' >> beam.Map(
                 lambda keyed, i=index: dict(keyed[i], _key=keyed[0]))
             | f'Write{step}' >> WriteParquetShards(output))
-  dead = ((queries[DEAD_LETTER_TAG], corpus[DEAD_LETTER_TAG], attached[DEAD_LETTER_TAG])
-          | 'FlattenDeadLetters' >> beam.Flatten())
+  dead = (dead_letters + [attached[DEAD_LETTER_TAG]]) | 'FlattenDeadLetters' >> beam.Flatten()
   dead_output = ShardedOutput(
       name='dead_letter', root=config.output_dir, subdirectory='dead_letter',
       schema=DEAD_LETTER_SCHEMA, key_fn=lambda row: row['record_id'] or '',
