@@ -128,8 +128,21 @@ def _staging_started(out: pathlib.Path) -> bool:
   return staging.is_dir() and any(files for _, _, files in os.walk(staging))
 
 
-def _commit_started(out: pathlib.Path) -> bool:
-  return bool(_final_parts(out)) or (out / 'manifest.json').exists()
+def _commit_started(out: pathlib.Path):
+  """A kill condition: the first shard that was not in ``out`` before the run
+  is in its final place (or the run got to its manifest)."""
+  before = set(_final_parts(out))
+  old_manifest = (out / 'manifest.json').read_bytes() if (
+      out / 'manifest.json').exists() else None
+
+  def started(out: pathlib.Path) -> bool:
+    try:
+      if (out / 'manifest.json').read_bytes() != old_manifest:
+        return True
+    except FileNotFoundError:
+      pass
+    return bool(set(_final_parts(out)) - before)
+  return started
 
 
 def _run_and_kill(job: str, argv, out: pathlib.Path, kill_when, log: pathlib.Path,
@@ -236,28 +249,33 @@ def test_encode_killed_twice_then_rerun_is_byte_identical(tmp_path, data, refere
   args = _encode_args(data, out)
   n_shards = len(_final_parts(reference['corpus_emb']))
   assert n_shards == NUM_TEXTS // 2 + 1  # 200 embedding shards + 1 dead-letter shard
+  # The folder holds an earlier, complete result (another input, 2 shards).
+  shutil.copytree(reference['query_emb'], out)
+  old_manifest = (out / 'manifest.json').read_bytes()
 
-  # 1. Killed while shards are being staged: nothing is published.
+  # 1. Killed while shards are being staged: the earlier result is untouched.
   seconds = _run_and_kill('encode', args, out, _staging_started, tmp_path / 'kill1.log')
   state = _published_state(out)
   staged = sum(len(files) for _, _, files in os.walk(out / '.staging'))
   print(f'\n[crash] encode kill 1 (staging) after {seconds:.1f} s: {state}, '
         f'{staged} staged files left')
-  assert state == {'manifest': False, 'final_shards': 0}
-  with pytest.raises(UserInputError, match='no manifest.json'):
-    common.embedding_manifest(str(out), '--corpus-embeddings')
+  assert state == {'manifest': True, 'final_shards': 2}
+  assert (out / 'manifest.json').read_bytes() == old_manifest
+  assert common.embedding_manifest(str(out), '--corpus-embeddings')['row_count'] == NUM_QUERIES
 
-  # 2. The same command, over the leftovers, killed once the commit has begun.
-  seconds = _run_and_kill('encode', args, out, _commit_started, tmp_path / 'kill2.log')
+  # 2. The same command, over the leftovers, killed once the commit has begun
+  #    (the old manifest is removed first: from then on the folder is no result).
+  seconds = _run_and_kill('encode', args, out, _commit_started(out), tmp_path / 'kill2.log')
   state = _published_state(out)
   print(f'[crash] encode kill 2 (commit) after {seconds:.1f} s: {state} '
-        f'of {n_shards} shards')
+        f'(the new result has {n_shards} shards)')
   if not state['manifest']:
     # Not a result: the jobs that take embeddings refuse the folder.
     with pytest.raises(UserInputError, match='no manifest.json'):
       common.embedding_manifest(str(out), '--corpus-embeddings')
 
-  # 3. The same command to the end: byte-identical to the uninterrupted run.
+  # 3. The same command to the end: byte-identical to the uninterrupted run,
+  #    no shard of the earlier result and no staging left.
   _run_to_end('encode', args, tmp_path / 'rerun.log')
   assert not (out / '.staging').exists()
   _assert_identical(out, reference['corpus_emb'])
