@@ -12,7 +12,9 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from transforms.errors import UserInputError
-from transforms.parquet_sink import MANIFEST_NAME, read_json
+from transforms.parquet_sink import (
+    COMMIT_DEAD_LETTERS_COUNTER, COMMIT_REFUSED_COUNTER, MANIFEST_NAME,
+    STAGING_NAME, CommitGateOptions, read_json)
 from transforms.texts import METRICS_NAMESPACE
 
 BEAM_EPILOG = (
@@ -91,6 +93,52 @@ def print_summary(title: str, rows: Iterable[tuple[str, Any]]) -> None:
     print(f'  {label:<{width}}  {value}')
 
 
+class DeadLetterLimitExceeded(UserInputError):
+  """Too many rows were dead-lettered: the run committed nothing (exit 3)."""
+  exit_code = 3
+
+
+def fraction(value: str) -> float:
+  """argparse type: a number in [0, 1]."""
+  try:
+    number = float(value)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f'{value!r} is not a number')
+  if not 0 <= number <= 1:
+    raise argparse.ArgumentTypeError(f'{value!r} must be between 0 and 1')
+  return number
+
+
+def add_dead_letter_limit_argument(group: Any) -> None:
+  """``--max-dead-letter-fraction`` (encode, rerank, mine)."""
+  group.add_argument(
+      '--max-dead-letter-fraction', type=fraction, default=1.0, metavar='F',
+      help='Commit nothing and exit 3 when more than F x (rows of the input '
+      'files) rows are dead-lettered; the previous outputs stay as they were and '
+      'the run\'s files stay in OUTPUT/.staging/ (default: %(default)s = never).')
+
+
+def limit_dead_letters(options: PipelineOptions, max_fraction: float, rows_in: int) -> None:
+  """Gates the run's commit step: at most ``max_fraction`` x ``rows_in`` dead
+  letters (``rows_in``: the rows of the job's input files); 1 = no limit."""
+  limit = None if max_fraction >= 1 else int(max_fraction * rows_in)
+  options.view_as(CommitGateOptions).max_dead_letters_to_commit = limit
+
+
+def check_dead_letter_limit(
+    result: Any, output_dir: str, max_fraction: float, rows_in: int) -> None:
+  """After the run: raises ``DeadLetterLimitExceeded`` if the commit was refused."""
+  refused = counters(result, 'commit')
+  if not refused.get(COMMIT_REFUSED_COUNTER.split('/', 1)[1]):
+    return
+  dead = refused.get(COMMIT_DEAD_LETTERS_COUNTER.split('/', 1)[1], 0)
+  share = dead / rows_in if rows_in else 1.0
+  raise DeadLetterLimitExceeded(
+      f'{dead:,} of {rows_in:,} input rows ({share:.1%}) were dead-lettered, more than '
+      f'--max-dead-letter-fraction {max_fraction:g}; outputs were not committed '
+      f'(the dead letters are in {output_dir}/{STAGING_NAME}/dead_letter/)')
+
+
 def main_wrapper(
     run: Callable[[Sequence[str] | None], Any], prog: str,
     argv: Sequence[str] | None) -> int:
@@ -99,7 +147,7 @@ def main_wrapper(
     run(argv)
   except UserInputError as error:
     print(f'{prog}: error: {error}', file=sys.stderr)
-    return 2
+    return getattr(error, 'exit_code', 2)
   except KeyboardInterrupt:
     print(f'{prog}: interrupted', file=sys.stderr)
     return 130

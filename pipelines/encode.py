@@ -61,6 +61,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
   io.add_argument(
       '--rows-per-shard', type=common.positive_int, default=100_000,
       help='Rows per output file (default: %(default)s).')
+  common.add_dead_letter_limit_argument(io)
 
   model = parser.add_argument_group('model')
   model.add_argument(
@@ -180,11 +181,14 @@ def run(argv: Sequence[str] | None = None) -> dict:
       f'model {model} ({info.dim}-d, max_seq_length {info.max_seq_length}, '
       f'fingerprint {info.fingerprint[:19]}...)', file=sys.stderr, flush=True)
 
+  common.limit_dead_letters(options, args.max_dead_letter_fraction, checked.num_rows)
   pipeline = beam.Pipeline(options=options)
   build_encode_pipeline(pipeline, config, info, reuse_previous=reuse)
   pipeline_started = time.perf_counter()
   result = pipeline.run()
   result.wait_until_finish()
+  common.check_dead_letter_limit(
+      result, config.output_dir, args.max_dead_letter_fraction, checked.num_rows)
   finished = time.perf_counter()
 
   counts = common.counters(result, 'encode')

@@ -52,6 +52,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
   io.add_argument('--doc-title-column', default=None)
   io.add_argument('--title-separator', default='\n')
   io.add_argument('--rows-per-shard', type=common.positive_int, default=100_000)
+  common.add_dead_letter_limit_argument(io)
 
   labels = parser.add_argument_group('labels')
   labels.add_argument('--qrels', metavar='GLOB', default=None, help='query_id, doc_id, relevance: positives are relevance >= --min-relevance.')
@@ -154,10 +155,13 @@ def run(argv: Sequence[str] | None = None) -> dict:
       args.positive_threshold))
   if needs_scores and source == 'candidates' and score_column is None:
     raise UserInputError('score guards/thresholds need a score column in --candidates')
+  rows_in = queries.num_rows + corpus.num_rows + (checked.num_rows if source != 'dense' else 0)
   if args.qrels:
-    check_parquet_input(args.qrels, '--qrels', {'query_id': 'id', 'doc_id': 'id', 'relevance': 'int'})
+    rows_in += check_parquet_input(
+        args.qrels, '--qrels', {'query_id': 'id', 'doc_id': 'id', 'relevance': 'int'}).num_rows
   if args.positives:
-    check_parquet_input(args.positives, '--positives', {'query_id': 'id', 'doc_id': 'id'})
+    rows_in += check_parquet_input(
+        args.positives, '--positives', {'query_id': 'id', 'doc_id': 'id'}).num_rows
 
   mining = MiningConfig(
       num_negatives=args.num_negatives, range_min=args.range_min, range_max=args.range_max,
@@ -193,10 +197,12 @@ def run(argv: Sequence[str] | None = None) -> dict:
       'dev_fraction': args.dev_fraction,
       'split': 'dev if blake2b(query_id) % 1e6 < dev_fraction * 1e6',
   }
+  common.limit_dead_letters(options, args.max_dead_letter_fraction, rows_in)
   pipeline = beam.Pipeline(options=options)
   build_mine_pipeline(pipeline, config, manifest)
   result = pipeline.run()
   result.wait_until_finish()
+  common.check_dead_letter_limit(result, output_dir, args.max_dead_letter_fraction, rows_in)
   finished = time.perf_counter()
   counts = common.counters(result, 'mine')
   written = read_json(FileSystems.join(output_dir, MANIFEST_NAME))

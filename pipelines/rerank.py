@@ -56,6 +56,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
       '--trec', action='store_true',
       help='Also write the ranked lists as a TREC run file, OUTPUT/run.trec.')
   io.add_argument('--rows-per-shard', type=common.positive_int, default=100_000, help='(default: %(default)s)')
+  common.add_dead_letter_limit_argument(io)
 
   cands = parser.add_argument_group('candidates')
   cands.add_argument(
@@ -283,11 +284,15 @@ def run(argv: Sequence[str] | None = None) -> dict:
       f'(max_length {ce.max_length}, activation {args.activation})',
       file=sys.stderr, flush=True)
 
+  rows_in = queries_input.num_rows + corpus_input.num_rows + (
+      candidates_input.num_rows if args.candidates else 0)
+  common.limit_dead_letters(options, args.max_dead_letter_fraction, rows_in)
   pipeline = beam.Pipeline(options=options)
   build_rerank_pipeline(pipeline, config, manifest)
   pipeline_started = time.perf_counter()
   result = pipeline.run()
   result.wait_until_finish()
+  common.check_dead_letter_limit(result, output_dir, args.max_dead_letter_fraction, rows_in)
   finished = time.perf_counter()
 
   counts = common.counters(result, 'rerank')

@@ -18,12 +18,29 @@ from typing import Any, Callable, Iterable, Mapping, Optional
 
 import apache_beam as beam
 import pyarrow as pa
+from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import PipelineOptions
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 MANIFEST_NAME = 'manifest.json'
 STAGING_NAME = '.staging'
+DEAD_LETTER_OUTPUT = 'dead_letter'
+# Counters of a refused commit (namespace of every job counter).
+COMMIT_REFUSED_COUNTER = 'commit/refused'
+COMMIT_DEAD_LETTERS_COUNTER = 'commit/dead_letters'
+
+
+class CommitGateOptions(PipelineOptions):
+  """Set by the job launchers from --max-dead-letter-fraction (not a flag
+  to pass by hand): the most dead letters a run may write and still commit."""
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    parser.add_argument(
+        '--max_dead_letters_to_commit', type=int, default=None,
+        help='Commit outputs only if the dead_letter output has at most this '
+        'many rows (default: no limit).')
 
 
 def stable_hash(key: str) -> int:
@@ -207,13 +224,23 @@ def commit_outputs(
 
 
 class _CommitFn(beam.DoFn):
-  def __init__(self, outputs, manifest_path, manifest, row_count_output):
+  def __init__(self, outputs, manifest_path, manifest, row_count_output,
+               max_dead_letters=None):
     self._outputs = outputs
     self._manifest_path = manifest_path
     self._manifest = manifest
     self._row_count_output = row_count_output
+    self._max_dead_letters = max_dead_letters
 
   def process(self, unused_element, **written):
+    if self._max_dead_letters is not None:
+      dead = sum(shard['rows'] for shard in written.get(DEAD_LETTER_OUTPUT, []))
+      if dead > self._max_dead_letters:
+        # Nothing is moved into place: the previous outputs and manifest stay
+        # as they were; the staged files (dead letters too) stay in .staging/.
+        Metrics.counter('beam_rerank', COMMIT_REFUSED_COUNTER).inc()
+        Metrics.counter('beam_rerank', COMMIT_DEAD_LETTERS_COUNTER).inc(dead)
+        return
     yield commit_outputs(
         self._outputs, written, self._manifest_path, self._manifest,
         self._row_count_output)
@@ -223,7 +250,10 @@ class CommitOutputs(beam.PTransform):
   """Runs ``commit_outputs`` once, after every shard of every output is written.
 
   Applied to the pipeline; ``written`` maps each output's name to the
-  PCollection ``WriteParquetShards`` returned for it.
+  PCollection ``WriteParquetShards`` returned for it. With
+  ``CommitGateOptions.max_dead_letters_to_commit`` set in the pipeline options,
+  a run whose ``dead_letter`` output has more rows commits nothing (counted as
+  ``commit/refused``).
   """
   def __init__(
       self, outputs: list[ShardedOutput], written: Mapping[str, Any],
@@ -246,5 +276,7 @@ class CommitOutputs(beam.PTransform):
         | 'MoveIntoPlace' >> beam.ParDo(
             _CommitFn(
                 self._outputs, self._manifest_path, self._manifest,
-                self._row_count_output),
+                self._row_count_output,
+                pbegin.pipeline.options.view_as(
+                    CommitGateOptions).max_dead_letters_to_commit),
             **side_inputs))
