@@ -11,6 +11,7 @@ from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
 
 from transforms.encoding import embedding_schema, embeddings_to_table
 from transforms.retrieval import (
+    candidate_pairs,
     EmbeddingBlock, ExactTopK, MergeTopKFn, TopK, block_top_k, l2_normalize,
     merge_top_k, table_to_matrix, tables_to_blocks, top_k_rows)
 
@@ -124,6 +125,54 @@ def test_near_ties_below_float32_resolution_are_exact():
 
   for sizes in ([200], [7] * 28 + [4], [1] * 200, [150, 50]):
     assert _blocked_rows(query_ids, queries, doc_ids, docs, k, sizes) == expected
+
+
+def _superset_check(scores, k, margin):
+  rows, cols = candidate_pairs(scores, k, margin)
+  got = set(zip(rows.tolist(), cols.tolist()))
+  kth = np.sort(scores, axis=1)[:, -k]
+  want = set(zip(*[a.tolist() for a in np.nonzero(scores >= (kth - margin)[:, None])]))
+  return got, want
+
+
+@pytest.mark.parametrize('num_docs', [1024, 1037, 3001])
+def test_candidate_pairs_cover_top_k_and_margin(num_docs):
+  # Blocks this wide take the group-maximum path (16 slabs; 1037 and 3001
+  # leave tail columns outside the slabs).
+  rng = np.random.default_rng(num_docs)
+  scores = rng.standard_normal((6, num_docs)).astype(np.float32)
+  scores[1, :] = 0.5                       # a row of exact ties
+  scores[2, ::3] = 2.0                     # many ties above the rest
+  scores[3, -5:] = 9.0                     # the best scores in the tail
+  for k in (1, 10, 64):
+    for margin in (np.zeros(6), np.full(6, 1e-3)):
+      got, want = _superset_check(scores, k, margin)
+      assert want <= got
+    assert len(got) < 6 * num_docs or k == 64  # not everything (except tie rows)
+
+
+def test_candidate_pairs_rows_are_sorted():
+  scores = np.random.default_rng(1).standard_normal((9, 2048)).astype(np.float32)
+  rows, _ = candidate_pairs(scores, 100, np.zeros(9))
+  assert np.all(np.diff(rows) >= 0)
+  assert np.bincount(rows).min() >= 100
+
+
+@pytest.mark.parametrize('sizes', [[3001], [1500, 1501], [1024, 977, 1000]])
+def test_wide_blocks_equal_brute_force_with_ties(sizes):
+  rng = np.random.default_rng(7)
+  dim, num_docs, k = 32, 3001, 100
+  docs = rng.standard_normal((num_docs, dim)).astype(np.float32)
+  docs[10:40] = docs[5]                    # exact ties straddling ranks
+  v = docs[100] / np.linalg.norm(docs[100])
+  docs[200:260] = (v + rng.standard_normal((60, dim)).astype(np.float32) * 3e-7)
+  queries = rng.standard_normal((4, dim)).astype(np.float32)
+  queries[1] = docs[5]
+  queries[2] = v
+  doc_ids = [f'd{i:05d}' for i in rng.permutation(num_docs)]
+  query_ids = ['q0', 'q1', 'q2', 'q3']
+  expected = brute_force_top_k(query_ids, queries, doc_ids, docs, k)
+  assert _blocked_rows(query_ids, queries, doc_ids, docs, k, sizes) == expected
 
 
 def test_k_larger_than_corpus_returns_every_doc():

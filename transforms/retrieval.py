@@ -84,18 +84,59 @@ class TopK:
 
 
 class ScoreBuffers:
-  """Two reusable float32 work areas for ``block_top_k``.
+  """A reusable float32 work area for ``block_top_k``'s score matrix.
 
   A (queries x docs) score matrix is ~100 MB at the default block sizes; a
   fresh one per block costs as much in page faults as the product itself.
   """
   def __init__(self):
-    self._buffers = [np.empty(0, np.float32), np.empty(0, np.float32)]
+    self._buffers = [np.empty(0, np.float32)]
 
   def get(self, index: int, rows: int, cols: int) -> np.ndarray:
     if self._buffers[index].size < rows * cols:
       self._buffers[index] = np.empty(rows * cols, np.float32)
     return self._buffers[index][:rows * cols].reshape(rows, cols)
+
+
+# Columns of a score matrix are split into this many equal slabs; column j of
+# every slab forms group j, and the k-th largest group maximum bounds a row's
+# k-th largest score from below (see ``candidate_pairs``).
+_GROUPS = 16
+
+
+def candidate_pairs(
+    scores: np.ndarray, k: int, margin: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """``(rows, cols)``, sorted by row, of every score ``>= T - margin`` per row,
+  where ``T`` is at most the row's ``k``-th largest score: a superset of the
+  row's top ``k`` and of every pair within ``margin`` of it.
+
+  ``T`` is the ``k``-th largest of the row's group maxima: ``k`` groups have a
+  member at least that large, so the row's ``k``-th largest score is too. This
+  reads the matrix once (an element-wise maximum of its slabs) instead of
+  partitioning all of it, and only the ~``k`` groups whose maximum clears the
+  threshold are looked at again.
+  """
+  num_rows, num_cols = scores.shape
+  width = num_cols // _GROUPS
+  if width < max(k, 64):  # A small block: partition it all.
+    kth = np.partition(scores, num_cols - k, axis=1)[:, num_cols - k]
+    return np.nonzero(scores >= (kth - margin).astype(np.float32)[:, None])
+  group_max = scores[:, :width].copy()
+  for slab in range(1, _GROUPS):
+    np.maximum(group_max, scores[:, slab * width:(slab + 1) * width], out=group_max)
+  kth = np.partition(group_max, width - k, axis=1)[:, width - k]
+  threshold = (kth - margin).astype(np.float32)
+  group_rows, groups = np.nonzero(group_max >= threshold[:, None])
+  cols = groups[:, None] + np.arange(_GROUPS) * width
+  keep = scores[group_rows[:, None], cols] >= threshold[group_rows][:, None]
+  rows = np.broadcast_to(group_rows[:, None], cols.shape)[keep]
+  cols = cols[keep]
+  tail_rows, tail_cols = np.nonzero(scores[:, _GROUPS * width:] >= threshold[:, None])
+  if len(tail_rows):
+    rows = np.concatenate([rows, tail_rows])
+    cols = np.concatenate([cols, tail_cols + _GROUPS * width])
+  order = np.argsort(rows, kind='stable')
+  return rows[order], cols[order]
 
 
 def block_top_k(
@@ -107,18 +148,13 @@ def block_top_k(
   buffers = buffers or ScoreBuffers()
   scores = np.matmul(
       queries, docs.matrix.T, out=buffers.get(0, len(queries), num_docs))
-  scratch = buffers.get(1, len(queries), num_docs)
-  np.copyto(scratch, scores)
-  scratch.partition(num_docs - kk, axis=1)
-  kth = scratch[:, num_docs - kk].copy()
   # Bound on float32 dot-product error: dim * eps * |q| * max|d|, doubled
   # (and the norms themselves rounded up by a further 1%).
   dim = queries.shape[1]
   doc_norm_max = float(np.sqrt(np.einsum('ij,ij->i', docs.matrix, docs.matrix).max())) * 1.01
   query_norms = np.linalg.norm(queries, axis=1).astype(np.float64) * 1.01
   margin = 2.0 * dim * _FLOAT32_EPS * query_norms * doc_norm_max
-  threshold = (kth - margin).astype(np.float32)
-  rows, cols = np.nonzero(scores >= threshold[:, None])
+  rows, cols = candidate_pairs(scores, kk, margin)
   exact = exact_scores_for_rows(queries, docs.matrix, rows, cols)
   # Ties break by doc_id: sort by the id's rank in the block (integers sort
   # far faster than strings, and give the same order).
