@@ -12,7 +12,7 @@ sent as a Runner API proto, the job service runs it, and every DoFn (model
 loading, RunInference, Parquet writes, the commit) runs in SDK worker processes
 that the pool starts (``python -c 'SdkHarness(...).run()'``), never in the
 process that submitted it. The job service gets no access to the project's
-code (other working directory, no PYTHONPATH), as a Java job server would not;
+code (an import hook refuses ``pipelines``/``transforms``), as a Java job server would not;
 the pool's workers get the repository on PYTHONPATH, as a container built with
 ``--setup_file`` would.
 
@@ -52,6 +52,25 @@ pytest_plugins = ('tests.rerank_fixtures',)
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 ATOL = 1e-5
 START_TIMEOUT_S = 90
+# The job service, with the project's packages made unimportable (the
+# virtualenv has the project installed in editable mode, so a plain PYTHONPATH
+# change would not keep them out): if the runner side needed the project's
+# code, as a Java job server could not, the jobs would fail.
+NO_PROJECT_CODE = '''
+import importlib.abc, runpy, sys
+
+class NoProjectCode(importlib.abc.MetaPathFinder):
+  def find_spec(self, name, path=None, target=None):
+    if name.split('.')[0] in ('pipelines', 'transforms', 'tests'):
+      raise ImportError('the job service must not import ' + name)
+    return None
+
+sys.meta_path.insert(0, NoProjectCode())
+'''
+JOB_SERVICE = NO_PROJECT_CODE + '''
+runpy.run_module('apache_beam.runners.portability.local_job_service_main',
+                 run_name='__main__', alter_sys=True)
+'''
 
 
 def _free_env(extra_path: str | None) -> dict[str, str]:
@@ -104,8 +123,7 @@ def portable_services(tmp_path_factory):
   try:
     with open(job_log, 'wb') as handle:
       procs.append(subprocess.Popen(
-          [sys.executable, '-m', 'apache_beam.runners.portability.local_job_service_main',
-           '--port', '0', '--port_file', str(port_file)],
+          [sys.executable, '-c', JOB_SERVICE, '--port', '0', '--port_file', str(port_file)],
           cwd=root, env=_free_env(None), stdout=handle, stderr=subprocess.STDOUT,
           start_new_session=True))
     with open(pool_log, 'wb') as handle:
@@ -214,7 +232,7 @@ def runs(tmp_path_factory, portable_services, collection, tiny_bi_encoder_dir,
   identical = sum((root / 'direct' / f).read_bytes() == (root / 'portable' / f).read_bytes()
                   for f in files if (root / 'portable' / f).is_file())
   print(f'[portable] byte-identical to the DirectRunner: {identical} of {len(files)} '
-        'files (Parquet, manifests, dead letters, plots; report.json aside)')
+        'files (every file but report.json)')
   return {'direct': root / 'direct', 'portable': root / 'portable',
           'workers': workers, 'jobs': len(portable)}
 
@@ -255,7 +273,17 @@ def _same(got, want, where: str) -> None:
 def test_workers_ran_in_separate_processes(runs, portable_services):
   # Each job asked the external pool for its SDK worker: the DoFns ran there.
   assert runs['workers'] >= runs['jobs']
-  assert 'Completed job' in portable_services['job_log'].read_text(errors='replace')
+  job_log = portable_services['job_log'].read_text(errors='replace')
+  assert job_log.count('Completed job') == runs['jobs']
+  assert 'must not import' not in job_log
+
+
+def test_the_job_service_hook_keeps_project_code_out():
+  result = subprocess.run(
+      [sys.executable, '-c', NO_PROJECT_CODE + 'import transforms.parquet_sink'],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+  assert result.returncode != 0
+  assert 'the job service must not import transforms' in result.stderr
 
 
 def test_same_output_folders(runs):
