@@ -16,10 +16,11 @@ encode >= 1,200 input rows; rerank >= 1,200 candidate rows (+ hostile queries
 and corpus rows); mine >= 1,200 candidate rows + >= 300 qrels (+ hostile queries
 and corpus rows).
 
-Lone surrogates (and any invalid UTF-8) cannot reach the jobs through a Parquet
-string column: Arrow refuses to build such a column (``test_invalid_utf8_...``)
-and its Parquet reader validates UTF-8 when it reads one written by another
-tool, so the read fails as a whole, before any row reaches a job.
+Lone surrogates (and any invalid UTF-8) could not be put in a Parquet string
+column here: Arrow refuses to build such a column, and bytes that are not UTF-8
+written as binary are refused when read as strings (``test_invalid_utf8_...``).
+A file from another writer with a UTF-8-annotated column holding invalid bytes
+was not produced, so how the read of one fails is not tested.
 """
 from __future__ import annotations
 
