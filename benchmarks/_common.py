@@ -19,20 +19,69 @@ def require_cranfield() -> str:
   return CRANFIELD
 
 
-def timed_python(code_or_args: list[str], env: dict | None = None) -> dict:
-  """Runs ``python ARGS`` as its own process: wall seconds, peak RSS, stdout."""
+def timed_python(code_or_args: list[str], env: dict | None = None,
+                 python: str | None = None) -> dict:
+  """Runs ``python ARGS`` as its own process: wall seconds, peak RSS, stdout.
+
+  ``peak_rss_mb`` is this child's own peak resident set (``os.wait4`` on its
+  pid: the largest of the process and any descendant it waited for, never a
+  sum), so consecutive steps are measured separately;
+  ``peak_rss_mb_upper_bound`` is the older whole-run RUSAGE_CHILDREN figure.
+  ``python`` picks the interpreter (default: this one), e.g. another venv's.
+  """
+  import threading
   before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
   started = time.perf_counter()
-  proc = subprocess.run(
-      [sys.executable, *code_or_args], cwd=REPO, capture_output=True, text=True,
-      env={**os.environ, 'HF_HUB_OFFLINE': '1', **(env or {})})
+  proc = subprocess.Popen(
+      [python or sys.executable, *code_or_args], cwd=REPO, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True,
+      env={**os.environ, 'HF_HUB_OFFLINE': '1', 'PYTHONPATH': REPO, **(env or {})})
+  chunks: dict[str, list[str]] = {'out': [], 'err': []}
+  readers = [threading.Thread(target=lambda s=stream, k=key: chunks[k].append(s.read()))
+             for key, stream in (('out', proc.stdout), ('err', proc.stderr))]
+  for reader in readers:
+    reader.start()
+  _, status, usage = os.wait4(proc.pid, 0)
   wall = time.perf_counter() - started
+  for reader in readers:
+    reader.join()
+  proc.returncode = os.waitstatus_to_exitcode(status)
+  stdout, stderr = ''.join(chunks['out']), ''.join(chunks['err'])
   if proc.returncode != 0:
-    sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
-    raise SystemExit(f'benchmark step failed: {code_or_args[:3]}')
+    sys.stderr.write(stdout[-3000:] + stderr[-5000:])
+    raise SystemExit(f'benchmark step failed (exit {proc.returncode}): {code_or_args[:3]}')
   peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-  return {'wall_seconds': wall, 'peak_rss_mb_upper_bound': max(peak, before) / 1024,
-          'stdout': proc.stdout, 'stderr': proc.stderr}
+  return {'wall_seconds': wall, 'peak_rss_mb': usage.ru_maxrss / 1024,
+          'peak_rss_mb_upper_bound': max(peak, before) / 1024,
+          'stdout': stdout, 'stderr': stderr}
+
+
+def last_json(stdout: str) -> dict:
+  """The last line of a child's stdout that is a JSON object."""
+  for line in reversed(stdout.strip().splitlines()):
+    if line.startswith('{'):
+      return json.loads(line)
+  raise ValueError(f'no JSON line in: {stdout[-500:]!r}')
+
+
+def pre_export(model_dir: str, kind: str, backend: str, export_cache: str | None,
+               python: str | None = None) -> float:
+  """Makes the backend's cached export of ``model_dir`` (OpenVINO IR) before any
+  timing, in its own process, so that neither side pays for it; seconds taken
+  (0 for torch backends, which need none)."""
+  if backend.startswith('torch'):
+    return 0.0
+  code = ('import sys; from transforms.backends import BACKENDS, ensure_export; '
+          'from transforms.model_info import fingerprint_model_dir; '
+          'print(ensure_export(sys.argv[1], fingerprint_model_dir(sys.argv[1]), sys.argv[2], '
+          'BACKENDS[sys.argv[3]], sys.argv[4] or None))')
+  return timed_python(['-c', code, model_dir, kind, backend, export_cache or ''],
+                      python=python)['wall_seconds']
+
+
+def backend_args(backend: str, export_cache: str | None) -> list[str]:
+  """The job options that select the same backend and export folder."""
+  return ['--backend', backend] + (['--export-cache', export_cache] if export_cache else [])
 
 
 def write_result(name: str, result: dict) -> str:
@@ -75,3 +124,46 @@ def run_exact_top_k(query_dir: str, corpus_dir: str, k: int, output: str,
   micros = sum(c.committed or 0 for c in result.metrics().query(
       MetricsFilter().with_name('retrieve/score_microseconds'))['counters'])
   return time.perf_counter() - started, micros / 1e6
+
+
+def make_corpus(size: int, directory: str, seed: int = 0) -> str:
+  """A corpus Parquet (doc_id, title, text) of ``size`` rows, cached in ``directory``.
+
+  Up to 1,400 rows: the first ``size`` Cranfield abstracts. Beyond that: all
+  1,400 (so the Cranfield qrels still apply) plus synthetic abstracts: each
+  takes the sentence count of a real abstract (cycling through them in a
+  seeded random order, so the length distribution follows the real one) and
+  fills it with sentences drawn at random (fixed seed) from all abstracts.
+  Synthetic ids are ``syn-NNNNNNN``; titles are the first sentence.
+  """
+  import re
+
+  import numpy as np
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  path = os.path.join(directory, f'corpus-{size}.parquet')
+  if os.path.exists(path):
+    return path
+  os.makedirs(directory, exist_ok=True)
+  real = pq.read_table(os.path.join(require_cranfield(), 'corpus.parquet'),
+                       columns=['doc_id', 'title', 'text'])
+  if size <= real.num_rows:
+    pq.write_table(real.slice(0, size), path)
+    return path
+  rng = np.random.default_rng(seed)
+  split = [[s for s in re.split(r'(?<=\.)\s+', t.strip()) if s]
+           for t in real.column('text').to_pylist() if t and t.strip()]
+  pool = [s for doc in split for s in doc]
+  counts = [len(doc) for doc in split]
+  order = rng.permutation(len(counts))
+  ids, titles, texts = [], [], []
+  for i in range(size - real.num_rows):
+    n = counts[order[i % len(order)]]
+    sentences = [pool[j] for j in rng.integers(0, len(pool), n)]
+    ids.append(f'syn-{i:07d}')
+    titles.append(sentences[0][:200])
+    texts.append(' '.join(sentences))
+  synthetic = pa.table({'doc_id': ids, 'title': titles, 'text': texts},
+                       schema=real.schema)
+  pq.write_table(pa.concat_tables([real, synthetic]), path)
+  return path
