@@ -84,8 +84,10 @@ def backend_args(backend: str, export_cache: str | None) -> list[str]:
   return ['--backend', backend] + (['--export-cache', export_cache] if export_cache else [])
 
 
-def write_result(name: str, result: dict) -> str:
-  path = os.path.join(REPO, 'benchmarks', 'results', f'{name}.json')
+def write_result(name: str, result: dict, smoke: bool = False) -> str:
+  """benchmarks/results/NAME.json; smoke runs (tiny limits) go to
+  benchmarks/results/smoke/ so they never replace real figures."""
+  path = os.path.join(REPO, 'benchmarks', 'results', *(['smoke'] if smoke else []), f'{name}.json')
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path, 'w') as handle:
     json.dump(result, handle, indent=2, sort_keys=True)

@@ -179,7 +179,7 @@ def main() -> None:
                    repeats=args.repeats, mltransform=args.mltransform,
                    beam_args=[a for a in beam_args if a != '--'], workdir=workdir)
   name = 'encode' if args.backend == 'torch' else f'encode-{args.backend}'
-  path = write_result(name, result)
+  path = write_result(name, result, smoke=bool(args.limit))
   line = (f'texts {result["texts"]} ({args.backend}): raw encode (whole process) '
           f'{result["raw_texts_per_second"]:.1f} texts/s, pipeline '
           f'{result["pipeline_texts_per_second"]:.1f} texts/s, ratio '
