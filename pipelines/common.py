@@ -184,17 +184,26 @@ def dead_letter_counts(output_dir: str) -> list[tuple[str, str, int]]:
   return [tuple(row) for row in counts.iter_rows()]
 
 
-def embedding_manifest(directory: str, option: str) -> dict:
-  """The manifest of an encode output folder; one error line if it is not one."""
+def output_manifest(directory: str, option: str, kind: str, job: str) -> dict:
+  """The manifest of a job's output folder; one error line if there is none
+  (the folder is not a complete output: the manifest is written last) or it
+  describes another kind of output."""
   path = FileSystems.join(directory, MANIFEST_NAME)
   if not FileSystems.exists(path):
     raise UserInputError(
         f'{option} {directory!r} has no {MANIFEST_NAME}: not a complete output of '
-        'the encode job')
+        f'the {job} job')
   manifest = read_json(path)
-  if manifest.get('kind') != 'embeddings':
-    raise UserInputError(f'{option} {directory!r} does not hold embeddings')
+  if manifest.get('kind') != kind:
+    raise UserInputError(
+        f'{option} {directory!r} is not an output of the {job} job '
+        f'(its manifest says kind {manifest.get("kind")!r})')
   return manifest
+
+
+def embedding_manifest(directory: str, option: str) -> dict:
+  """The manifest of an encode output folder; one error line if it is not one."""
+  return output_manifest(directory, option, 'embeddings', 'encode')
 
 
 def check_embedding_pair(query_dir: str, corpus_dir: str) -> tuple[dict, dict]:

@@ -107,7 +107,16 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
   return parser
 
 
-def _previous_is_reusable(previous_dir: str, settings: dict) -> bool:
+def _previous_is_reusable(previous_dir: str, output_dir: str, settings: dict) -> bool:
+  same_folder = previous_dir.rstrip('/') == output_dir.rstrip('/')
+  if same_folder and not FileSystems.exists(FileSystems.join(previous_dir, MANIFEST_NAME)):
+    # A run into this folder was cut off while committing (or it never held
+    # a complete output): nothing there can be trusted, so start over.
+    print(
+        f'{PROG}: warning: --previous {previous_dir!r} (the output folder) has no '
+        f'{MANIFEST_NAME}: an earlier run did not finish; re-encoding every row',
+        file=sys.stderr)
+    return False
   previous = common.embedding_manifest(previous_dir, '--previous')
   mismatch = settings_mismatch(previous, settings)
   if mismatch:
@@ -175,7 +184,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
           fingerprint=info.fingerprint, export_root=args.export_cache),
       _sample_texts(checked.files, args, args.fidelity_sample))
   settings = embedding_settings(config, info)
-  reuse = bool(args.previous) and _previous_is_reusable(args.previous, settings)
+  reuse = bool(args.previous) and _previous_is_reusable(args.previous, args.output, settings)
   print(
       f'[encode] {checked.num_rows:,} rows in {len(checked.files)} file(s); '
       f'model {model} ({info.dim}-d, max_seq_length {info.max_seq_length}, '

@@ -89,6 +89,7 @@ def evaluate_ranked(
 
 def run(argv: Sequence[str] | None = None) -> dict:
   args = build_parser().parse_args(argv)
+  common.output_manifest(args.ranked, '--ranked', 'ranked', 'rerank')
   return evaluate_ranked(
       args.ranked, args.qrels, args.metrics.split(','), args.output or args.ranked)
 

@@ -124,6 +124,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
   has_rank = False
   embeddings = None
   if args.ranked:
+    common.output_manifest(args.ranked, '--ranked', 'ranked', 'rerank')
     pattern = FileSystems.join(args.ranked, 'candidates', 'part-*.parquet')
     try:
       match_files(pattern, '--ranked')

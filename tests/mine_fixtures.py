@@ -115,6 +115,7 @@ def write_collection(
       'retrieval_rank': [c[2] for c in ordered],
       'retrieval_score': [1.0 / c[2] for c in ordered],
   }, RANKED_SCHEMA)
+  (ranked_dir / 'manifest.json').write_text('{"kind": "ranked"}')  # rerank writes it last
   return {
       'corpus': write_parquet(root / 'corpus.parquet', {
           'doc_id': list(corpus), 'text': list(corpus.values())}),

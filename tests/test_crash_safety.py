@@ -281,6 +281,23 @@ def test_encode_killed_twice_then_rerun_is_byte_identical(tmp_path, data, refere
   _assert_identical(out, reference['corpus_emb'])
 
 
+def test_encode_previous_same_as_output_recovers_from_a_cut_off_commit(
+    tmp_path, data, reference):
+  # What a kill during the commit leaves (shards, no manifest), re-run with
+  # --previous OUT --output OUT, as run_local.sh and rerank --model do: a
+  # warning, everything re-encoded, the same bytes as an uninterrupted run.
+  out = tmp_path / 'emb'
+  shutil.copytree(reference['corpus_emb'], out)
+  (out / 'manifest.json').unlink()
+  err = io.StringIO()
+  with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+    report = encode_job.run([str(a) for a in _encode_args(data, out) + ['--previous', out]])
+  assert 'has no manifest.json: an earlier run did not finish; re-encoding every row' in (
+      err.getvalue())
+  assert report['embeddings_reused'] == 0
+  _assert_identical(out, reference['corpus_emb'])
+
+
 def test_encode_rerun_into_the_same_output_changes_nothing(tmp_path, data, reference):
   out = tmp_path / 'emb'
   shutil.copytree(reference['corpus_emb'], out)

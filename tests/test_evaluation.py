@@ -178,6 +178,7 @@ def _write_ranked_dir(root, with_candidates=True, top_n=2):
                    str(root / 'candidates' / 'part-00000-of-00002.parquet'))
     pq.write_table(pa.Table.from_pylist(rows[4:], schema=RANKED_SCHEMA),
                    str(root / 'candidates' / 'part-00001-of-00002.parquet'))
+  (root / 'manifest.json').write_text('{"kind": "ranked"}')  # written last by rerank
   return str(root)
 
 
@@ -255,4 +256,12 @@ def test_evaluate_job_missing_ranked_folder(tmp_path, qrels_file, capsys):
   assert evaluate_job.main(['--ranked', str(tmp_path / 'none'), '--qrels', qrels_file]) == 2
   err = capsys.readouterr().err
   assert err.startswith('beam-rerank evaluate: error: --ranked ')
-  assert 'matches no files' in err
+  assert 'has no manifest.json: not a complete output of the rerank job' in err
+
+
+def test_evaluate_job_refuses_a_folder_of_another_job(tmp_path, qrels_file, capsys):
+  ranked = _write_ranked_dir(tmp_path / 'ranked')
+  (tmp_path / 'ranked' / 'manifest.json').write_text('{"kind": "embeddings"}')
+  assert evaluate_job.main(['--ranked', ranked, '--qrels', qrels_file]) == 2
+  assert "is not an output of the rerank job (its manifest says kind 'embeddings')" in (
+      capsys.readouterr().err)

@@ -266,10 +266,13 @@ def test_pseudo_labels_from_score_thresholds(tmp_path, collection):
 
 @pytest.mark.parametrize('case', [
     'missing_column', 'two_candidate_sources', 'no_label_source', 'two_label_sources',
-    'unknown_format', 'missing_glob'])
+    'unknown_format', 'missing_glob', 'ranked_without_manifest'])
 def test_user_errors_exit_2_with_one_line(tmp_path, collection, capsys, case):
   bad_qrels = write_parquet(tmp_path / 'bad_qrels.parquet', {
       'query_id': ['q1'], 'doc_id': ['d01']})  # no relevance column
+  half_committed = tmp_path / 'half'  # a rerank output cut off while committing
+  shutil.copytree(collection['ranked'], half_committed)
+  (half_committed / 'manifest.json').unlink()
   base = ['--queries', collection['queries'], '--corpus', collection['corpus'],
           '--output', str(tmp_path / 'out')]
   argv, needle = {
@@ -289,6 +292,9 @@ def test_user_errors_exit_2_with_one_line(tmp_path, collection, capsys, case):
       'missing_glob': (
           ['--ranked', collection['ranked'], '--qrels', str(tmp_path / 'none*.parquet')],
           '--qrels'),
+      'ranked_without_manifest': (
+          ['--ranked', str(half_committed), '--qrels', collection['qrels']],
+          'has no manifest.json: not a complete output of the rerank job'),
   }[case]
   assert mine.main(base + argv) == 2
   captured = capsys.readouterr()
