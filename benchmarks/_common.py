@@ -23,19 +23,27 @@ def timed_python(code_or_args: list[str], env: dict | None = None,
                  python: str | None = None) -> dict:
   """Runs ``python ARGS`` as its own process: wall seconds, peak RSS, stdout.
 
-  ``peak_rss_mb`` is this child's own peak resident set (``os.wait4`` on its
-  pid: the largest of the process and any descendant it waited for, never a
-  sum), so consecutive steps are measured separately;
+  ``peak_rss_mb`` is this child's own peak resident set: ``VmHWM`` of its
+  address space, written at exit by ``benchmarks/_child.py`` (which runs the
+  arguments as ``python`` would), or the largest ru_maxrss of processes it
+  waited for if higher; never a sum, and not floored by this (parent)
+  process's size the way ``ru_maxrss`` of a child is on Linux.
+  ``peak_rss_mb_wait4`` is that ru_maxrss (``os.wait4``), kept for reference;
   ``peak_rss_mb_upper_bound`` is the older whole-run RUSAGE_CHILDREN figure.
   ``python`` picks the interpreter (default: this one), e.g. another venv's.
   """
   import threading
   before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+  import tempfile
+  handle, rss_file = tempfile.mkstemp(prefix='bench_rss_')
+  os.close(handle)
   started = time.perf_counter()
   proc = subprocess.Popen(
-      [python or sys.executable, *code_or_args], cwd=REPO, stdout=subprocess.PIPE,
+      [python or sys.executable, os.path.join(REPO, 'benchmarks', '_child.py'), *code_or_args],
+      cwd=REPO, stdout=subprocess.PIPE,
       stderr=subprocess.PIPE, text=True,
-      env={**os.environ, 'HF_HUB_OFFLINE': '1', 'PYTHONPATH': REPO, **(env or {})})
+      env={**os.environ, 'HF_HUB_OFFLINE': '1', 'PYTHONPATH': REPO,
+           'BENCH_RSS_FILE': rss_file, **(env or {})})
   chunks: dict[str, list[str]] = {'out': [], 'err': []}
   readers = [threading.Thread(target=lambda s=stream, k=key: chunks[k].append(s.read()))
              for key, stream in (('out', proc.stdout), ('err', proc.stderr))]
@@ -51,7 +59,11 @@ def timed_python(code_or_args: list[str], env: dict | None = None,
     sys.stderr.write(stdout[-3000:] + stderr[-5000:])
     raise SystemExit(f'benchmark step failed (exit {proc.returncode}): {code_or_args[:3]}')
   peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-  return {'wall_seconds': wall, 'peak_rss_mb': usage.ru_maxrss / 1024,
+  with open(rss_file) as handle:
+    reported = [int(x) for x in handle.read().split()] or [usage.ru_maxrss]
+  os.unlink(rss_file)
+  return {'wall_seconds': wall, 'peak_rss_mb': max(reported) / 1024,
+          'peak_rss_mb_wait4': usage.ru_maxrss / 1024,
           'peak_rss_mb_upper_bound': max(peak, before) / 1024,
           'stdout': stdout, 'stderr': stderr}
 

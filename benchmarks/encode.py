@@ -88,6 +88,7 @@ def measure(corpus: str, *, backend: str = 'torch', export_cache: str | None = N
   """Runs raw, the encode job (and MLTransform) ``repeats`` times each, in
   turn, every one its own process; medians of the wall times."""
   workdir = workdir or tempfile.mkdtemp(prefix='bench_encode_')
+  os.makedirs(workdir, exist_ok=True)
   export_seconds = pre_export(_minilm(), 'bi-encoder', backend, export_cache)
   runs: dict[str, list[dict]] = {'raw': [], 'pipeline': [], 'mltransform': []}
   for repeat in range(repeats):
