@@ -63,6 +63,20 @@ def random_head_cross_encoder(directory: str) -> str:
   return directory
 
 
+def resolve_cross_encoder(name: str | None, directory: str) -> str:
+  """``None``: the random-head model below; ``default``: the product's default
+  (fine-tuned, cached under ~/.cache/beam-rerank; built on first use, minutes);
+  else a folder. Backends other than torch fp32 need a trained head: the jobs'
+  fidelity check refuses a random head's near-constant scores on bfloat16."""
+  if not name:
+    return random_head_cross_encoder(directory)
+  if name == 'default':
+    code = ('from transforms.default_cross_encoder import ensure_default_cross_encoder; '
+            'print(ensure_default_cross_encoder()[0])')
+    return timed_python(['-c', code])['stdout'].strip().splitlines()[-1]
+  return name
+
+
 def make_candidates(corpus_path: str, queries_path: str, qrels_path: str, pairs: int,
                     output: str) -> str:
   """``pairs`` (query_id, doc_id) rows: per query its judged docs present in the
@@ -98,7 +112,7 @@ def measure(*, pairs: int, corpus: str | None = None, backend: str = 'torch',
   cranfield = require_cranfield()
   work = workdir or tempfile.mkdtemp(prefix='bench_ce_')
   os.makedirs(work, exist_ok=True)
-  ce_dir = cross_encoder or random_head_cross_encoder(os.path.join(work, 'ce'))
+  ce_dir = resolve_cross_encoder(cross_encoder, os.path.join(work, 'ce'))
   q_path = os.path.join(cranfield, 'queries.parquet')
   c_path = corpus or os.path.join(cranfield, 'corpus.parquet')
   candidates_path = make_candidates(c_path, q_path, os.path.join(cranfield, 'qrels.parquet'),
@@ -157,7 +171,8 @@ def main() -> None:
   parser.add_argument('--repeats', type=int, default=1)
   parser.add_argument('--corpus', default=None, help='corpus Parquet (default: Cranfield)')
   parser.add_argument('--cross-encoder', default=None,
-                      help='CrossEncoder folder (default: packaged MiniLM + random 1-label head)')
+                      help='CrossEncoder folder, or "default" for the product\'s default one (default: '
+                           'packaged MiniLM + random 1-label head; use a trained one with non-torch backends)')
   parser.add_argument('--backend', default='torch', help='run by both sides (default: torch)')
   parser.add_argument('--export-cache', default=None,
                       help='export folder for non-torch backends, shared by both sides')

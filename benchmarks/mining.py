@@ -117,13 +117,13 @@ def measure(*, num_queries: int = 225, corpus: str | None = None, range_max: int
             workdir: str | None = None, env: dict | None = None) -> dict:
   import polars as pl
 
-  from benchmarks.cross_encoder import random_head_cross_encoder
+  from benchmarks.cross_encoder import resolve_cross_encoder
   from transforms.model_info import packaged_minilm_path
   work = workdir or tempfile.mkdtemp(prefix='bench_mining_')
   os.makedirs(work, exist_ok=True)
   corpus = corpus or os.path.join(require_cranfield(), 'corpus.parquet')
   data = prepare(work, corpus, num_queries, min_relevance)
-  ce_dir = cross_encoder or random_head_cross_encoder(os.path.join(work, 'ce'))
+  ce_dir = resolve_cross_encoder(cross_encoder, os.path.join(work, 'ce'))
   minilm = packaged_minilm_path()
   export_seconds = (pre_export(minilm, 'bi-encoder', backend, export_cache) +
                     pre_export(ce_dir, 'cross-encoder', backend, export_cache))
@@ -199,7 +199,8 @@ def main() -> None:
   parser.add_argument('--min-relevance', type=int, default=5)
   parser.add_argument('--corpus', default=None, help='corpus Parquet (default: Cranfield)')
   parser.add_argument('--cross-encoder', default=None,
-                      help='CrossEncoder folder (default: packaged MiniLM + random 1-label head)')
+                      help='CrossEncoder folder, or "default" for the product\'s default one (default: '
+                           'packaged MiniLM + random 1-label head; use a trained one with non-torch backends)')
   parser.add_argument('--backend', default='torch')
   parser.add_argument('--export-cache', default=None)
   parser.add_argument('--repeats', type=int, default=1)

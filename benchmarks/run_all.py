@@ -97,6 +97,7 @@ def limited_corpus(corpus: str, limit: int, workdir: str, extra_ids=()) -> str:
   picked = pl.concat([table.tail(limit),
                       table.filter(pl.col('doc_id').is_in(list(extra_ids)))]).unique(
       'doc_id', keep='first', maintain_order=True)
+  os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, f'limited-{limit}-{len(picked)}-{os.path.basename(corpus)}')
   picked.write_parquet(path)
   return path
@@ -269,7 +270,8 @@ def main() -> None:
   parser.add_argument('--range-max', type=int, default=10)
   parser.add_argument('--num-negatives', type=int, default=3)
   parser.add_argument('--cross-encoder', default=None,
-                      help='CrossEncoder folder (default: packaged MiniLM + random 1-label head)')
+                      help='CrossEncoder folder, or "default" for the product\'s default one (default: '
+                           'packaged MiniLM + random 1-label head; use a trained one with non-torch backends)')
   parser.add_argument('--workdir', default=None)
   args, beam_args = parser.parse_known_args()
   args.beam_args = [a for a in beam_args if a != '--']
@@ -288,8 +290,7 @@ def main() -> None:
     args.compare_backends = [b for b in args.compare_backends.split(',') if b and b != 'torch']
   env = {'OMP_NUM_THREADS': str(args.threads)} if args.threads else None
   if 'mining' in stages or 'cross-encoder' in stages:
-    args.cross_encoder = args.cross_encoder or ce_bench.random_head_cross_encoder(
-        os.path.join(work, 'ce'))
+    args.cross_encoder = ce_bench.resolve_cross_encoder(args.cross_encoder, os.path.join(work, 'ce'))
   rows, details = [], {}
   started = time.perf_counter()
   for size in sizes:
