@@ -76,7 +76,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
       '--candidates-score-column', default='score',
       help='Score column of --candidates, if present (default: %(default)s).')
   cands.add_argument('--top-k', type=common.positive_int, default=100, help='Dense candidates per query (default: %(default)s).')
-  cands.add_argument('--corpus-block-size', type=common.positive_int, default=32768, help='Corpus rows per matrix product (default: %(default)s).')
+  cands.add_argument('--corpus-block-size', type=common.positive_int, default=65536, help='Corpus rows per matrix product; the score matrix of one product is query block x this x 4 bytes (default: %(default)s).')
   cands.add_argument('--query-block-size', type=common.positive_int, default=1024, help='Queries per matrix product (default: %(default)s).')
   cands.add_argument(
       '--max-queries-in-memory', type=common.positive_int, default=100_000,

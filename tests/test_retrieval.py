@@ -243,6 +243,28 @@ def test_exact_top_k_pipeline_equals_brute_force(query_groups):
     assert_that(rows, equal_to(expected))
 
 
+def test_corpus_blocks_gather_rows_across_tables():
+  """Small tables are gathered into blocks of the block size; within a bundle
+  at most one smaller block remains, and every row arrives once."""
+  from transforms.retrieval import _ToCorpusBlocksFn
+  rng = np.random.default_rng(5)
+  sizes = [3, 1, 0, 7, 2, 5]
+  ids = [f'd{i:02d}' for i in range(sum(sizes))]
+  matrix = rng.standard_normal((len(ids), 4)).astype(np.float32)
+  tables, start = [], 0
+  for size in sizes:
+    tables.append(_table(ids[start:start + size], matrix[start:start + size]))
+    start += size
+  fn = _ToCorpusBlocksFn(block_size=4, normalize=False)
+  fn.start_bundle()
+  blocks = [block for table in tables for block in fn.process(table)]
+  blocks += [windowed.value for windowed in fn.finish_bundle()]
+  assert [len(b.ids) for b in blocks] == [4, 4, 4, 4, 2]
+  assert [i for b in blocks for i in b.ids] == ids
+  np.testing.assert_array_equal(np.concatenate([b.matrix for b in blocks]), matrix)
+  assert list(fn.finish_bundle()) == []  # nothing is emitted twice
+
+
 def _close_to(expected, atol):
   """Matcher: same (query_id, doc_id, rank) rows, scores within ``atol``."""
   def match(actual):

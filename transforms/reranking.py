@@ -48,7 +48,7 @@ class RerankConfig:
   max_tokens_per_batch: int = 8192
   max_batch_size: int = 256
   sort_window: int = 8192
-  corpus_block_size: int = 32768
+  corpus_block_size: int = 65536
   query_block_size: int = 1024
   rows_per_shard: int = 100_000
   share_model_across_processes: bool = False

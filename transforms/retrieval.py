@@ -28,27 +28,38 @@ STAGE = 'retrieve'
 _FLOAT32_EPS = float(np.finfo(np.float32).eps)
 
 
-def exact_scores_for_rows(
-    queries: np.ndarray, docs: np.ndarray, rows: np.ndarray,
-    cols: np.ndarray) -> np.ndarray:
-  """Inner products of pairs ``(queries[rows[i]], docs[cols[i]])`` in float64,
-  rounded to float32. ``rows`` must be sorted.
+def exact_top_k_of_candidates(
+    queries: np.ndarray, docs: EmbeddingBlock, rows: np.ndarray, cols: np.ndarray,
+    k: int) -> tuple[np.ndarray, np.ndarray]:
+  """Per query row, the best ``k`` of its candidate docs (``rows`` sorted):
+  ``(doc_ids, scores)`` of shape ``(len(queries), k)``, each row by score desc
+  then doc_id asc, empty slots ``''`` / ``-inf``.
 
-  Float32 products of float32 vectors are exact in float64 and the float64 sum
-  differs between summation orders by ~1e-16, far below float32's resolution,
-  so the rounded score is the same however the pair is computed: in a block of
-  any shape here, or in one brute-force matrix product.
+  Scores are inner products in float64, rounded to float32. Float32 products
+  of float32 vectors are exact in float64 and the float64 sum differs between
+  summation orders by ~1e-16, far below float32's resolution, so the rounded
+  score is the same however the pair is computed: in a block of any shape
+  here, or in one brute-force matrix product.
   """
-  out = np.empty(len(rows), dtype=np.float32)
+  out_ids = np.full((len(queries), k), '', dtype=docs.ids.dtype)
+  out_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
   if not len(rows):
-    return out
+    return out_ids, out_scores
+  # Ties break by doc_id: sort by the id's rank in the block (integers sort
+  # far faster than strings, and give the same order).
+  id_rank = np.empty(len(docs.ids), dtype=np.int64)
+  id_rank[np.argsort(docs.ids, kind='stable')] = np.arange(len(docs.ids))
   boundaries = np.flatnonzero(np.diff(rows)) + 1
-  starts = np.concatenate([[0], boundaries])
-  ends = np.concatenate([boundaries, [len(rows)]])
-  for start, end in zip(starts, ends):
-    query = queries[rows[start]].astype(np.float64)
-    out[start:end] = docs[cols[start:end]].astype(np.float64) @ query
-  return out
+  starts = np.concatenate([[0], boundaries]).tolist()
+  ends = np.concatenate([boundaries, [len(rows)]]).tolist()
+  for start, end, row in zip(starts, ends, rows[starts].tolist()):
+    candidates = cols[start:end]
+    exact = (docs.matrix[candidates].astype(np.float64) @
+             queries[row].astype(np.float64)).astype(np.float32)
+    best = np.lexsort((id_rank[candidates], -exact))[:k]
+    out_ids[row, :len(best)] = docs.ids[candidates[best]]
+    out_scores[row, :len(best)] = exact[best]
+  return out_ids, out_scores
 
 
 def table_to_matrix(table: pa.Table, column: str = 'embedding') -> np.ndarray:
@@ -127,16 +138,19 @@ def candidate_pairs(
   kth = np.partition(group_max, width - k, axis=1)[:, width - k]
   threshold = (kth - margin).astype(np.float32)
   group_rows, groups = np.nonzero(group_max >= threshold[:, None])
-  cols = groups[:, None] + np.arange(_GROUPS) * width
-  keep = scores[group_rows[:, None], cols] >= threshold[group_rows][:, None]
-  rows = np.broadcast_to(group_rows[:, None], cols.shape)[keep]
-  cols = cols[keep]
+  # Flat positions of every member of the selected groups, in row order.
+  index_type = np.int32 if scores.size < 2**31 else np.int64
+  flat = ((group_rows * num_cols + groups).astype(index_type)[:, None] +
+          np.arange(_GROUPS, dtype=index_type) * width)
+  flat = flat[np.take(scores.reshape(-1), flat) >= threshold[group_rows][:, None]]
+  rows, cols = np.divmod(flat, num_cols)
   tail_rows, tail_cols = np.nonzero(scores[:, _GROUPS * width:] >= threshold[:, None])
   if len(tail_rows):
     rows = np.concatenate([rows, tail_rows])
     cols = np.concatenate([cols, tail_cols + _GROUPS * width])
-  order = np.argsort(rows, kind='stable')
-  return rows[order], cols[order]
+    order = np.argsort(rows, kind='stable')
+    rows, cols = rows[order], cols[order]
+  return rows, cols
 
 
 def block_top_k(
@@ -155,20 +169,7 @@ def block_top_k(
   query_norms = np.linalg.norm(queries, axis=1).astype(np.float64) * 1.01
   margin = 2.0 * dim * _FLOAT32_EPS * query_norms * doc_norm_max
   rows, cols = candidate_pairs(scores, kk, margin)
-  exact = exact_scores_for_rows(queries, docs.matrix, rows, cols)
-  # Ties break by doc_id: sort by the id's rank in the block (integers sort
-  # far faster than strings, and give the same order).
-  id_rank = np.empty(num_docs, dtype=np.int64)
-  id_rank[np.argsort(docs.ids, kind='stable')] = np.arange(num_docs)
-  order = np.lexsort((id_rank[cols], -exact, rows))
-  rows, exact, candidate_ids = rows[order], exact[order], docs.ids[cols[order]]
-  row_starts = np.searchsorted(rows, np.arange(len(query_ids)))
-  position = np.arange(len(rows)) - row_starts[rows]
-  keep = position < kk
-  out_ids = np.full((len(query_ids), kk), '', dtype=docs.ids.dtype)
-  out_scores = np.full((len(query_ids), kk), -np.inf, dtype=np.float32)
-  out_ids[rows[keep], position[keep]] = candidate_ids[keep]
-  out_scores[rows[keep], position[keep]] = exact[keep]
+  out_ids, out_scores = exact_top_k_of_candidates(queries, docs, rows, cols, kk)
   return TopK(query_ids=query_ids, doc_ids=out_ids, scores=out_scores)
 
 
@@ -236,6 +237,43 @@ def tables_to_blocks(
         ids=np.array(piece.column('id').to_pylist(), dtype=str), matrix=matrix)
 
 
+class _ToCorpusBlocksFn(beam.DoFn):
+  """Arrow tables -> corpus blocks of ``block_size`` rows, across tables.
+
+  Parquet batches are as small as the files' row groups (a folder of small
+  shards gives small tables), and each block costs about the same fixed work
+  per query (selecting and rescoring ~k candidates) however few docs it has,
+  so rows are gathered up to the block size within a bundle; at most one
+  smaller block per bundle remains.
+  """
+  def __init__(self, block_size: int, normalize: bool):
+    self._block_size = block_size
+    self._normalize = normalize
+
+  def start_bundle(self):
+    self._tables: list[pa.Table] = []
+    self._rows = 0
+
+  def process(self, table: pa.Table) -> Iterator[EmbeddingBlock]:
+    if not table.num_rows:
+      return
+    self._tables.append(table.select(['id', 'embedding']).replace_schema_metadata(None))
+    self._rows += table.num_rows
+    if self._rows >= self._block_size:
+      buffered = pa.concat_tables(self._tables)
+      full = buffered.num_rows - buffered.num_rows % self._block_size
+      yield from tables_to_blocks(buffered.slice(0, full), self._block_size, self._normalize)
+      rest = buffered.slice(full)
+      self._tables, self._rows = ([rest] if rest.num_rows else []), rest.num_rows
+
+  def finish_bundle(self):
+    if self._rows:
+      for block in tables_to_blocks(
+          pa.concat_tables(self._tables), self._block_size, self._normalize):
+        yield beam.transforms.window.GlobalWindows.windowed_value(block)
+    self._tables, self._rows = [], 0
+
+
 class _ScoreBlockFn(beam.DoFn):
   """One corpus block x every query block -> ``(query_block, TopK)``."""
   def __init__(self, k: int, query_block_size: int):
@@ -300,7 +338,7 @@ class ExactTopK(beam.PTransform):
   than one group's queries.
   """
   def __init__(
-      self, k: int, corpus_block_size: int = 32768,
+      self, k: int, corpus_block_size: int = 65536,
       query_block_size: int = 1024, normalize: bool = False, query_groups: int = 1):
     super().__init__()
     self._k = k
@@ -310,8 +348,8 @@ class ExactTopK(beam.PTransform):
     self._query_groups = query_groups
 
   def expand(self, pcolls):
-    corpus_blocks = pcolls['corpus'] | 'ToCorpusBlocks' >> beam.FlatMap(
-        tables_to_blocks, self._corpus_block_size, self._normalize)
+    corpus_blocks = pcolls['corpus'] | 'ToCorpusBlocks' >> beam.ParDo(
+        _ToCorpusBlocksFn(self._corpus_block_size, self._normalize))
     # No Reshuffle here: blocks stream from the (splittable) Parquet read into
     # scoring, so a runner never buffers the whole corpus.
     branches = []
