@@ -67,7 +67,7 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in [
 
 DEFAULT_BACKEND = 'torch'
 DEFAULT_MIN_FIDELITY = 0.99
-DEFAULT_FIDELITY_SAMPLE = 64
+DEFAULT_FIDELITY_SAMPLE = 32
 
 
 def backend_help() -> str:
