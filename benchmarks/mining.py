@@ -53,7 +53,7 @@ from sentence_transformers.util import mine_hard_negatives
 from transforms.backends import BACKENDS, inference_context, load_model
 from transforms.model_info import packaged_minilm_path
 (queries_path, corpus_path, positives_path, ce_dir, backend_name, export_root,
- range_max, num_negatives, margin, output) = sys.argv[1:11]
+ range_max, num_negatives, margin, output, cache_folder, warm_up) = sys.argv[1:13]
 backend = BACKENDS[backend_name]
 export_root = export_root or None
 queries = dict(zip(*pq.read_table(queries_path, columns=['query_id', 'text']).to_pydict().values()))
@@ -75,10 +75,13 @@ cross_encoder.predict = counted
 t = time.perf_counter()
 with inference_context(backend, 'cpu'):
     mined = mine_hard_negatives(
-        dataset, model, corpus=list(docs.values()), cross_encoder=cross_encoder,
+        dataset, model, corpus=list(docs.values()),
+        cross_encoder=None if warm_up == '1' else cross_encoder,
         range_max=int(range_max), num_negatives=int(num_negatives),
         absolute_margin=float(margin), sampling_strategy='top', output_format='triplet',
-        batch_size=32, verbose=False)
+        batch_size=32, verbose=False, cache_folder=cache_folder or None)
+    if warm_up == '1':  # only filled the embedding cache; nothing to report
+        sys.exit(0)
 mine_seconds = time.perf_counter() - t
 mined.to_parquet(output)
 print(json.dumps({'pairs_scored': counts['pairs'], 'predict_calls': counts['calls'],
@@ -114,7 +117,8 @@ def measure(*, num_queries: int = 225, corpus: str | None = None, range_max: int
             num_negatives: int = 3, absolute_margin: float = 0.0, min_relevance: int = 5,
             backend: str = 'torch', export_cache: str | None = None,
             cross_encoder: str | None = None, repeats: int = 1, beam_args: list[str] = (),
-            workdir: str | None = None, env: dict | None = None) -> dict:
+            workdir: str | None = None, env: dict | None = None,
+            precomputed_embeddings: bool = False) -> dict:
   import polars as pl
 
   from benchmarks.cross_encoder import resolve_cross_encoder
@@ -128,18 +132,31 @@ def measure(*, num_queries: int = 225, corpus: str | None = None, range_max: int
   export_seconds = (pre_export(minilm, 'bi-encoder', backend, export_cache) +
                     pre_export(ce_dir, 'cross-encoder', backend, export_cache))
   top_k = range_max + data['max_positives']
+  lib_out = os.path.join(work, 'library-triplets.parquet')
+  raw_args = [data['queries'], corpus, data['positives'], ce_dir, backend, export_cache or '',
+              str(range_max), str(num_negatives), str(absolute_margin), lib_out]
+  cache_folder, candidates_args = '', ['--model', minilm]
+  if precomputed_embeddings:
+    # Both sides start from embeddings made beforehand (not timed): the
+    # library from its own embedding cache, ours from encode outputs.
+    cache_folder = os.path.join(work, 'st-embedding-cache')
+    timed_python(['-c', RAW, *raw_args, cache_folder, '1'], env=env)
+    emb = {name: os.path.join(work, 'embeddings', name) for name in ('queries', 'corpus')}
+    for name, pattern, id_column in (('queries', data['queries'], 'query_id'),
+                                     ('corpus', corpus, 'doc_id')):
+      timed_python(['-m', 'pipelines.encode', '--input', pattern, '--output', emb[name],
+                    '--model', minilm, '--id-column', id_column,
+                    *backend_args(backend, export_cache), *beam_args], env=env)
+    candidates_args = ['--query-embeddings', emb['queries'], '--corpus-embeddings', emb['corpus']]
   lib_runs, ours_runs = [], []
   for repeat in range(repeats):
-    lib_out = os.path.join(work, 'library-triplets.parquet')
-    lib = timed_python(['-c', RAW, data['queries'], corpus, data['positives'], ce_dir, backend,
-                        export_cache or '', str(range_max), str(num_negatives),
-                        str(absolute_margin), lib_out], env=env)
+    lib = timed_python(['-c', RAW, *raw_args, cache_folder, '0'], env=env)
     lib_runs.append({'wall_seconds': lib['wall_seconds'], 'peak_rss_mb': lib['peak_rss_mb'],
                      **last_json(lib['stdout'])})
     ranked, pairs_dir = os.path.join(work, 'ranked'), os.path.join(work, 'pairs')
     rerank = timed_python([
         '-m', 'pipelines.rerank', '--queries', data['queries'], '--corpus', corpus,
-        '--model', minilm, '--cross-encoder', ce_dir, '--top-k', str(top_k),
+        *candidates_args, '--cross-encoder', ce_dir, '--top-k', str(top_k),
         '--candidates', data['positives'], '--activation', 'model', '--top-n', '1',
         *backend_args(backend, export_cache), '--output', ranked, *beam_args], env=env)
     with open(os.path.join(ranked, 'report.json')) as handle:
@@ -173,6 +190,7 @@ def measure(*, num_queries: int = 225, corpus: str | None = None, range_max: int
       'num_negatives': num_negatives, 'absolute_margin': absolute_margin,
       'min_relevance': min_relevance, 'top_k': top_k, 'backend': backend,
       'corpus': corpus, 'cross_encoder': ce_dir, 'beam_args': list(beam_args),
+      'precomputed_embeddings': precomputed_embeddings,
       'export_seconds_before_timing': export_seconds,
       'library_pairs_scored': lib_pairs, 'pipeline_pairs_scored': our_pairs,
       'library_pairs_per_second': lib_rate, 'pipeline_pairs_per_second': our_rate,
@@ -204,15 +222,22 @@ def main() -> None:
   parser.add_argument('--backend', default='torch')
   parser.add_argument('--export-cache', default=None)
   parser.add_argument('--repeats', type=int, default=1)
+  parser.add_argument(
+      '--precomputed-embeddings', action='store_true',
+      help='both sides start from query/corpus embeddings made before timing (the library '
+      'from its cache_folder, ours from encode outputs): measures retrieval, re-scoring and '
+      'mining without the (identical) encoding cost')
   args, beam_args = parser.parse_known_args()
   os.environ.setdefault('HF_HUB_OFFLINE', '1')
   result = measure(num_queries=args.queries, corpus=args.corpus, range_max=args.range_max,
                    num_negatives=args.num_negatives, absolute_margin=args.absolute_margin,
                    min_relevance=args.min_relevance, backend=args.backend,
                    export_cache=args.export_cache, cross_encoder=args.cross_encoder,
-                   repeats=args.repeats, beam_args=[a for a in beam_args if a != '--'])
+                   repeats=args.repeats, beam_args=[a for a in beam_args if a != '--'],
+                   precomputed_embeddings=args.precomputed_embeddings)
   print(json.dumps({k: v for k, v in result.items() if not k.endswith('_runs')}, indent=2))
   name = 'mining' if args.backend == 'torch' else f'mining-{args.backend}'
+  name += '-precomputed' if args.precomputed_embeddings else ''
   print('->', write_result(name, result, smoke=args.queries < 50))
 
 
