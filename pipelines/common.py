@@ -267,7 +267,7 @@ def check_backend(args: argparse.Namespace, kind: str, handler_factory: Callable
   """Checks ``--backend`` is usable here and close enough to float32 on
   ``sample`` (texts or pairs); returns the fidelity for the manifest."""
   from transforms import backends
-  from transforms.bi_encoder import resolve_device
+  from transforms.backends import resolve_device
   backend = backends.get_backend(args.backend, resolve_device(args.device))
   if backend.is_reference or args.fidelity_sample <= 0:
     return None

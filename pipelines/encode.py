@@ -15,8 +15,8 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines import common
-from transforms.bi_encoder import SentenceTransformerHandler
-from transforms.encoding import EncodeConfig, build_encode_pipeline, embedding_settings
+from transforms.encoding import (
+    EncodeConfig, EncodeTexts, build_encode_pipeline, embedding_settings)
 from transforms.errors import UserInputError
 from transforms.incremental import settings_mismatch
 from transforms.model_info import DEFAULT_BI_ENCODER, inspect_bi_encoder, resolve_model_name
@@ -178,10 +178,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
       export_root=args.export_cache)
   fidelity = common.check_backend(
       args, 'bi-encoder',
-      lambda backend: SentenceTransformerHandler(
-          model, device=args.device, max_seq_length=info.max_seq_length,
-          prompt=args.prompt, normalize=args.normalize, backend=backend,
-          fingerprint=info.fingerprint, export_root=args.export_cache),
+      lambda backend: EncodeTexts(config, info).handler(backend),
       _sample_texts(checked.files, args, args.fidelity_sample))
   settings = embedding_settings(config, info)
   reuse = bool(args.previous) and _previous_is_reusable(args.previous, args.output, settings)

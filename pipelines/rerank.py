@@ -18,12 +18,11 @@ from pipelines import common
 from pipelines import encode as encode_job
 from pipelines.evaluate import evaluate_ranked
 from transforms import evaluation
-from transforms.cross_encoder import CrossEncoderHandler
 from transforms.errors import UserInputError
 from transforms.model_info import inspect_cross_encoder
 from transforms.parquet_input import check_parquet_input, file_columns
 from transforms.parquet_sink import MANIFEST_NAME, read_json, write_json
-from transforms.reranking import RerankConfig, build_rerank_pipeline
+from transforms.reranking import RerankConfig, build_rerank_pipeline, score_pairs
 
 PROG = 'beam-rerank rerank'
 _CANDIDATE_STAGES = ('rerank/candidates', 'rerank/join', 'rerank/score')
@@ -257,10 +256,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
       export_root=args.export_cache)
   fidelity = common.check_backend(
       args, 'cross-encoder',
-      lambda backend: CrossEncoderHandler(
-          ce.name_or_path, device=args.device, max_length=ce.max_length,
-          activation=args.activation, backend=backend, fingerprint=ce.fingerprint,
-          export_root=args.export_cache),
+      lambda backend: score_pairs(config).handler(backend),
       _sample_pairs(queries_input.files, corpus_input.files, args))
   manifest = {
       'kind': 'ranked',

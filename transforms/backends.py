@@ -22,11 +22,22 @@ import os
 import shutil
 import sys
 import tempfile
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Literal, Optional, Sequence
 
 import numpy as np
+from apache_beam.ml.inference.base import ModelHandler
 
 from transforms.errors import UserInputError
+
+Device = Literal['auto', 'cpu', 'cuda']
+
+
+def resolve_device(device: Device) -> str:
+  """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``."""
+  if device == 'auto':
+    import torch
+    return 'cuda' if torch.cuda.is_available() else 'cpu'
+  return device
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,6 +210,42 @@ def inference_context(backend: Backend, device: str) -> Iterator[None]:
       yield
   else:
     yield
+
+
+class BackendModelHandler(ModelHandler[list, dict, Any]):
+  """What the bi-encoder and cross-encoder handlers share: where and on which
+  backend the model runs, loading it (on the worker, once per process, or once
+  per machine with ``share_across_processes``; never pickled) and the
+  inference context. Subclasses set ``KIND`` and do the batches."""
+  KIND = ''
+
+  def __init__(
+      self,
+      model_name_or_path: str,
+      *,
+      device: Device = 'auto',
+      trust_remote_code: bool = False,
+      share_across_processes: bool = False,
+      model_copies: Optional[int] = None,
+      backend: str = 'torch',
+      fingerprint: Optional[str] = None,
+      export_root: Optional[str] = None):
+    super().__init__(large_model=share_across_processes, model_copies=model_copies)
+    self._model_name_or_path = model_name_or_path
+    self._device = device
+    self._trust_remote_code = trust_remote_code
+    self._backend = backend
+    self._fingerprint = fingerprint
+    self._export_root = export_root
+
+  def _load(self, **kwargs: Any) -> Any:
+    return load_model(
+        self._model_name_or_path, self.KIND, BACKENDS[self._backend],
+        resolve_device(self._device), trust_remote_code=self._trust_remote_code,
+        fingerprint=self._fingerprint, export_root=self._export_root, **kwargs)
+
+  def _inference(self):
+    return inference_context(BACKENDS[self._backend], resolve_device(self._device))
 
 
 @dataclasses.dataclass(frozen=True)

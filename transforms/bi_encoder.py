@@ -4,21 +4,13 @@ from __future__ import annotations
 from typing import Any, Iterable, Literal, Optional, Sequence
 
 import numpy as np
-from apache_beam.ml.inference.base import ModelHandler
 
-Device = Literal['auto', 'cpu', 'cuda']
+from transforms.backends import BackendModelHandler, Device
+
 Precision = Literal['float32', 'float16']
 
 
-def resolve_device(device: Device) -> str:
-  """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``."""
-  if device == 'auto':
-    import torch
-    return 'cuda' if torch.cuda.is_available() else 'cpu'
-  return device
-
-
-class SentenceTransformerHandler(ModelHandler[list, dict, Any]):
+class SentenceTransformerHandler(BackendModelHandler):
   """Encodes pre-formed batches of text records with a SentenceTransformer.
 
   Used as ``RunInference(handler.with_no_batching())`` after
@@ -27,6 +19,8 @@ class SentenceTransformerHandler(ModelHandler[list, dict, Any]):
   The model is loaded in ``load_model`` on the worker, once per process (or
   once per machine with ``share_across_processes``), never pickled.
   """
+  KIND = 'bi-encoder'
+
   def __init__(
       self,
       model_name_or_path: str,
@@ -43,32 +37,23 @@ class SentenceTransformerHandler(ModelHandler[list, dict, Any]):
       fingerprint: Optional[str] = None,
       export_root: Optional[str] = None):
     super().__init__(
-        large_model=share_across_processes, model_copies=model_copies)
-    self._model_name_or_path = model_name_or_path
-    self._device = device
-    self._backend = backend
-    self._fingerprint = fingerprint
-    self._export_root = export_root
+        model_name_or_path, device=device, trust_remote_code=trust_remote_code,
+        share_across_processes=share_across_processes, model_copies=model_copies,
+        backend=backend, fingerprint=fingerprint, export_root=export_root)
     self._max_seq_length = max_seq_length
     self._prompt = prompt or None
     self._normalize = normalize
     self._dtype = np.float16 if precision == 'float16' else np.float32
-    self._trust_remote_code = trust_remote_code
 
   def load_model(self) -> Any:
-    from transforms.backends import BACKENDS, load_model
-    model = load_model(
-        self._model_name_or_path, 'bi-encoder', BACKENDS[self._backend],
-        resolve_device(self._device), trust_remote_code=self._trust_remote_code,
-        fingerprint=self._fingerprint, export_root=self._export_root)
+    model = self._load()
     if self._max_seq_length:
       model.max_seq_length = self._max_seq_length
     return model
 
   def encode(self, texts: Sequence[str], model: Any) -> np.ndarray:
     """Embeddings of ``texts`` in one batch, as the pipeline computes them."""
-    from transforms.backends import BACKENDS, inference_context
-    with inference_context(BACKENDS[self._backend], resolve_device(self._device)):
+    with self._inference():
       embeddings = model.encode(
           list(texts), batch_size=max(1, len(texts)), prompt=self._prompt,
           normalize_embeddings=self._normalize, convert_to_numpy=True,

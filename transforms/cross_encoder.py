@@ -4,9 +4,8 @@ from __future__ import annotations
 from typing import Any, Iterable, Literal, Optional, Sequence
 
 import numpy as np
-from apache_beam.ml.inference.base import ModelHandler
 
-from transforms.bi_encoder import Device, resolve_device
+from transforms.backends import BackendModelHandler, Device
 
 Activation = Literal['identity', 'sigmoid', 'model']
 
@@ -21,7 +20,7 @@ def activation_module(activation: Activation) -> Any:
   return None
 
 
-class CrossEncoderHandler(ModelHandler[list, dict, Any]):
+class CrossEncoderHandler(BackendModelHandler):
   """Scores pre-formed batches of ``(query_text, passage_text)`` records.
 
   Used as ``RunInference(handler.with_no_batching())`` after length-aware
@@ -30,6 +29,8 @@ class CrossEncoderHandler(ModelHandler[list, dict, Any]):
   activation: raw logits (``identity``, the default for BCE-trained models),
   ``sigmoid``, or the model's own (``model``).
   """
+  KIND = 'cross-encoder'
+
   def __init__(
       self,
       model_name_or_path: str,
@@ -44,28 +45,18 @@ class CrossEncoderHandler(ModelHandler[list, dict, Any]):
       fingerprint: Optional[str] = None,
       export_root: Optional[str] = None):
     super().__init__(
-        large_model=share_across_processes, model_copies=model_copies)
-    self._model_name_or_path = model_name_or_path
-    self._device = device
-    self._backend = backend
-    self._fingerprint = fingerprint
-    self._export_root = export_root
+        model_name_or_path, device=device, trust_remote_code=trust_remote_code,
+        share_across_processes=share_across_processes, model_copies=model_copies,
+        backend=backend, fingerprint=fingerprint, export_root=export_root)
     self._max_length = max_length
     self._activation = activation
-    self._trust_remote_code = trust_remote_code
 
   def load_model(self) -> Any:
-    from transforms.backends import BACKENDS, load_model
-    return load_model(
-        self._model_name_or_path, 'cross-encoder', BACKENDS[self._backend],
-        resolve_device(self._device), trust_remote_code=self._trust_remote_code,
-        fingerprint=self._fingerprint, export_root=self._export_root,
-        max_length=self._max_length)
+    return self._load(max_length=self._max_length)
 
   def predict(self, pairs: Sequence[tuple[str, str]], model: Any) -> np.ndarray:
     """Scores of ``pairs`` in one batch, as the pipeline computes them."""
-    from transforms.backends import BACKENDS, inference_context
-    with inference_context(BACKENDS[self._backend], resolve_device(self._device)):
+    with self._inference():
       scores = model.predict(
           list(pairs), batch_size=max(1, len(pairs)), show_progress_bar=False,
           activation_fn=activation_module(self._activation), convert_to_numpy=True)

@@ -117,12 +117,12 @@ class EncodeTexts(beam.PTransform):
     self._config = config
     self._info = info
 
-  def expand(self, texts):
+  def handler(self, backend: Optional[str] = None) -> SentenceTransformerHandler:
+    """The job's model handler (on ``backend`` instead of the configured one,
+    for the launcher's fidelity check)."""
     config, info = self._config, self._info
-    model = config.model
-    prompt = config.prompt or ''
-    handler = SentenceTransformerHandler(
-        model,
+    return SentenceTransformerHandler(
+        config.model,
         device=config.device,
         max_seq_length=info.max_seq_length,
         prompt=config.prompt,
@@ -131,9 +131,15 @@ class EncodeTexts(beam.PTransform):
         trust_remote_code=config.trust_remote_code,
         share_across_processes=config.share_model_across_processes,
         model_copies=config.model_copies,
-        backend=config.backend,
+        backend=backend or config.backend,
         fingerprint=info.fingerprint,
         export_root=config.export_root)
+
+  def expand(self, texts):
+    config, info = self._config, self._info
+    model = config.model
+    prompt = config.prompt or ''
+    handler = self.handler()
     encoded = texts | 'InferByTokenLength' >> InferByTokenLength(
         handler, model=model, model_fingerprint=info.fingerprint,
         max_seq_length=info.max_seq_length,

@@ -66,6 +66,20 @@ def _dense_row(row: dict) -> dict:
   return dict(row, source=SOURCE_DENSE)
 
 
+def score_pairs(config: RerankConfig) -> ScorePairs:
+  """The job's cross-encoder scoring step, as configured."""
+  return ScorePairs(
+      config.cross_encoder, config.cross_encoder_fingerprint,
+      config.max_length, device=config.device,
+      activation=config.activation,
+      max_tokens_per_batch=config.max_tokens_per_batch,
+      max_batch_size=config.max_batch_size, sort_window=config.sort_window,
+      trust_remote_code=config.trust_remote_code,
+      share_across_processes=config.share_model_across_processes,
+      model_copies=config.model_copies,
+      backend=config.backend, export_root=config.export_root)
+
+
 def build_rerank_pipeline(
     pipeline: beam.Pipeline, config: RerankConfig, manifest: dict) -> None:
   """Wires the rerank job onto ``pipeline``; ``manifest`` describes the run."""
@@ -117,16 +131,7 @@ def build_rerank_pipeline(
   scored = (
       pairs['pairs']
       | 'SpreadPairs' >> beam.Reshuffle()
-      | 'ScorePairs' >> ScorePairs(
-          config.cross_encoder, config.cross_encoder_fingerprint,
-          config.max_length, device=config.device,
-          activation=config.activation,
-          max_tokens_per_batch=config.max_tokens_per_batch,
-          max_batch_size=config.max_batch_size, sort_window=config.sort_window,
-          trust_remote_code=config.trust_remote_code,
-          share_across_processes=config.share_model_across_processes,
-          model_copies=config.model_copies,
-          backend=config.backend, export_root=config.export_root))
+      | 'ScorePairs' >> score_pairs(config))
   ranked = scored['scored'] | 'RankPerQuery' >> RankPerQuery(config.top_n)
   dead_letters += [
       candidates[DEAD_LETTER_TAG], pairs[DEAD_LETTER_TAG], scored[DEAD_LETTER_TAG]]

@@ -50,14 +50,19 @@ class ScorePairs(beam.PTransform):
     self._share = share_across_processes
     self._model_copies = model_copies
 
-  def expand(self, pairs):
-    model = self._model
-    handler = CrossEncoderHandler(
-        model, device=self._device, max_length=self._max_length,
+  def handler(self, backend: Optional[str] = None) -> CrossEncoderHandler:
+    """The model handler of this step (on ``backend`` instead of the
+    configured one, for the launcher's fidelity check)."""
+    return CrossEncoderHandler(
+        self._model, device=self._device, max_length=self._max_length,
         activation=self._activation, trust_remote_code=self._trust_remote_code,
         share_across_processes=self._share, model_copies=self._model_copies,
-        backend=self._backend, fingerprint=self._fingerprint,
+        backend=backend or self._backend, fingerprint=self._fingerprint,
         export_root=self._export_root)
+
+  def expand(self, pairs):
+    model = self._model
+    handler = self.handler()
     scored = pairs | 'InferByTokenLength' >> InferByTokenLength(
         handler, model=model, model_fingerprint=self._fingerprint,
         max_seq_length=self._max_length,
