@@ -205,7 +205,7 @@ def stage_mining(size, corpus, args, work, env):
               pipeline_only=result['query_negative_pairs_pipeline_only'])], result
 
 
-def stage_backends(size, corpus, args, work, env):
+def stage_backends(size, corpus, args, work, env, encode_detail=None):
   from transforms.model_info import packaged_minilm_path
   texts = None
   outputs, runs = {}, {}
@@ -231,7 +231,27 @@ def stage_backends(size, corpus, args, work, env):
                     runs['torch']['texts_per_second'], runs[backend]['peak_rss_mb'],
                     runs['torch']['peak_rss_mb'], 'encode job on torch float32',
                     mean_cosine=cosine.get('mean_cosine'), min_cosine=cosine.get('min_cosine')))
+    if encode_detail and encode_detail.get('backend') == 'torch' and (
+        'mltransform_texts_per_second' in encode_detail):
+      # The issue's bar: the best CPU backend through the pipeline vs Beam's
+      # MLTransform as it runs by default (torch float32), same corpus.
+      rows.append(row('backends', size, backend, 'texts/s', runs[backend]['texts_per_second'],
+                      encode_detail['mltransform_texts_per_second'], runs[backend]['peak_rss_mb'],
+                      encode_detail['mltransform_peak_rss_mb'], 'MLTransform on torch float32'))
   return rows, {'texts': texts, 'runs': runs}
+
+
+def rss_growth_rows(details: dict, sizes: list[int]) -> list[dict]:
+  """Peak RSS of the encode job at the largest size vs the smallest: flat
+  in corpus size means a ratio near 1."""
+  encoded = [s for s in sorted(sizes) if f'encode@{s}' in details]
+  if len(encoded) < 2:
+    return []
+  small, large = details[f'encode@{encoded[0]}'], details[f'encode@{encoded[-1]}']
+  return [row('encode RSS', encoded[-1], small['backend'], 'MB',
+              large['pipeline_peak_rss_mb'], small['pipeline_peak_rss_mb'],
+              large['pipeline_peak_rss_mb'], small['pipeline_peak_rss_mb'],
+              f'encode job peak RSS at size {encoded[0]}')]
 
 
 def format_table(rows: list[dict]) -> str:
@@ -327,11 +347,13 @@ def main() -> None:
       elif stage == 'mining':
         stage_rows, detail = stage_mining(size, corpus, args, size_work, env)
       else:
-        stage_rows, detail = stage_backends(size, small, args, size_work, env)
+        stage_rows, detail = stage_backends(size, small, args, size_work, env,
+                                            details.get(f'encode@{size}'))
       detail['stage_seconds'] = time.perf_counter() - t
       rows += stage_rows
       details[f'{stage}@{size}'] = detail
       print(format_table(stage_rows), file=sys.stderr, flush=True)
+  rows += rss_growth_rows(details, sizes)
   table = format_table(rows)
   result = {'sizes': sizes, 'stages': stages, 'backend': args.backend,
             'compare_backends': args.compare_backends, 'threads': args.threads or None,
