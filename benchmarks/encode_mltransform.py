@@ -54,7 +54,7 @@ def main() -> None:
   if backend.runtime != 'torch':
     model = ensure_export(model, fingerprint_model_dir(model), 'bi-encoder', backend,
                           args.export_cache)
-    load_model_args.update(backend=backend.runtime, **_runtime_kwargs(backend))
+    load_model_args.update(backend=backend.runtime, **_runtime_kwargs(backend, model))
   artifacts = tempfile.mkdtemp(prefix='mltransform_artifacts_')
   os.makedirs(args.output, exist_ok=True)
   counter = beam.metrics.Metrics.counter('bench', 'texts')

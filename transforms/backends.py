@@ -6,7 +6,9 @@ on the launcher (inspection, fidelity check) and on the workers (the
 through sentence-transformers' own ``backend=`` support; their exported model
 is made once from the (safetensors) PyTorch weights and cached in its own
 folder, never inside the model's folder (which may be read-only, e.g. in
-site-packages).
+site-packages). ONNX variants (graph-optimized, int8 dynamically quantized)
+are made from the ONNX export with sentence-transformers' own
+``export_optimized_onnx_model`` / ``export_dynamic_quantized_onnx_model``.
 
 Any backend other than ``torch`` (float32) must pass a fidelity check against
 float32 PyTorch on a sample of the job's own input before a run starts
@@ -19,6 +21,7 @@ import dataclasses
 import hashlib
 import importlib.util
 import os
+import platform
 import shutil
 import sys
 import tempfile
@@ -49,6 +52,7 @@ class Backend:
   autocast: Optional[str] = None        # torch: autocast dtype name
   half: bool = False                    # torch: float16 weights (CUDA only)
   ov_precision: Optional[str] = None    # openvino: INFERENCE_PRECISION_HINT
+  onnx_variant: Optional[str] = None    # onnx: 'O3' (graph-optimized) or 'int8'
   modules: tuple[str, ...] = ()         # Python modules the runtime needs
   extra: Optional[str] = None           # the setup.py extra that installs them
 
@@ -74,6 +78,17 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in [
             extra='openvino'),
     Backend('openvino-fp32', 'openvino', 'OpenVINO float32; needs the openvino extra',
             ov_precision='f32', modules=('openvino', 'optimum.intel'), extra='openvino'),
+    Backend('onnx', 'onnx', 'ONNX Runtime float32; needs the onnx extra',
+            modules=('onnxruntime', 'optimum.onnxruntime'), extra='onnx'),
+    Backend('onnx-o3', 'onnx',
+            'ONNX Runtime float32 with graph optimizations (level O3: fused attention and '
+            'LayerNorm, approximate GELU); needs the onnx extra', onnx_variant='O3',
+            modules=('onnxruntime', 'optimum.onnxruntime'), extra='onnx'),
+    Backend('onnx-int8', 'onnx',
+            'ONNX Runtime with int8 dynamic quantization for this CPU (avx512_vnni, avx2 '
+            'or arm64); fastest, least faithful: the fidelity check decides; needs the onnx '
+            'extra', onnx_variant='int8', modules=('onnxruntime', 'optimum.onnxruntime'),
+            extra='onnx'),
 ]}
 
 DEFAULT_BACKEND = 'torch'
@@ -86,8 +101,8 @@ def backend_help() -> str:
   names = '; '.join(f'{b.name}: {b.description}' for b in BACKENDS.values())
   return (
       f'Inference runtime and precision (default: {DEFAULT_BACKEND}). {names}. '
-      'ONNX is not offered: its exporter (optimum-onnx) needs transformers<4.58, '
-      'sentence-transformers 6 needs transformers>=5. Anything but torch is '
+      'The openvino and onnx extras each pin transformers lower than the default '
+      'install; give each its own environment. Anything but torch is '
       'checked against float32 on a sample first (--min-fidelity).')
 
 
@@ -106,9 +121,34 @@ def get_backend(name: str, device: str = 'cpu') -> Backend:
     raise UserInputError(
         f'--backend {name} runs on CUDA GPUs only; pass --device cuda, or use '
         'torch-bf16 on a CPU')
-  if backend.runtime == 'openvino' and device == 'cuda':
+  if backend.runtime in ('openvino', 'onnx') and device == 'cuda':
     raise UserInputError(f'--backend {name} runs on CPUs; use torch-fp16 on a GPU')
+  if backend.onnx_variant == 'int8':
+    quantization_target()  # a CPU the quantizer has no kernel set for is a user error
   return backend
+
+
+def quantization_target() -> str:
+  """The ONNX Runtime dynamic-quantization config for this CPU."""
+  machine = platform.machine().lower()
+  if machine in ('aarch64', 'arm64'):
+    return 'arm64'
+  flags = set()
+  try:
+    with open('/proc/cpuinfo', encoding='utf-8') as handle:
+      for line in handle:
+        if line.startswith('flags'):
+          flags.update(line.split(':', 1)[1].split())
+          break
+  except OSError:
+    pass
+  if 'avx512_vnni' in flags:
+    return 'avx512_vnni'
+  if 'avx2' in flags:
+    return 'avx2'
+  raise UserInputError(
+      'onnx-int8 needs a CPU with AVX2, AVX512-VNNI or ARM64 (none found in /proc/cpuinfo); '
+      'use onnx or onnx-o3')
 
 
 def _module_available(name: str) -> bool:
@@ -127,15 +167,51 @@ def export_dir(model_dir: str, fingerprint: str, backend: Backend,
                root: Optional[str] = None) -> str:
   """Where a model's export for ``backend`` is cached: keyed by the model's
   fingerprint, so a changed model is exported anew."""
-  key = hashlib.sha256(f'{fingerprint}|{backend.runtime}'.encode()).hexdigest()[:16]
+  variant = _variant_name(backend)
+  runtime = backend.runtime + (f'-{variant}' if variant else '')
+  key = hashlib.sha256(f'{fingerprint}|{runtime}'.encode()).hexdigest()[:16]
   name = os.path.basename(os.path.normpath(model_dir)) or 'model'
-  return os.path.join(root or default_export_root(), f'{name}-{backend.runtime}-{key}')
+  return os.path.join(root or default_export_root(), f'{name}-{runtime}-{key}')
 
 
-def _runtime_kwargs(backend: Backend) -> dict:
+def _variant_name(backend: Backend) -> str:
+  """'' for a plain export; 'O3', or 'int8-avx2' (an int8 model is made for
+  one kind of CPU, so a shared cache keeps one per kind)."""
+  if backend.onnx_variant == 'int8':
+    return f'int8-{quantization_target()}'
+  return backend.onnx_variant or ''
+
+
+def _runtime_kwargs(backend: Backend, export: str) -> dict:
   if backend.runtime == 'openvino' and backend.ov_precision:
     return {'model_kwargs': {'ov_config': {'INFERENCE_PRECISION_HINT': backend.ov_precision}}}
+  if backend.runtime == 'onnx':
+    return {'model_kwargs': {'file_name': _export_marker(export)['file_name']}}
   return {}
+
+
+def _export_marker(export: str) -> dict:
+  import json
+  with open(os.path.join(export, EXPORT_MARKER), encoding='utf-8') as handle:
+    return json.load(handle)
+
+
+EXPORT_MARKER = 'beam-rerank-export.json'
+
+
+def _write_variant(model: Any, backend: Backend, folder: str) -> str:
+  """Writes the ONNX variant of ``model`` (loaded on onnx) into ``folder``;
+  returns the file to load, relative to ``folder``."""
+  if backend.onnx_variant == 'O3':
+    from sentence_transformers import export_optimized_onnx_model
+    export_optimized_onnx_model(model, 'O3', folder)
+    return os.path.join('onnx', 'model_O3.onnx')
+  if backend.onnx_variant == 'int8':
+    from sentence_transformers import export_dynamic_quantized_onnx_model
+    export_dynamic_quantized_onnx_model(
+        model, quantization_target(), folder, file_suffix='int8')
+    return os.path.join('onnx', 'model_int8.onnx')
+  return os.path.join('onnx', 'model.onnx')
 
 
 def ensure_export(model_dir: str, fingerprint: str, kind: str, backend: Backend,
@@ -145,7 +221,7 @@ def ensure_export(model_dir: str, fingerprint: str, kind: str, backend: Backend,
   if backend.runtime == 'torch':
     return model_dir
   target = export_dir(model_dir, fingerprint, backend, root)
-  marker = os.path.join(target, 'beam-rerank-export.json')
+  marker = os.path.join(target, EXPORT_MARKER)
   if os.path.exists(marker):
     return target
   os.makedirs(os.path.dirname(target), exist_ok=True)
@@ -155,10 +231,16 @@ def ensure_export(model_dir: str, fingerprint: str, kind: str, backend: Backend,
   staging = tempfile.mkdtemp(prefix='.export-', dir=os.path.dirname(target))
   try:
     model.save_pretrained(staging)
+    record = {'source': model_dir, 'source_fingerprint': fingerprint,
+              'runtime': backend.runtime, 'kind': kind}
+    if backend.runtime == 'onnx':
+      record['variant'] = _variant_name(backend)
+      record['file_name'] = _write_variant(model, backend, staging)
+      if not os.path.exists(os.path.join(staging, record['file_name'])):
+        raise RuntimeError(f'the {backend.name} export wrote no {record["file_name"]}')
     import json
-    with open(os.path.join(staging, 'beam-rerank-export.json'), 'w', encoding='utf-8') as handle:
-      json.dump({'source': model_dir, 'source_fingerprint': fingerprint,
-                 'runtime': backend.runtime, 'kind': kind}, handle)
+    with open(os.path.join(staging, EXPORT_MARKER), 'w', encoding='utf-8') as handle:
+      json.dump(record, handle)
     try:
       os.rename(staging, target)
     except OSError:
@@ -190,7 +272,7 @@ def load_model(model_dir: str, kind: str, backend: Backend, device: str,
       from transforms.model_info import fingerprint_model_dir
       fingerprint = fingerprint_model_dir(model_dir)
     path = ensure_export(model_dir, fingerprint, kind, backend, export_root)
-    kwargs.update(_runtime_kwargs(backend))
+    kwargs.update(_runtime_kwargs(backend, path))
   model = _load(path, kind, backend.runtime, device, trust_remote_code, kwargs)
   if backend.half:
     model.half()
