@@ -49,6 +49,10 @@ def plan_batches(
   return batches
 
 
+# Texts per tokenizer call when measuring lengths.
+TOKENIZE_CHUNK = 256
+
+
 class _SharedTokenizer:
   """A weak-referenceable holder so ``shared.Shared`` can cache tokenizers."""
   def __init__(self, tokenizer: Any):
@@ -109,15 +113,21 @@ class BatchByTokenLengthFn(beam.DoFn):
     # Truncating at max_seq_length + 1 bounds the work on huge texts and
     # still tells a truncated text (length max + 1) from one that fits.
     # Pairs (query, passage) for cross-encoders are tokenized as pairs.
-    if texts and isinstance(texts[0], tuple):
-      first, second = [t[0] for t in texts], [t[1] for t in texts]
-    else:
-      first, second = texts, None
-    encoded = self._tokenizer(
-        first, second, add_special_tokens=True, truncation=True,
-        max_length=self._max_seq_length + 1, return_attention_mask=False,
-        return_token_type_ids=False)
-    return [len(ids) for ids in encoded['input_ids']]
+    # A few hundred texts per call: a fast tokenizer's encodings (tokens,
+    # offsets, masks) for a whole sort window would take hundreds of MB.
+    lengths: list[int] = []
+    for start in range(0, len(texts), TOKENIZE_CHUNK):
+      chunk = texts[start:start + TOKENIZE_CHUNK]
+      if chunk and isinstance(chunk[0], tuple):
+        first, second = [t[0] for t in chunk], [t[1] for t in chunk]
+      else:
+        first, second = chunk, None
+      encoded = self._tokenizer(
+          first, second, add_special_tokens=True, truncation=True,
+          max_length=self._max_seq_length + 1, return_attention_mask=False,
+          return_token_type_ids=False)
+      lengths.extend(len(ids) for ids in encoded['input_ids'])
+    return lengths
 
   def _flush(self) -> Iterable[list[dict]]:
     if not self._buffer:
