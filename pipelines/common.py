@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -274,8 +275,15 @@ def check_backend(args: argparse.Namespace, kind: str, handler_factory: Callable
   reference, candidate = handler_factory('torch'), handler_factory(args.backend)
   run = ((lambda handler, model: lambda s: handler.encode(s, model)) if kind == 'bi-encoder'
          else (lambda handler, model: lambda s: handler.predict(s, model)))
-  fidelity = backends.check_fidelity(
-      backend, kind, list(sample)[:args.fidelity_sample],
-      run(reference, reference.load_model()), run(candidate, candidate.load_model()),
-      args.min_fidelity)
+  try:
+    fidelity = backends.check_fidelity(
+        backend, kind, list(sample)[:args.fidelity_sample],
+        run(reference, reference.load_model()), run(candidate, candidate.load_model()),
+        args.min_fidelity)
+  finally:
+    # Both models are dropped before the pipeline loads its own: the
+    # runtimes' sessions sit in reference cycles that only a collection frees
+    # (an ONNX job peaked 0.74 GB higher with the check than without).
+    del reference, candidate, run
+    gc.collect()
   return fidelity.as_dict() if fidelity else None

@@ -94,6 +94,8 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in [
 DEFAULT_BACKEND = 'torch'
 DEFAULT_MIN_FIDELITY = 0.99
 DEFAULT_FIDELITY_SAMPLE = 32
+# Written last into an export folder: what it holds and the file to load.
+EXPORT_MARKER = 'beam-rerank-export.json'
 
 
 def backend_help() -> str:
@@ -194,9 +196,6 @@ def _export_marker(export: str) -> dict:
   import json
   with open(os.path.join(export, EXPORT_MARKER), encoding='utf-8') as handle:
     return json.load(handle)
-
-
-EXPORT_MARKER = 'beam-rerank-export.json'
 
 
 def _write_variant(model: Any, backend: Backend, folder: str) -> str:
