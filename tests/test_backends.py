@@ -119,6 +119,17 @@ def test_onnx_variants_get_their_own_exports(tmp_path):
   assert f'-int8-{backends.quantization_target()}-' in os.path.basename(dirs['onnx-int8'])
 
 
+def test_handlers_freeze_the_heap_once_and_collect_every_few_batches(monkeypatch):
+  events = []
+  monkeypatch.setattr(backends.gc, 'collect', lambda: events.append('collect'))
+  monkeypatch.setattr(backends.gc, 'freeze', lambda: events.append('freeze'))
+  handler = backends.BackendModelHandler('unused')
+  for _ in range(2 * backends.COLLECT_EVERY_BATCHES + 1):
+    handler._collect_garbage()
+  # First batch: collect then freeze; then one collection per 8 batches.
+  assert events == ['collect', 'freeze', 'collect', 'collect']
+
+
 def test_export_dir_is_keyed_by_fingerprint(tmp_path):
   backend = backends.BACKENDS['openvino']
   one = backends.export_dir('/m/model', 'sha256:aa', backend, str(tmp_path))

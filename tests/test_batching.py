@@ -205,3 +205,22 @@ def test_batch_fn_in_a_pipeline_counts_batches_tokens_and_truncation():
   assert counters['batchtest/real_tokens'] == sum(min(n + 2, 8) for n in lengths)
   assert counters['batchtest/batches'] >= 4
   assert counters['batchtest/padded_tokens'] >= counters['batchtest/real_tokens']
+
+
+def test_lengths_are_measured_in_chunks_with_the_same_batches(monkeypatch):
+  from transforms import batching
+  calls = []
+
+  class CountingTokenizer(WordTokenizer):
+    def __call__(self, first, second=None, **kwargs):
+      calls.append(len(first))
+      return super().__call__(first, second, **kwargs)
+
+  records = [{'id': str(i), 'text': _words(n)} for i, n in enumerate([3, 1, 9, 1, 2, 4, 5])]
+  whole = _run_dofn(_batch_fn('words-chunk-a'), records)
+  monkeypatch.setattr(batching, 'TOKENIZE_CHUNK', 3)
+  fn = _batch_fn('words-chunk-b')
+  fn._tokenizer_loader = CountingTokenizer
+  chunked = _run_dofn(fn, records)
+  assert calls == [3, 3, 1]
+  assert chunked == whole
