@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import os
+import sys
 
 import numpy as np
 import polars as pl
@@ -119,15 +120,29 @@ def test_onnx_variants_get_their_own_exports(tmp_path):
   assert f'-int8-{backends.quantization_target()}-' in os.path.basename(dirs['onnx-int8'])
 
 
-def test_handlers_freeze_the_heap_once_and_collect_every_few_batches(monkeypatch):
+@pytest.mark.parametrize('device, trims', [('cpu', True), ('cuda', False)])
+def test_handlers_collect_every_few_batches_and_trim_the_heap_on_cpu(
+    monkeypatch, device, trims):
   events = []
   monkeypatch.setattr(backends.gc, 'collect', lambda: events.append('collect'))
   monkeypatch.setattr(backends.gc, 'freeze', lambda: events.append('freeze'))
-  handler = backends.BackendModelHandler('unused')
+  monkeypatch.setattr(backends, 'release_free_heap', lambda: events.append('trim'))
+  handler = backends.BackendModelHandler('unused', device=device)
   for _ in range(2 * backends.COLLECT_EVERY_BATCHES + 1):
-    handler._collect_garbage()
-  # First batch: collect then freeze; then one collection per 8 batches.
-  assert events == ['collect', 'freeze', 'collect', 'collect']
+    handler._release_memory()
+  # First batch: collect then freeze; then one collection per 8 batches; on
+  # CPU the heap's free pages go back after every batch.
+  trim = ['trim'] if trims else []
+  expected = ['collect', 'freeze'] + trim
+  for batch in range(2, 2 * backends.COLLECT_EVERY_BATCHES + 2):
+    expected += (['collect'] if batch % backends.COLLECT_EVERY_BATCHES == 0 else []) + trim
+  assert events == expected
+  assert events.count('collect') == 3 and events.count('trim') == (17 if trims else 0)
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc only')
+def test_release_free_heap_returns_glibc_pages():
+  assert backends.release_free_heap() is True
 
 
 def test_export_dir_is_keyed_by_fingerprint(tmp_path):

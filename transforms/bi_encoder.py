@@ -67,7 +67,7 @@ class SentenceTransformerHandler(BackendModelHandler):
       inference_args: Optional[dict[str, Any]] = None) -> Iterable[dict]:
     embeddings = self.encode([record['text'] for record in batch], model)
     embeddings = embeddings.astype(self._dtype, copy=False)
-    self._collect_garbage()
+    self._release_memory()
     return [{
         'id': record['id'],
         'embedding': embedding,

@@ -69,7 +69,7 @@ class CrossEncoderHandler(BackendModelHandler):
       inference_args: Optional[dict[str, Any]] = None) -> Iterable[dict]:
     pairs = [(record['query_text'], record['passage_text']) for record in batch]
     scores = self.predict(pairs, model)
-    self._collect_garbage()
+    self._release_memory()
     if scores.shape[1] != 1:
       raise ValueError(
           f'the cross-encoder returns {scores.shape[1]} scores per pair; '
