@@ -337,7 +337,7 @@ class BackendModelHandler(ModelHandler[list, dict, Any]):
     allocator's free pages go back to the system after every batch: batches
     of many shapes fragment glibc's heap, which grew with the number of
     batches (torch encode job peak on 10k texts: 1.46 GB with neither, 1.33
-    GB with the collections, 1.13 GB with both; 1k texts: ~1.06 GB)."""
+    GB with the collections, 1.13 GB with both; 1k texts: ~1.0 GB)."""
     batches = self._batches_since_collection
     if batches is None:
       # On the worker's first batch, everything alive (modules, the runner,
