@@ -15,6 +15,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines import common
+from transforms.batching import DEFAULT_MAX_TOKENS_PER_BATCH
 from transforms.encoding import (
     EncodeConfig, EncodeTexts, build_encode_pipeline, embedding_settings)
 from transforms.errors import UserInputError
@@ -89,7 +90,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 
   batching = parser.add_argument_group('batching')
   batching.add_argument(
-      '--max-tokens-per-batch', type=common.positive_int, default=8192,
+      '--max-tokens-per-batch', type=common.positive_int,
+      default=DEFAULT_MAX_TOKENS_PER_BATCH,
       help='Budget of padded tokens (batch size x longest text) per batch (default: %(default)s).')
   batching.add_argument(
       '--max-batch-size', type=common.positive_int, default=256,

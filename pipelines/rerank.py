@@ -18,6 +18,7 @@ from pipelines import common
 from pipelines import encode as encode_job
 from pipelines.evaluate import evaluate_ranked
 from transforms import evaluation
+from transforms.batching import DEFAULT_MAX_TOKENS_PER_BATCH
 from transforms.errors import UserInputError
 from transforms.model_info import inspect_cross_encoder
 from transforms.parquet_input import check_parquet_input, file_columns
@@ -95,7 +96,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
       help='Applied to the logit: identity = raw logits (right for BCE-trained '
       "models), sigmoid, or the model's own default (default: %(default)s).")
   scoring.add_argument('--device', choices=['auto', 'cpu', 'cuda'], default='auto', help='(default: %(default)s)')
-  scoring.add_argument('--max-tokens-per-batch', type=common.positive_int, default=8192, help='Padded tokens per batch (default: %(default)s).')
+  scoring.add_argument('--max-tokens-per-batch', type=common.positive_int, default=DEFAULT_MAX_TOKENS_PER_BATCH, help='Padded tokens per batch (default: %(default)s).')
   scoring.add_argument('--max-batch-size', type=common.positive_int, default=256, help='(default: %(default)s)')
   scoring.add_argument('--sort-window', type=common.positive_int, default=8192, help='Pairs sorted together by length (default: %(default)s).')
   scoring.add_argument('--share-model-across-processes', action='store_true', help='One model per machine (GPUs).')

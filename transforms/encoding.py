@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
+from transforms.batching import DEFAULT_MAX_TOKENS_PER_BATCH
 from transforms.bi_encoder import SentenceTransformerHandler
 from transforms.dead_letters import (
     DEAD_LETTER_SCHEMA, DEAD_LETTER_TAG, dead_letter_sort_key)
@@ -40,7 +41,7 @@ class EncodeConfig:
   normalize: bool = True
   device: str = 'auto'
   previous_dir: Optional[str] = None
-  max_tokens_per_batch: int = 8192
+  max_tokens_per_batch: int = DEFAULT_MAX_TOKENS_PER_BATCH
   max_batch_size: int = 256
   sort_window: int = 8192
   rows_per_shard: int = 100_000

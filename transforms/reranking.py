@@ -8,6 +8,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from transforms.batching import DEFAULT_MAX_TOKENS_PER_BATCH
 from transforms.candidates import (
     SOURCE_DENSE, JoinTexts, MergeCandidates, SuppliedCandidates)
 from transforms.dead_letters import (
@@ -45,7 +46,7 @@ class RerankConfig:
   title_separator: str = '\n'
   activation: str = 'identity'
   device: str = 'auto'
-  max_tokens_per_batch: int = 8192
+  max_tokens_per_batch: int = DEFAULT_MAX_TOKENS_PER_BATCH
   max_batch_size: int = 256
   sort_window: int = 8192
   corpus_block_size: int = 65536

@@ -5,6 +5,7 @@ from typing import Optional
 
 import apache_beam as beam
 
+from transforms.batching import DEFAULT_MAX_TOKENS_PER_BATCH
 from transforms.cross_encoder import Activation, CrossEncoderHandler
 from transforms.dead_letters import DEAD_LETTER_TAG
 from transforms.inference import InferByTokenLength
@@ -27,7 +28,7 @@ class ScorePairs(beam.PTransform):
       *,
       device: str = 'auto',
       activation: Activation = 'identity',
-      max_tokens_per_batch: int = 8192,
+      max_tokens_per_batch: int = DEFAULT_MAX_TOKENS_PER_BATCH,
       max_batch_size: int = 256,
       sort_window: int = 8192,
       trust_remote_code: bool = False,
