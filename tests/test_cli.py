@@ -138,7 +138,7 @@ def test_cli_dispatches_to_the_job(tmp_path, capsys):
 @pytest.mark.parametrize('job', ['encode', 'rerank'])
 def test_token_budget_default_is_the_cpu_sized_one(job):
   # One default for both jobs and their transforms (measured on CPU: 4,096
-  # padded tokens per batch beat 8,192 by 12-15%); a job must not drift.
+  # padded tokens per batch beat 8,192 by 14%); a job must not drift.
   from transforms.batching import DEFAULT_MAX_TOKENS_PER_BATCH
   from transforms.encoding import EncodeConfig
   from transforms.reranking import RerankConfig

@@ -21,7 +21,7 @@ from transforms.texts import METRICS_NAMESPACE
 
 # Padded tokens per batch by default (encode and cross-encoder scoring). On
 # CPUs, activations of ~4k tokens stay in cache: on a 2-core AMD EPYC (no
-# AVX-512) all-MiniLM-L6-v2 ran 12-15% faster at 2,048-4,096 than at 8,192 and
+# AVX-512) all-MiniLM-L6-v2 ran 14-18% faster at 2,048-4,096 than at 8,192 and
 # the encode job's peak RSS fell 100 MB. On a GPU, raise it (e.g. 65536).
 DEFAULT_MAX_TOKENS_PER_BATCH = 4096
 
