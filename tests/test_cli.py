@@ -12,6 +12,9 @@ import sys
 import pytest
 
 from pipelines import cli, encode
+from transforms.batching import DEFAULT_MAX_TOKENS_PER_BATCH
+from transforms.encoding import EncodeConfig
+from transforms.reranking import RerankConfig
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONSOLE_SCRIPT = pathlib.Path(sys.executable).parent / 'beam-rerank'
@@ -139,14 +142,9 @@ def test_cli_dispatches_to_the_job(tmp_path, capsys):
 def test_token_budget_default_is_the_cpu_sized_one(job):
   # One default for both jobs and their transforms (measured on CPU: 4,096
   # padded tokens per batch beat 8,192 by 14%); a job must not drift.
-  from transforms.batching import DEFAULT_MAX_TOKENS_PER_BATCH
-  from transforms.encoding import EncodeConfig
-  from transforms.reranking import RerankConfig
-  module = importlib.import_module(f'pipelines.{job}')
-  parser = module.build_parser()
-  defaults = {action.dest: action.default for action in parser._actions}  # pylint: disable=protected-access
+  parser = importlib.import_module(f'pipelines.{job}').build_parser()
   assert DEFAULT_MAX_TOKENS_PER_BATCH == 4096
-  assert defaults['max_tokens_per_batch'] == DEFAULT_MAX_TOKENS_PER_BATCH
+  assert parser.get_default('max_tokens_per_batch') == DEFAULT_MAX_TOKENS_PER_BATCH
   config_type = EncodeConfig if job == 'encode' else RerankConfig
   field = {f.name: f for f in dataclasses.fields(config_type)}['max_tokens_per_batch']
   assert field.default == DEFAULT_MAX_TOKENS_PER_BATCH
