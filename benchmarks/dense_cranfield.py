@@ -38,12 +38,14 @@ def main() -> None:
   from transforms import evaluation
   emb = args.emb_dir or tempfile.mkdtemp(prefix='dense_cranfield_')
   corpus_dir, query_dir = os.path.join(emb, 'corpus'), os.path.join(emb, 'queries')
-  title = [] if args.no_title else ['--title-column', 'title']
   if not os.path.exists(os.path.join(corpus_dir, 'manifest.json')):
-    encode.run(['--input', os.path.join(cranfield, 'corpus.parquet'), '--output', corpus_dir, *title])
+    encode.execute(encode.EncodeJobConfig(
+        input=os.path.join(cranfield, 'corpus.parquet'), output=corpus_dir,
+        title_column=None if args.no_title else 'title'))
   if not os.path.exists(os.path.join(query_dir, 'manifest.json')):
-    encode.run(['--input', os.path.join(cranfield, 'queries.parquet'), '--output', query_dir,
-                '--id-column', 'query_id'])
+    encode.execute(encode.EncodeJobConfig(
+        input=os.path.join(cranfield, 'queries.parquet'), output=query_dir,
+        id_column='query_id'))
   out = tempfile.mkdtemp(prefix='dense_cranfield_topk_')
   seconds, _ = run_exact_top_k(query_dir, corpus_dir, args.k, out)
   got = pl.read_parquet(os.path.join(out, 'part-*.parquet')).sort('query_id', 'retrieval_rank')

@@ -43,7 +43,13 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks._common import (  # noqa: E402
-    backend_args, last_json, pre_export, require_cranfield, timed_python, write_result)
+  backend_args,
+  last_json,
+  pre_export,
+  require_cranfield,
+  timed_python,
+  write_result,
+)
 
 RAW = r'''
 import json, resource, sys, time

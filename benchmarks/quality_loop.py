@@ -53,12 +53,14 @@ def main() -> None:
   os.environ.setdefault('HF_HUB_OFFLINE', '1')
   cranfield = require_cranfield()
   import polars as pl
+  import pyarrow.parquet as pq
   import torch
   from sentence_transformers import CrossEncoder
 
   from pipelines import encode, mine, rerank, train
   from transforms import evaluation
   from transforms.model_info import packaged_minilm_path
+  from transforms.parquet_sink import committed_files, write_json
   work = args.workdir or tempfile.mkdtemp(prefix='quality_loop_')
   os.makedirs(work, exist_ok=True)
   path = lambda *p: os.path.join(work, *p)
@@ -83,13 +85,15 @@ def main() -> None:
       path('title_qrels.parquet'))
 
   started = time.perf_counter()
-  for name, src, extra in (('corpus', corpus_path, []),
-                           ('corpus_untitled', path('corpus_untitled.parquet'), []),
-                           ('train_queries', path('train_queries.parquet'), ['--id-column', 'query_id']),
-                           ('test_queries', path('test_queries.parquet'), ['--id-column', 'query_id']),
-                           ('title_queries', path('title_queries.parquet'), ['--id-column', 'query_id'])):
+  for name, src, id_column in (
+      ('corpus', corpus_path, 'doc_id'),
+      ('corpus_untitled', path('corpus_untitled.parquet'), 'doc_id'),
+      ('train_queries', path('train_queries.parquet'), 'query_id'),
+      ('test_queries', path('test_queries.parquet'), 'query_id'),
+      ('title_queries', path('title_queries.parquet'), 'query_id')):
     if not os.path.exists(path('emb', name, 'manifest.json')):
-      encode.run(['--input', src, '--output', path('emb', name), *extra])
+      encode.execute(encode.EncodeJobConfig(
+          input=src, output=path('emb', name), id_column=id_column))
   timings['encode_seconds'] = time.perf_counter() - started
 
   started = time.perf_counter()
@@ -105,23 +109,29 @@ def main() -> None:
   shutil.rmtree(path('pairs_combined'), ignore_errors=True)
   os.makedirs(combined)
   mined_rows = {}
+  combined_files = []
   for name, q, r, q_emb, c, c_emb, negatives, top_k, sampling in pair_dirs:
     shutil.rmtree(path(f'pairs_{name}'), ignore_errors=True)
-    report = mine.run([
-        '--query-embeddings', path('emb', q_emb), '--corpus-embeddings', path('emb', c_emb),
-        '--top-k', str(top_k), '--queries', q, '--corpus', c, '--qrels', r,
-        '--output', path(f'pairs_{name}'), '--format', 'labeled-pair',
-        '--num-negatives', str(negatives), '--sampling', sampling])
-    mined_rows[name] = report['rows']['labeled-pair/train']
-    for f in os.listdir(path(f'pairs_{name}', 'labeled-pair', 'train')):
-      shutil.copy(path(f'pairs_{name}', 'labeled-pair', 'train', f), os.path.join(combined, f'part-{name}-{f[len("part-"):]}'))
+    mined = mine.execute(mine.MineJobConfig(
+        query_embeddings=path('emb', q_emb), corpus_embeddings=path('emb', c_emb),
+        top_k=top_k, queries=q, corpus=c, qrels=r, output=path(f'pairs_{name}'),
+        format='labeled-pair', num_negatives=negatives, sampling=sampling))
+    mined_rows[name] = mined.rows['labeled-pair/train']
+    for source in committed_files(mined.output_dir, 'labeled-pair/train', '--pairs'):
+      file_name = f'part-{name}-{os.path.basename(source)[len("part-"):]}'
+      shutil.copy(source, os.path.join(combined, file_name))
+      combined_files.append({'path': file_name, 'rows': pq.read_metadata(source).num_rows})
+  # Readers trust the manifest: the combined folder gets one naming its files.
+  write_json({'kind': 'training_pairs', 'outputs': {'labeled-pair/train': {
+      'directory': 'labeled-pair/train', 'files': combined_files,
+      'rows': sum(f['rows'] for f in combined_files)}}},
+      path('pairs_combined', 'manifest.json'))
   timings['mine_seconds'] = time.perf_counter() - started
 
   ce_dir = path('ce_finetuned')
-  train_report = train.run([
-      '--pairs', path('pairs_combined'), '--kind', 'cross-encoder', '--output', ce_dir,
-      '--epochs', str(args.epochs), '--learning-rate', str(args.lr),
-      '--batch-size', str(args.batch_size), '--max-length', str(args.max_length)])
+  trained = train.execute(train.TrainJobConfig(
+      pairs=path('pairs_combined'), kind='cross-encoder', output=ce_dir, epochs=args.epochs,
+      learning_rate=args.lr, batch_size=args.batch_size, max_length=args.max_length))
   control_dir = path('ce_control')
   torch.manual_seed(0)
   CrossEncoder(packaged_minilm_path(), num_labels=1, max_length=args.max_length).save(control_dir)
@@ -132,11 +142,11 @@ def main() -> None:
   qrels_s = evaluation.read_qrels([path('qrels.parquet')])
   for name, model in (('finetuned', ce_dir), ('control', control_dir)):
     started = time.perf_counter()
-    report = rerank.run([
-        '--queries', path('test_queries.parquet'), '--corpus', corpus_path,
-        '--query-embeddings', path('emb', 'test_queries'), '--corpus-embeddings', path('emb', 'corpus'),
-        '--cross-encoder', model, '--top-k', str(args.top_k), '--top-n', str(args.top_k),
-        '--output', path(f'ranked_{name}'), '--max-length', str(args.max_length)])
+    rerank.execute(rerank.RerankJobConfig(
+        queries=path('test_queries.parquet'), corpus=corpus_path,
+        query_embeddings=path('emb', 'test_queries'), corpus_embeddings=path('emb', 'corpus'),
+        cross_encoder=model, top_k=args.top_k, top_n=args.top_k,
+        output=path(f'ranked_{name}'), max_length=args.max_length))
     timings[f'rerank_{name}_seconds'] = time.perf_counter() - started
     ranked, _ = evaluation.read_ranked(path(f'ranked_{name}'))
     metrics = evaluation.evaluate_stages(ranked, qrels_s, measures, test_ids)
@@ -154,8 +164,8 @@ def main() -> None:
       'test_queries': len(test_ids),
       'training_rows': mined_rows,
       'settings': vars(args),
-      'train_loss': train_report['train_loss'],
-      'train_seconds': train_report['train_seconds'],
+      'train_loss': trained.train_loss,
+      'train_seconds': trained.train_seconds,
       'timings': timings,
       'results': results,
       'reference_script_dense': {'nDCG@10': 0.518, 'MRR@10': 0.785},

@@ -48,7 +48,13 @@ from benchmarks import cross_encoder as ce_bench  # noqa: E402
 from benchmarks import encode as encode_bench  # noqa: E402
 from benchmarks import mining as mining_bench  # noqa: E402
 from benchmarks._common import (  # noqa: E402
-    backend_args, last_json, make_corpus, pre_export, timed_python, write_result)
+  backend_args,
+  last_json,
+  make_corpus,
+  pre_export,
+  timed_python,
+  write_result,
+)
 
 STAGES = ('encode', 'topk', 'cross-encoder', 'mining', 'backends')
 

@@ -2,26 +2,86 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
+import logging
 import os
 import sys
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from transforms.errors import UserInputError
+from transforms.inference_settings import InferenceSettings
 from transforms.parquet_sink import (
-    COMMIT_DEAD_LETTERS_COUNTER, COMMIT_REFUSED_COUNTER, MANIFEST_NAME,
-    STAGING_NAME, CommitGateOptions, read_json)
+  COMMIT_DEAD_LETTERS_COUNTER,
+  COMMIT_REFUSED_COUNTER,
+  DEAD_LETTER_OUTPUT,
+  MANIFEST_NAME,
+  STAGING_NAME,
+  CommitGateOptions,
+  committed_files,
+  read_json,
+)
 from transforms.texts import METRICS_NAMESPACE
 
 BEAM_EPILOG = (
     'Any Beam pipeline option passes through, e.g. --runner DataflowRunner, '
     '--direct_running_mode multi_processing --direct_num_workers 2, '
     '--setup_file ./setup.py.')
+
+
+_LOGGED_PACKAGES = ('pipelines', 'transforms', 'benchmarks')
+ConfigT = TypeVar('ConfigT')
+
+
+class _CurrentStderrHandler(logging.StreamHandler):
+  """Writes to whatever ``sys.stderr`` is when a record is emitted (so a
+  caller that redirects stderr, as tests and the default-model builder do,
+  gets the lines)."""
+  def __init__(self):
+    super().__init__()
+    self.setFormatter(logging.Formatter('%(message)s'))
+
+  @property
+  def stream(self):
+    return sys.stderr
+
+  @stream.setter
+  def stream(self, value):
+    pass
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+  """Command line: the product's notices and progress at ``level`` (INFO by
+  default) on stderr, one line each. Idempotent. On a distributed runner's
+  workers the records propagate to the runner's own handler (with severities)."""
+  for name in _LOGGED_PACKAGES:
+    logger = logging.getLogger(name)
+    logger.setLevel(level)
+    if not any(isinstance(h, _CurrentStderrHandler) for h in logger.handlers):
+      logger.addHandler(_CurrentStderrHandler())
+    logger.propagate = False
+
+
+def config_from_args(
+    config_type: type[ConfigT], args: argparse.Namespace,
+    pipeline_args: Sequence[str] = ()) -> ConfigT:
+  """A job's config from its parsed options: one field per option (same name
+  as the option's ``dest``), ``inference`` from the shared inference options,
+  ``pipeline_args`` = the arguments left for Beam."""
+  values: dict[str, Any] = {}
+  for field in dataclasses.fields(config_type):
+    if field.name == 'inference':
+      values['inference'] = InferenceSettings.from_args(args)
+    elif field.name == 'pipeline_args':
+      values['pipeline_args'] = tuple(pipeline_args)
+    else:
+      values[field.name] = getattr(args, field.name)
+  return config_type(**values)
 
 
 def quiet_libraries() -> None:
@@ -53,17 +113,6 @@ def pipeline_options(beam_args: Sequence[str], parser_prog: str) -> PipelineOpti
     raise UserInputError(
         f'unrecognized arguments: {" ".join(unknown)} (see {parser_prog} --help)')
   return PipelineOptions(list(beam_args))
-
-
-def positive_int(value: str) -> int:
-  """argparse type: an integer >= 1."""
-  try:
-    number = int(value)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f'{value!r} is not a whole number')
-  if number < 1:
-    raise argparse.ArgumentTypeError(f'{value!r} must be at least 1')
-  return number
 
 
 def counters(result: Any, prefix: str) -> dict[str, int]:
@@ -144,6 +193,7 @@ def main_wrapper(
     run: Callable[[Sequence[str] | None], Any], prog: str,
     argv: Sequence[str] | None) -> int:
   """Runs a job; a user error is one line on stderr and exit code 2."""
+  configure_logging()
   try:
     run(argv)
   except UserInputError as error:
@@ -172,10 +222,8 @@ def dead_letter_counts(output_dir: str) -> list[tuple[str, str, int]]:
   import polars as pl
 
   from transforms.evaluation import read_parquet_files
-  from transforms.parquet_input import match_files
-  try:
-    files = match_files(f'{output_dir}/dead_letter/part-*.parquet', 'dead letters')
-  except UserInputError:
+  files = committed_files(output_dir, DEAD_LETTER_OUTPUT, '--output')
+  if not files:
     return []
   frame = read_parquet_files(files, ['stage', 'reason'])
   if frame.height == 0:
@@ -225,26 +273,6 @@ def check_embedding_pair(query_dir: str, corpus_dir: str) -> tuple[dict, dict]:
   return query, corpus
 
 
-def add_backend_arguments(group: argparse._ArgumentGroup) -> None:
-  """``--backend`` and its fidelity check options (encode, rerank)."""
-  from transforms import backends
-  group.add_argument(
-      '--backend', choices=list(backends.BACKENDS), default=backends.DEFAULT_BACKEND,
-      help=backends.backend_help())
-  group.add_argument(
-      '--min-fidelity', type=float, default=backends.DEFAULT_MIN_FIDELITY,
-      help='Refuse a non-float32 backend whose mean cosine to float32 embeddings '
-      '(cross-encoder: score correlation) on a sample of the input is below '
-      'this (default: %(default)s).')
-  group.add_argument(
-      '--fidelity-sample', type=int, default=backends.DEFAULT_FIDELITY_SAMPLE,
-      help='Input rows the fidelity check uses (default: %(default)s; 0 skips it).')
-  group.add_argument(
-      '--export-cache', metavar='DIR', default=None,
-      help='Where OpenVINO exports of models are cached (default: '
-      '~/.cache/beam-rerank/exports or $BEAM_RERANK_EXPORTS).')
-
-
 def first_values(files: Sequence[str], columns: Sequence[str], limit: int) -> list[tuple]:
   """Up to ``limit`` rows of ``columns`` from the start of ``files`` whose
   first value is a non-empty string (a sample of the real input)."""
@@ -263,23 +291,23 @@ def first_values(files: Sequence[str], columns: Sequence[str], limit: int) -> li
   return rows[:limit]
 
 
-def check_backend(args: argparse.Namespace, kind: str, handler_factory: Callable[[str], Any],
-                  sample: Sequence[Any]) -> dict | None:
-  """Checks ``--backend`` is usable here and close enough to float32 on
+def check_backend(settings: InferenceSettings, kind: str,
+                  handler_factory: Callable[[str], Any], sample: Sequence[Any]) -> dict | None:
+  """Checks ``settings.backend`` is usable here and close enough to float32 on
   ``sample`` (texts or pairs); returns the fidelity for the manifest."""
   from transforms import backends
   from transforms.backends import resolve_device
-  backend = backends.get_backend(args.backend, resolve_device(args.device))
-  if backend.is_reference or args.fidelity_sample <= 0:
+  backend = backends.get_backend(settings.backend, resolve_device(settings.device))
+  if backend.is_reference or settings.fidelity_sample <= 0:
     return None
-  reference, candidate = handler_factory('torch'), handler_factory(args.backend)
+  reference, candidate = handler_factory('torch'), handler_factory(settings.backend)
   run = ((lambda handler, model: lambda s: handler.encode(s, model)) if kind == 'bi-encoder'
          else (lambda handler, model: lambda s: handler.predict(s, model)))
   try:
     fidelity = backends.check_fidelity(
-        backend, kind, list(sample)[:args.fidelity_sample],
+        backend, kind, list(sample)[:settings.fidelity_sample],
         run(reference, reference.load_model()), run(candidate, candidate.load_model()),
-        args.min_fidelity)
+        settings.min_fidelity)
   finally:
     # Both models are dropped before the pipeline loads its own: the
     # runtimes' sessions sit in reference cycles that only a collection frees

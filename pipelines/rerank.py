@@ -6,26 +6,40 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import logging
 import os
 import sys
 import time
-from typing import Sequence
+from typing import Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines import common
+from pipelines import common, default_cross_encoder
 from pipelines import encode as encode_job
 from pipelines.evaluate import evaluate_ranked
-from transforms import evaluation
-from transforms.batching import DEFAULT_MAX_TOKENS_PER_BATCH
+from transforms import evaluation, inference_settings
 from transforms.errors import UserInputError
+from transforms.inference_settings import InferenceSettings
 from transforms.model_info import inspect_cross_encoder
-from transforms.parquet_input import check_parquet_input, file_columns
-from transforms.parquet_sink import MANIFEST_NAME, read_json, write_json
+from transforms.parquet_input import CheckedInput, check_parquet_input, file_columns
+from transforms.parquet_sink import (
+  DEFAULT_ROWS_PER_SHARD,
+  MANIFEST_NAME,
+  committed_files,
+  read_json,
+  write_json,
+)
 from transforms.reranking import RerankConfig, build_rerank_pipeline, score_pairs
+from transforms.retrieval import (
+  DEFAULT_CORPUS_BLOCK_SIZE,
+  DEFAULT_MAX_QUERIES_IN_MEMORY,
+  DEFAULT_QUERY_BLOCK_SIZE,
+)
 
 PROG = 'beam-rerank rerank'
+logger = logging.getLogger(__name__)
 _CANDIDATE_STAGES = ('rerank/candidates', 'rerank/join', 'rerank/score')
 
 
@@ -38,8 +52,12 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
       'supplied run (--candidates), or from both (their union).',
       epilog=common.BEAM_EPILOG)
   io = parser.add_argument_group('input and output')
-  io.add_argument('--queries', required=True, metavar='GLOB', help='Parquet queries (query_id, text).')
-  io.add_argument('--corpus', required=True, metavar='GLOB', help='Parquet corpus (doc_id, text[, title]).')
+  io.add_argument(
+      '--queries', required=True, metavar='GLOB',
+      help='Parquet queries (query_id, text).')
+  io.add_argument(
+      '--corpus', required=True, metavar='GLOB',
+      help='Parquet corpus (doc_id, text[, title]).')
   io.add_argument(
       '--output', required=True, metavar='DIR',
       help='Folder for ranked part-*.parquet (top-n per query), candidates/ '
@@ -51,11 +69,14 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
   io.add_argument(
       '--doc-title-column', default=None,
       help='Optional title column put in front of passage texts (default: none).')
-  io.add_argument('--title-separator', default='\n', help='What joins title and text (default: newline).')
+  io.add_argument(
+      '--title-separator', default='\n', help='What joins title and text (default: newline).')
   io.add_argument(
       '--trec', action='store_true',
       help='Also write the ranked lists as a TREC run file, OUTPUT/run.trec.')
-  io.add_argument('--rows-per-shard', type=common.positive_int, default=100_000, help='(default: %(default)s)')
+  io.add_argument(
+      '--rows-per-shard', type=common.positive_int, default=DEFAULT_ROWS_PER_SHARD,
+      help='(default: %(default)s)')
   common.add_dead_letter_limit_argument(io)
 
   cands = parser.add_argument_group('candidates')
@@ -75,11 +96,19 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
   cands.add_argument(
       '--candidates-score-column', default='score',
       help='Score column of --candidates, if present (default: %(default)s).')
-  cands.add_argument('--top-k', type=common.positive_int, default=100, help='Dense candidates per query (default: %(default)s).')
-  cands.add_argument('--corpus-block-size', type=common.positive_int, default=65536, help='Corpus rows per matrix product; the score matrix of one product is query block x this x 4 bytes (default: %(default)s).')
-  cands.add_argument('--query-block-size', type=common.positive_int, default=1024, help='Queries per matrix product (default: %(default)s).')
   cands.add_argument(
-      '--max-queries-in-memory', type=common.positive_int, default=100_000,
+      '--top-k', type=common.positive_int, default=100,
+      help='Dense candidates per query (default: %(default)s).')
+  cands.add_argument(
+      '--corpus-block-size', type=common.positive_int, default=DEFAULT_CORPUS_BLOCK_SIZE,
+      help='Corpus rows per matrix product; the score matrix of one product is query '
+      'block x this x 4 bytes (default: %(default)s).')
+  cands.add_argument(
+      '--query-block-size', type=common.positive_int, default=DEFAULT_QUERY_BLOCK_SIZE,
+      help='Queries per matrix product (default: %(default)s).')
+  cands.add_argument(
+      '--max-queries-in-memory', type=common.positive_int,
+      default=DEFAULT_MAX_QUERIES_IN_MEMORY,
       help='Query embeddings one worker holds as a side input; more queries are split '
       'into groups scored in separate branches (default: %(default)s).')
 
@@ -89,60 +118,110 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
       help='sentence-transformers CrossEncoder directory or hub id (1 label). Default: '
       'a cross-encoder fine-tuned locally from the packaged all-MiniLM-L6-v2 on the '
       'sample collection (built once, cached; see its note).')
-  scoring.add_argument('--top-n', type=common.positive_int, default=10, help='Ranked rows kept per query (default: %(default)s).')
-  scoring.add_argument('--max-length', type=common.positive_int, default=None, help="Tokens per pair (default: the model's).")
+  scoring.add_argument(
+      '--top-n', type=common.positive_int, default=10,
+      help='Ranked rows kept per query (default: %(default)s).')
+  scoring.add_argument(
+      '--max-length', type=common.positive_int, default=None,
+      help="Tokens per pair (default: the model's).")
   scoring.add_argument(
       '--activation', choices=['identity', 'sigmoid', 'model'], default='identity',
       help='Applied to the logit: identity = raw logits (right for BCE-trained '
       "models), sigmoid, or the model's own default (default: %(default)s).")
-  scoring.add_argument('--device', choices=['auto', 'cpu', 'cuda'], default='auto', help='(default: %(default)s)')
-  scoring.add_argument('--max-tokens-per-batch', type=common.positive_int, default=DEFAULT_MAX_TOKENS_PER_BATCH, help='Padded tokens per batch (default: %(default)s).')
-  scoring.add_argument('--max-batch-size', type=common.positive_int, default=256, help='(default: %(default)s)')
-  scoring.add_argument('--sort-window', type=common.positive_int, default=8192, help='Pairs sorted together by length (default: %(default)s).')
-  scoring.add_argument('--share-model-across-processes', action='store_true', help='One model per machine (GPUs).')
-  scoring.add_argument('--model-copies', type=common.positive_int, default=None, help='With sharing: copies per machine.')
-  scoring.add_argument('--trust-remote-code', action='store_true', help='Allow models that ship Python code.')
-  common.add_backend_arguments(scoring)
-  scoring.add_argument('--allow-pickle-weights', action='store_true', help='Allow models whose weights are only pickle files (.bin); off by default: unpickling can run code.')
+  inference_settings.add_arguments(parser, 'inference and batching (both models)')
 
   evaluation_group = parser.add_argument_group('evaluation')
-  evaluation_group.add_argument('--qrels', metavar='GLOB', default=None, help='Evaluate against these judgments after ranking.')
+  evaluation_group.add_argument(
+      '--qrels', metavar='GLOB', default=None,
+      help='Evaluate against these judgments after ranking.')
   evaluation_group.add_argument(
       '--metrics', default=','.join(evaluation.DEFAULT_MEASURES),
       help='With --qrels (default: %(default)s).')
   return parser
 
 
-def _encode_first(args, beam_args) -> tuple[str, str]:
+@dataclasses.dataclass(frozen=True)
+class RerankJobConfig:
+  """The rerank job's options (the command line's, one field per option).
+
+  ``cross_encoder`` None means the product's default cross-encoder: ``run``
+  resolves it (building it once) before ``execute``; ``execute`` itself needs
+  a model.
+  """
+  queries: str
+  corpus: str
+  output: str
+  cross_encoder: Optional[str] = None
+  query_id_column: str = 'query_id'
+  query_text_column: str = 'text'
+  doc_id_column: str = 'doc_id'
+  doc_text_column: str = 'text'
+  doc_title_column: Optional[str] = None
+  title_separator: str = '\n'
+  trec: bool = False
+  rows_per_shard: int = DEFAULT_ROWS_PER_SHARD
+  max_dead_letter_fraction: float = 1.0
+  query_embeddings: Optional[str] = None
+  corpus_embeddings: Optional[str] = None
+  model: Optional[str] = None
+  candidates: Optional[str] = None
+  candidates_score_column: str = 'score'
+  top_k: int = 100
+  corpus_block_size: int = DEFAULT_CORPUS_BLOCK_SIZE
+  query_block_size: int = DEFAULT_QUERY_BLOCK_SIZE
+  max_queries_in_memory: int = DEFAULT_MAX_QUERIES_IN_MEMORY
+  top_n: int = 10
+  max_length: Optional[int] = None
+  activation: str = 'identity'
+  qrels: Optional[str] = None
+  metrics: str = ','.join(evaluation.DEFAULT_MEASURES)
+  inference: InferenceSettings = InferenceSettings()
+  pipeline_args: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class RerankResult:
+  """What a rerank run did; ``report`` is its report.json.
+
+  ``metrics``: ``{stage: {measure: value}}`` when qrels were given, else None.
+  """
+  output_dir: str
+  queries_ranked: int
+  pairs_scored: int
+  ranked_rows: int
+  metrics: Optional[dict[str, dict[str, float]]]
+  report: dict
+
+
+def parse_config(argv: Sequence[str] | None = None) -> RerankJobConfig:
+  """The command line -> the job's config (Beam's options kept for the run)."""
+  args, beam_args = build_parser().parse_known_args(argv)
+  return common.config_from_args(RerankJobConfig, args, beam_args)
+
+
+def _encode_first(job: RerankJobConfig) -> tuple[str, str]:
   """--model: run the encode job for queries and corpus into OUTPUT/embeddings."""
   dirs = {}
   for name, pattern, id_column, text_column, title in (
-      ('queries', args.queries, args.query_id_column, args.query_text_column, None),
-      ('corpus', args.corpus, args.doc_id_column, args.doc_text_column,
-       args.doc_title_column)):
-    directory = FileSystems.join(args.output, 'embeddings', name)
-    argv = ['--input', pattern, '--output', directory, '--model', args.model,
-            '--id-column', id_column, '--text-column', text_column,
-            '--device', args.device, '--backend', args.backend,
-            '--min-fidelity', str(args.min_fidelity),
-            '--fidelity-sample', str(args.fidelity_sample)]
-    argv += ['--export-cache', args.export_cache] if args.export_cache else []
-    argv += ['--allow-pickle-weights'] if args.allow_pickle_weights else []
-    argv += ['--trust-remote-code'] if args.trust_remote_code else []
-    if title:
-      argv += ['--title-column', title, '--title-separator', args.title_separator]
-    if FileSystems.exists(FileSystems.join(directory, MANIFEST_NAME)):
-      argv += ['--previous', directory]
-    encode_job.run(argv + list(beam_args))
+      ('queries', job.queries, job.query_id_column, job.query_text_column, None),
+      ('corpus', job.corpus, job.doc_id_column, job.doc_text_column, job.doc_title_column)):
+    directory = FileSystems.join(job.output, 'embeddings', name)
+    previous = directory if FileSystems.exists(
+        FileSystems.join(directory, MANIFEST_NAME)) else None
+    encode_job.execute(encode_job.EncodeJobConfig(
+        input=pattern, output=directory, model=job.model, id_column=id_column,
+        text_column=text_column, title_column=title,
+        title_separator=job.title_separator, previous=previous,
+        inference=job.inference, pipeline_args=job.pipeline_args))
     dirs[name] = directory
   return dirs['queries'], dirs['corpus']
 
 
 def _write_trec(output_dir: str, tag: str) -> str:
+  """OUTPUT/run.trec: the committed ranked lists in TREC run format."""
   import polars as pl
   frame = evaluation.read_parquet_files(
-      [m.path for m in FileSystems.match(
-          [FileSystems.join(output_dir, 'part-*.parquet')])[0].metadata_list],
+      committed_files(output_dir, 'ranked', '--output'),
       ['query_id', 'doc_id', 'rank', 'score']).sort('query_id', 'rank')
   lines = frame.select(pl.format(
       '{} Q0 {} {} {} ' + tag, 'query_id', 'doc_id', 'rank', 'score'))
@@ -153,72 +232,91 @@ def _write_trec(output_dir: str, tag: str) -> str:
   return path
 
 
-def _sample_pairs(query_files, corpus_files, args) -> list[tuple[str, str]]:
+def _sample_pairs(
+    query_files: Sequence[str], corpus_files: Sequence[str],
+    job: RerankJobConfig) -> list[tuple[str, str]]:
   """Pairs for the fidelity check: the i-th query with the i-th passage."""
-  if args.fidelity_sample <= 0 or args.backend == 'torch':
+  size = job.inference.fidelity_sample
+  if size <= 0 or job.inference.backend == 'torch':
     return []
-  queries = common.first_values(query_files, [args.query_text_column], args.fidelity_sample)
-  passages = common.first_values(corpus_files, [args.doc_text_column], args.fidelity_sample)
+  queries = common.first_values(query_files, [job.query_text_column], size)
+  passages = common.first_values(corpus_files, [job.doc_text_column], size)
   if not queries or not passages:
     return []
   return [(queries[i % len(queries)][0], passages[i % len(passages)][0])
-          for i in range(args.fidelity_sample)]
+          for i in range(size)]
 
 
-def run(argv: Sequence[str] | None = None) -> dict:
-  """Runs the rerank job; returns its report (also written as report.json)."""
-  common.quiet_libraries()
-  started = time.perf_counter()
-  args, beam_args = build_parser().parse_known_args(argv)
-  options = common.pipeline_options(beam_args, PROG)
-  if bool(args.query_embeddings) != bool(args.corpus_embeddings):
+@dataclasses.dataclass(frozen=True)
+class _CheckedInputs:
+  queries: CheckedInput
+  corpus: CheckedInput
+  candidates: Optional[CheckedInput]
+  candidates_score_column: Optional[str]
+
+
+def check_inputs(job: RerankJobConfig) -> _CheckedInputs:
+  """The cheap checks of a run's options and input files (one error line each)."""
+  if bool(job.query_embeddings) != bool(job.corpus_embeddings):
     raise UserInputError('--query-embeddings and --corpus-embeddings go together')
-  if args.model and args.query_embeddings:
+  if job.model and job.query_embeddings:
     raise UserInputError('give either --model or --query-embeddings/--corpus-embeddings')
-  if not (args.model or args.query_embeddings or args.candidates):
+  if not (job.model or job.query_embeddings or job.candidates):
     raise UserInputError(
         'no candidates: give --query-embeddings and --corpus-embeddings, --model, '
         'or --candidates')
-  if os.path.isfile(args.output):
-    raise UserInputError(f'--output {args.output!r} is a file, not a folder')
+  if os.path.isfile(job.output):
+    raise UserInputError(f'--output {job.output!r} is a file, not a folder')
+  common.pipeline_options(job.pipeline_args, PROG)
   queries_input = check_parquet_input(
-      args.queries, '--queries',
-      {args.query_id_column: 'id', args.query_text_column: 'string'})
-  corpus_columns = {args.doc_id_column: 'id', args.doc_text_column: 'string'}
-  if args.doc_title_column:
-    corpus_columns[args.doc_title_column] = 'string'
-  corpus_input = check_parquet_input(args.corpus, '--corpus', corpus_columns)
-  candidates_pattern, score_column = None, None
-  if args.candidates:
+      job.queries, '--queries',
+      {job.query_id_column: 'id', job.query_text_column: 'string'})
+  corpus_columns = {job.doc_id_column: 'id', job.doc_text_column: 'string'}
+  if job.doc_title_column:
+    corpus_columns[job.doc_title_column] = 'string'
+  corpus_input = check_parquet_input(job.corpus, '--corpus', corpus_columns)
+  candidates_input, score_column = None, None
+  if job.candidates:
     candidates_input = check_parquet_input(
-        args.candidates, '--candidates', {'query_id': 'id', 'doc_id': 'id'})
-    candidates_pattern = candidates_input.pattern
-    if args.candidates_score_column in file_columns(candidates_input.files[0]):
+        job.candidates, '--candidates', {'query_id': 'id', 'doc_id': 'id'})
+    if job.candidates_score_column in file_columns(candidates_input.files[0]):
       check_parquet_input(
-          args.candidates, '--candidates', {args.candidates_score_column: 'float'})
-      score_column = args.candidates_score_column
-  if args.qrels:
+          job.candidates, '--candidates', {job.candidates_score_column: 'float'})
+      score_column = job.candidates_score_column
+  if job.qrels:
     check_parquet_input(
-        args.qrels, '--qrels', {'query_id': 'id', 'doc_id': 'id', 'relevance': 'int'})
-    evaluation.parse_measures(args.metrics.split(','))
-  # An explicit cross-encoder is checked before any encoding; the default one
-  # is built (minutes, once) only after every cheap check has passed.
-  ce = (inspect_cross_encoder(
-      args.cross_encoder, args.max_length, args.trust_remote_code, args.allow_pickle_weights)
-        if args.cross_encoder else None)
-  query_dir, corpus_dir = args.query_embeddings, args.corpus_embeddings
-  if args.model:
-    query_dir, corpus_dir = _encode_first(args, beam_args)
+        job.qrels, '--qrels', {'query_id': 'id', 'doc_id': 'id', 'relevance': 'int'})
+    evaluation.parse_measures(job.metrics.split(','))
+  return _CheckedInputs(queries_input, corpus_input, candidates_input, score_column)
+
+
+def execute(job: RerankJobConfig) -> RerankResult:
+  """Runs the rerank job with ``job.cross_encoder``; its report is also
+  written as report.json."""
+  common.quiet_libraries()
+  started = time.perf_counter()
+  if job.cross_encoder is None:
+    raise ValueError(
+        'execute() needs a cross-encoder; run() resolves the default one '
+        '(pipelines.default_cross_encoder)')
+  options = common.pipeline_options(job.pipeline_args, PROG)
+  checked = check_inputs(job)
+  queries_input, corpus_input = checked.queries, checked.corpus
+  candidates_input, score_column = checked.candidates, checked.candidates_score_column
+  candidates_pattern = candidates_input.pattern if candidates_input else None
+  settings = job.inference
+  # The cross-encoder is checked before any encoding.
+  ce = inspect_cross_encoder(
+      job.cross_encoder, job.max_length, settings.trust_remote_code,
+      settings.allow_pickle_weights)
+  query_dir, corpus_dir = job.query_embeddings, job.corpus_embeddings
+  if job.model:
+    query_dir, corpus_dir = _encode_first(job)
   embeddings = None
   if query_dir:
     embeddings, _ = common.check_embedding_pair(query_dir, corpus_dir)
-  if ce is None:
-    from transforms.default_cross_encoder import describe, ensure_default_cross_encoder
-    default_dir, default_info = ensure_default_cross_encoder()
-    print(describe(default_dir, default_info), file=sys.stderr, flush=True)
-    ce = inspect_cross_encoder(default_dir, args.max_length, args.trust_remote_code)
 
-  output_dir = args.output.rstrip('/')
+  output_dir = job.output.rstrip('/')
   config = RerankConfig(
       queries_pattern=queries_input.pattern,
       corpus_pattern=corpus_input.pattern,
@@ -231,65 +329,56 @@ def run(argv: Sequence[str] | None = None) -> dict:
       normalize_embeddings=bool(
           embeddings and not embeddings['normalized'] and
           embeddings['similarity'] == 'cosine'),
-      query_groups=common.query_groups(embeddings, args.max_queries_in_memory),
+      query_groups=common.query_groups(embeddings, job.max_queries_in_memory),
       candidates_pattern=candidates_pattern,
       candidates_score_column=score_column,
-      top_k=args.top_k,
-      top_n=args.top_n,
-      query_id_column=args.query_id_column,
-      query_text_column=args.query_text_column,
-      doc_id_column=args.doc_id_column,
-      doc_text_column=args.doc_text_column,
-      doc_title_column=args.doc_title_column,
-      title_separator=args.title_separator,
-      activation=args.activation,
-      device=args.device,
-      max_tokens_per_batch=args.max_tokens_per_batch,
-      max_batch_size=args.max_batch_size,
-      sort_window=args.sort_window,
-      corpus_block_size=args.corpus_block_size,
-      query_block_size=args.query_block_size,
-      rows_per_shard=args.rows_per_shard,
-      share_model_across_processes=args.share_model_across_processes,
-      model_copies=args.model_copies,
-      trust_remote_code=args.trust_remote_code,
-      backend=args.backend,
-      export_root=args.export_cache)
+      top_k=job.top_k,
+      top_n=job.top_n,
+      query_id_column=job.query_id_column,
+      query_text_column=job.query_text_column,
+      doc_id_column=job.doc_id_column,
+      doc_text_column=job.doc_text_column,
+      doc_title_column=job.doc_title_column,
+      title_separator=job.title_separator,
+      activation=job.activation,
+      corpus_block_size=job.corpus_block_size,
+      query_block_size=job.query_block_size,
+      rows_per_shard=job.rows_per_shard,
+      inference=settings)
   fidelity = common.check_backend(
-      args, 'cross-encoder',
+      settings, 'cross-encoder',
       lambda backend: score_pairs(config).handler(backend),
-      _sample_pairs(queries_input.files, corpus_input.files, args))
+      _sample_pairs(queries_input.files, corpus_input.files, job))
   manifest = {
       'kind': 'ranked',
       'cross_encoder': ce.name_or_path,
       'cross_encoder_fingerprint': ce.fingerprint,
-      'activation': args.activation,
+      'activation': job.activation,
       'max_length': ce.max_length,
-      'top_k': args.top_k if query_dir else None,
-      'top_n': args.top_n,
+      'top_k': job.top_k if query_dir else None,
+      'top_n': job.top_n,
       'candidate_sources': [s for s, on in (
           ('dense', bool(query_dir)), ('supplied', bool(candidates_pattern))) if on],
       'retrieval_model_fingerprint': embeddings and embeddings['model_fingerprint'],
       'ranking': 'score desc, then retrieval_score desc, then doc_id asc',
-      'backend': args.backend,
+      'backend': settings.backend,
       'backend_fidelity': fidelity,
   }
-  print(
-      f'[rerank] queries {queries_input.num_rows:,} rows, corpus '
-      f'{corpus_input.num_rows:,} rows; candidates from '
-      f"{' + '.join(manifest['candidate_sources'])}; cross-encoder {ce.name_or_path} "
-      f'(max_length {ce.max_length}, activation {args.activation})',
-      file=sys.stderr, flush=True)
+  logger.info(
+      '[rerank] queries %s rows, corpus %s rows; candidates from %s; cross-encoder %s '
+      '(max_length %d, activation %s)', f'{queries_input.num_rows:,}',
+      f'{corpus_input.num_rows:,}', ' + '.join(manifest['candidate_sources']),
+      ce.name_or_path, ce.max_length, job.activation)
 
   rows_in = queries_input.num_rows + corpus_input.num_rows + (
-      candidates_input.num_rows if args.candidates else 0)
-  common.limit_dead_letters(options, args.max_dead_letter_fraction, rows_in)
+      candidates_input.num_rows if candidates_input else 0)
+  common.limit_dead_letters(options, job.max_dead_letter_fraction, rows_in)
   pipeline = beam.Pipeline(options=options)
   build_rerank_pipeline(pipeline, config, manifest)
   pipeline_started = time.perf_counter()
   result = pipeline.run()
   result.wait_until_finish()
-  common.check_dead_letter_limit(result, output_dir, args.max_dead_letter_fraction, rows_in)
+  common.check_dead_letter_limit(result, output_dir, job.max_dead_letter_fraction, rows_in)
   finished = time.perf_counter()
 
   counts = common.counters(result, 'rerank')
@@ -321,17 +410,17 @@ def run(argv: Sequence[str] | None = None) -> dict:
       'wall_seconds': finished - started,
       'pipeline_seconds': finished - pipeline_started,
       'pairs_per_second': scored / (finished - pipeline_started) if scored else 0.0,
-      'backend': args.backend,
+      'backend': settings.backend,
       'backend_fidelity': fidelity,
   }
-  if args.trec:
+  if job.trec:
     report['trec_run'] = _write_trec(output_dir, 'beam-rerank')
-  if args.qrels:
+  if job.qrels:
     query_ids = evaluation.read_parquet_files(
-        queries_input.files, [args.query_id_column])[args.query_id_column].cast(
+        queries_input.files, [job.query_id_column])[job.query_id_column].cast(
             pl.String).to_list()
     report['evaluation'] = evaluate_ranked(
-        output_dir, args.qrels, args.metrics.split(','), output_dir, query_ids)
+        output_dir, job.qrels, job.metrics.split(','), output_dir, query_ids)
   write_json(report, FileSystems.join(output_dir, 'report.json'))
   common.print_summary('rerank summary', [
       ('queries ranked', report['queries_ranked']),
@@ -348,11 +437,29 @@ def run(argv: Sequence[str] | None = None) -> dict:
       ('padding fraction', f"{report['padding_fraction']:.1%}"),
       ('wall time (s)', report['wall_seconds']),
       ('pairs/s (pipeline)', report['pairs_per_second']),
-      ('backend', args.backend + (
+      ('backend', settings.backend + (
           f" (score correlation with float32 {fidelity['mean']:.5f})" if fidelity else '')),
       ('output', output_dir),
   ])
-  return report
+  evaluated = report.get('evaluation')
+  return RerankResult(
+      output_dir=output_dir, queries_ranked=report['queries_ranked'], pairs_scored=scored,
+      ranked_rows=report['ranked_rows'], metrics=evaluated['metrics'] if evaluated else None,
+      report=report)
+
+
+def run(argv: Sequence[str] | None = None) -> dict:
+  """The command line: parses ``argv``, builds the default cross-encoder when
+  none is given (once, cached), runs the job; returns its report."""
+  common.configure_logging()
+  job = parse_config(argv)
+  if job.cross_encoder is None:
+    # Every cheap check runs before the (minutes-long, once) build.
+    check_inputs(job)
+    job = dataclasses.replace(job, cross_encoder=default_cross_encoder.resolve())
+  return execute(job).report
+
+
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from typing import Sequence
 
@@ -12,6 +13,7 @@ from pipelines import common
 from transforms.sample_data import write_sample_data
 
 PROG = 'beam-rerank sample-data'
+logger = logging.getLogger(__name__)
 
 
 def run(argv: Sequence[str] | None = None) -> dict[str, str]:
@@ -20,9 +22,10 @@ def run(argv: Sequence[str] | None = None) -> dict[str, str]:
       '(36 English/Russian passages, 24 queries) into a folder.')
   parser.add_argument('--output', required=True, metavar='DIR', help='Folder to write into.')
   args = parser.parse_args(argv)
+  common.configure_logging()
   paths = write_sample_data(args.output)
   for name, path in paths.items():
-    print(f'[sample-data] {name}: {path}', file=sys.stderr)
+    logger.info('[sample-data] %s: %s', name, path)
   return paths
 
 

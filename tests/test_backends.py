@@ -16,6 +16,7 @@ from pipelines import encode as encode_job
 from pipelines import rerank as rerank_job
 from transforms import backends
 from transforms.errors import UserInputError
+from transforms.inference_settings import InferenceSettings
 
 pytest_plugins = ('tests.rerank_fixtures',)
 
@@ -127,7 +128,7 @@ def test_handlers_collect_every_few_batches_and_trim_the_heap_on_cpu(
   monkeypatch.setattr(backends.gc, 'collect', lambda: events.append('collect'))
   monkeypatch.setattr(backends.gc, 'freeze', lambda: events.append('freeze'))
   monkeypatch.setattr(backends, 'release_free_heap', lambda: events.append('trim'))
-  handler = backends.BackendModelHandler('unused', device=device)
+  handler = backends.BackendModelHandler('unused', InferenceSettings(device=device))
   for _ in range(2 * backends.COLLECT_EVERY_BATCHES + 1):
     handler._release_memory()
   # First batch: collect then freeze; then one collection per 8 batches; on

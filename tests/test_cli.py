@@ -1,7 +1,6 @@
 """The ``beam-rerank`` command: job list, per-job help, exit codes."""
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import importlib.util
 import os
@@ -13,8 +12,7 @@ import pytest
 
 from pipelines import cli, encode
 from transforms.batching import DEFAULT_MAX_TOKENS_PER_BATCH
-from transforms.encoding import EncodeConfig
-from transforms.reranking import RerankConfig
+from transforms.inference_settings import InferenceSettings
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONSOLE_SCRIPT = pathlib.Path(sys.executable).parent / 'beam-rerank'
@@ -145,6 +143,44 @@ def test_token_budget_default_is_the_cpu_sized_one(job):
   parser = importlib.import_module(f'pipelines.{job}').build_parser()
   assert DEFAULT_MAX_TOKENS_PER_BATCH == 4096
   assert parser.get_default('max_tokens_per_batch') == DEFAULT_MAX_TOKENS_PER_BATCH
-  config_type = EncodeConfig if job == 'encode' else RerankConfig
-  field = {f.name: f for f in dataclasses.fields(config_type)}['max_tokens_per_batch']
-  assert field.default == DEFAULT_MAX_TOKENS_PER_BATCH
+  assert InferenceSettings().max_tokens_per_batch == DEFAULT_MAX_TOKENS_PER_BATCH
+
+
+_MINIMAL_ARGV = {
+    'encode': (['--input', 'i', '--output', 'o'], dict(input='i', output='o')),
+    'rerank': (['--queries', 'q', '--corpus', 'c', '--output', 'o'],
+               dict(queries='q', corpus='c', output='o')),
+    'mine': (['--queries', 'q', '--corpus', 'c', '--output', 'o'],
+             dict(queries='q', corpus='c', output='o')),
+    'evaluate': (['--ranked', 'r', '--qrels', 'q'], dict(ranked='r', qrels='q')),
+    'train': (['--pairs', 'p', '--kind', 'bi-encoder', '--output', 'o'],
+              dict(pairs='p', kind='bi-encoder', output='o')),
+}
+
+
+@pytest.mark.parametrize('job', sorted(_MINIMAL_ARGV))
+def test_command_line_defaults_equal_the_config_defaults(job):
+  # Code that builds a job's config gets what the command line gets.
+  module = importlib.import_module(f'pipelines.{job}')
+  argv, required = _MINIMAL_ARGV[job]
+  config_type = type(module.parse_config(argv))
+  assert module.parse_config(argv) == config_type(**required)
+  changed = module.parse_config(argv + ['--seed', '3'] if job in ('mine', 'train') else
+                                argv + ['--metrics', 'nDCG@10'] if job == 'evaluate' else
+                                argv + ['--max-batch-size', '7'])
+  assert changed != config_type(**required)
+
+
+@pytest.mark.parametrize('job', ['encode', 'rerank'])
+def test_inference_options_become_one_settings_object(job):
+  module = importlib.import_module(f'pipelines.{job}')
+  argv = _MINIMAL_ARGV[job][0] + [
+      '--device', 'cpu', '--max-tokens-per-batch', '100', '--max-batch-size', '7',
+      '--sort-window', '50', '--export-cache', '/x', '--trust-remote-code',
+      '--share-model-across-processes', '--model-copies', '2', '--runner', 'DirectRunner']
+  config = module.parse_config(argv)
+  assert config.inference == InferenceSettings(
+      device='cpu', max_tokens_per_batch=100, max_batch_size=7, sort_window=50,
+      export_root='/x', trust_remote_code=True, share_model_across_processes=True,
+      model_copies=2)
+  assert config.pipeline_args == ('--runner', 'DirectRunner')

@@ -178,7 +178,14 @@ def _write_ranked_dir(root, with_candidates=True, top_n=2):
                    str(root / 'candidates' / 'part-00000-of-00002.parquet'))
     pq.write_table(pa.Table.from_pylist(rows[4:], schema=RANKED_SCHEMA),
                    str(root / 'candidates' / 'part-00001-of-00002.parquet'))
-  (root / 'manifest.json').write_text('{"kind": "ranked"}')  # written last by rerank
+  outputs = {'ranked': {'directory': '.', 'files': [
+      {'path': 'part-00000-of-00001.parquet', 'rows': top_n}]}}
+  if with_candidates:
+    outputs['candidates'] = {'directory': 'candidates', 'files': [
+        {'path': 'part-00000-of-00002.parquet', 'rows': 4},
+        {'path': 'part-00001-of-00002.parquet', 'rows': len(rows) - 4}]}
+  # Written last by rerank; readers take the file list from it.
+  (root / 'manifest.json').write_text(json.dumps({'kind': 'ranked', 'outputs': outputs}))
   return str(root)
 
 

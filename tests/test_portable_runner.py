@@ -47,6 +47,7 @@ import pytest
 from pipelines import encode as encode_job
 from pipelines import mine as mine_job
 from pipelines import rerank as rerank_job
+
 pytest_plugins = ('tests.rerank_fixtures',)
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -9,7 +9,13 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from transforms.ranking import (
-    ALL_TAG, RANKED_SCHEMA, RankPerQuery, rank_candidates, ranked_sort_key, ranking_key)
+  ALL_TAG,
+  RANKED_SCHEMA,
+  RankPerQuery,
+  rank_candidates,
+  ranked_sort_key,
+  ranking_key,
+)
 
 
 def _scored(query_id, doc_id, score, retrieval_score=None, retrieval_rank=None, **extra):

@@ -24,8 +24,15 @@ from transforms.ranking import ranking_key
 
 pytest.register_assert_rewrite('tests.rerank_fixtures')
 from tests.rerank_fixtures import (  # noqa: E402
-    CORPUS, QRELS, QUERIES, brute_force_top_k, predict,
-    read_embedding_shards, read_rows, write_parquet)
+  CORPUS,
+  QRELS,
+  QUERIES,
+  brute_force_top_k,
+  predict,
+  read_embedding_shards,
+  read_rows,
+  write_parquet,
+)
 
 pytest_plugins = ('tests.rerank_fixtures',)
 

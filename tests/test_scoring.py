@@ -14,13 +14,13 @@ from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
 from pipelines import rerank
 from transforms.cross_encoder import CrossEncoderHandler
 from transforms.dead_letters import DEAD_LETTER_TAG
+from transforms.inference_settings import InferenceSettings
 from transforms.model_info import fingerprint_model_dir, inspect_cross_encoder
 from transforms.scoring import ScorePairs
 from transforms.texts import METRICS_NAMESPACE
 
 pytest.register_assert_rewrite('tests.rerank_fixtures')
-from tests.rerank_fixtures import (  # noqa: E402
-    CORPUS, QUERIES, predict, read_rows, write_parquet)
+from tests.rerank_fixtures import CORPUS, QUERIES, predict, read_rows, write_parquet  # noqa: E402
 
 pytest_plugins = ('tests.rerank_fixtures',)
 
@@ -56,10 +56,12 @@ def _scores_match(expected: dict, atol: float = 1e-4):
 def _score_pipeline(model_dir, pairs, max_length, activation='identity',
                     max_tokens_per_batch=256):
   p = TestPipeline()
+  settings = InferenceSettings(
+      device='cpu', max_tokens_per_batch=max_tokens_per_batch, max_batch_size=8,
+      sort_window=100)
   out = p | beam.Create(pairs) | ScorePairs(
-      model_dir, fingerprint_model_dir(model_dir), max_length, device='cpu',
-      activation=activation, max_tokens_per_batch=max_tokens_per_batch,
-      max_batch_size=8, sort_window=100)
+      model_dir, fingerprint_model_dir(model_dir), max_length, settings,
+      activation=activation)
   return p, out
 
 
@@ -112,8 +114,8 @@ def test_handler_run_inference_activations(tiny_cross_encoder_dir):
   pairs = _pairs()[:5]
   texts = [(r['query_text'], r['passage_text']) for r in pairs]
   for activation in ('identity', 'sigmoid', 'model'):
-    handler = CrossEncoderHandler(tiny_cross_encoder_dir, device='cpu',
-                                  activation=activation)
+    handler = CrossEncoderHandler(
+        tiny_cross_encoder_dir, InferenceSettings(device='cpu'), activation=activation)
     model = handler.load_model()
     scored = handler.run_inference(pairs, model)
     assert [r['doc_id'] for r in scored] == [r['doc_id'] for r in pairs]

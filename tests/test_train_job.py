@@ -15,7 +15,14 @@ from pipelines import mine, rerank, train
 
 pytest.register_assert_rewrite('tests.mine_fixtures')
 from tests.mine_fixtures import (  # noqa: E402
-    CANDIDATES, CORPUS, QUERIES, quietly, read_rows, write_candidates, write_collection)
+  CANDIDATES,
+  CORPUS,
+  QUERIES,
+  quietly,
+  read_rows,
+  write_candidates,
+  write_collection,
+)
 
 pytest_plugins = ('tests.mine_fixtures',)
 
@@ -153,7 +160,7 @@ def test_pairs_without_the_format_exits_2(tmp_path, capsys, pairs, mine_bi_encod
 
 
 def test_default_cross_encoder_recipe_id_and_cache_dir(monkeypatch, tmp_path):
-  from transforms import default_cross_encoder as dce
+  from pipelines import default_cross_encoder as dce
   rid = dce.recipe_id()
   assert len(rid) == 12 and int(rid, 16) >= 0
   assert dce.recipe_id() == rid
@@ -165,7 +172,7 @@ def test_default_cross_encoder_recipe_id_and_cache_dir(monkeypatch, tmp_path):
 
 
 def test_default_cross_encoder_cached_info(tmp_path, monkeypatch):
-  from transforms import default_cross_encoder as dce
+  from pipelines import default_cross_encoder as dce
   assert dce.cached_info(str(tmp_path)) is None  # nothing built
   info = {'recipe_id': dce.recipe_id(), 'what': 'a local model', 'held_out_queries': 4,
           'held_out_metrics': {'retrieval': {'nDCG@10': 0.5}, 'rerank': {'nDCG@10': 0.625}}}
@@ -173,14 +180,14 @@ def test_default_cross_encoder_cached_info(tmp_path, monkeypatch):
   assert dce.cached_info(str(tmp_path)) == info
   # A cached model is used as is: nothing is built.
   monkeypatch.setattr(dce, 'sample_tables', lambda: pytest.fail('rebuilt a cached model'))
-  assert dce.ensure_default_cross_encoder(str(tmp_path), log=lambda m: None) == (
+  assert dce.ensure_default_cross_encoder(str(tmp_path)) == (
       str(tmp_path), info)
   (tmp_path / dce.INFO_NAME).write_text(json.dumps(dict(info, recipe_id='0' * 12)))
   assert dce.cached_info(str(tmp_path)) is None  # built by another recipe: stale
 
 
 def test_default_cross_encoder_describe():
-  from transforms import default_cross_encoder as dce
+  from pipelines import default_cross_encoder as dce
   info = {'what': 'a locally fine-tuned cross-encoder', 'held_out_queries': 7,
           'held_out_metrics': {'retrieval': {'nDCG@10': 0.41234},
                                'rerank': {'nDCG@10': 0.55555}}}

@@ -22,19 +22,24 @@ import functools
 import gc
 import hashlib
 import importlib.util
+import logging
 import os
 import platform
 import shutil
 import sys
 import tempfile
-from typing import Any, Callable, Iterator, Literal, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Optional, Sequence
 
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler
 
 from transforms.errors import UserInputError
 
+if TYPE_CHECKING:
+  from transforms.inference_settings import InferenceSettings
+
 Device = Literal['auto', 'cpu', 'cuda']
+logger = logging.getLogger(__name__)
 
 
 def resolve_device(device: Device) -> str:
@@ -224,8 +229,7 @@ def ensure_export(model_dir: str, fingerprint: str, kind: str, backend: Backend,
   if os.path.exists(marker):
     return target
   os.makedirs(os.path.dirname(target), exist_ok=True)
-  print(f'[backend] exporting {model_dir} to {backend.runtime} (once) -> {target}',
-        file=sys.stderr, flush=True)
+  logger.info('[backend] exporting %s to %s (once) -> %s', model_dir, backend.runtime, target)
   model = _load(model_dir, kind, backend.runtime, 'cpu', False, {})
   staging = tempfile.mkdtemp(prefix='.export-', dir=os.path.dirname(target))
   try:
@@ -301,34 +305,27 @@ class BackendModelHandler(ModelHandler[list, dict, Any]):
   KIND = ''
 
   def __init__(
-      self,
-      model_name_or_path: str,
-      *,
-      device: Device = 'auto',
-      trust_remote_code: bool = False,
-      share_across_processes: bool = False,
-      model_copies: Optional[int] = None,
-      backend: str = 'torch',
-      fingerprint: Optional[str] = None,
-      export_root: Optional[str] = None):
-    super().__init__(large_model=share_across_processes, model_copies=model_copies)
+      self, model_name_or_path: str, settings: InferenceSettings, *,
+      fingerprint: Optional[str] = None):
+    super().__init__(
+        large_model=settings.share_model_across_processes,
+        model_copies=settings.model_copies)
     self._model_name_or_path = model_name_or_path
-    self._device = device
-    self._trust_remote_code = trust_remote_code
-    self._backend = backend
+    self._settings = settings
     self._fingerprint = fingerprint
-    self._export_root = export_root
     self._batches_since_collection: Optional[int] = None  # None: heap not frozen yet
     self._trim_heap = False  # set at the first batch: on CPU
 
   def _load(self, **kwargs: Any) -> Any:
+    settings = self._settings
     return load_model(
-        self._model_name_or_path, self.KIND, BACKENDS[self._backend],
-        resolve_device(self._device), trust_remote_code=self._trust_remote_code,
-        fingerprint=self._fingerprint, export_root=self._export_root, **kwargs)
+        self._model_name_or_path, self.KIND, BACKENDS[settings.backend],
+        resolve_device(settings.device), trust_remote_code=settings.trust_remote_code,
+        fingerprint=self._fingerprint, export_root=settings.export_root, **kwargs)
 
   def _inference(self):
-    return inference_context(BACKENDS[self._backend], resolve_device(self._device))
+    return inference_context(
+        BACKENDS[self._settings.backend], resolve_device(self._settings.device))
 
   def _release_memory(self) -> None:
     """Called after each batch. A full garbage collection every few batches:
@@ -347,7 +344,7 @@ class BackendModelHandler(ModelHandler[list, dict, Any]):
       gc.collect()
       gc.freeze()
       batches = 0
-      self._trim_heap = resolve_device(self._device) == 'cpu'
+      self._trim_heap = resolve_device(self._settings.device) == 'cpu'
     batches += 1
     if batches >= COLLECT_EVERY_BATCHES:
       batches = 0
@@ -433,8 +430,9 @@ def check_fidelity(
     mean, minimum = cross_encoder_fidelity(reference, candidate)
     measure = 'score correlation with float32 (min: 1 - max |diff| / range)'
   fidelity = Fidelity(backend.name, measure, mean, minimum, len(sample))
-  print(f'[backend] {kind} on {backend.name}: {measure}: mean {mean:.6f}, '
-        f'min {minimum:.6f} over {len(sample)} sample(s)', file=sys.stderr, flush=True)
+  logger.info(
+      '[backend] %s on %s: %s: mean %.6f, min %.6f over %d sample(s)',
+      kind, backend.name, measure, mean, minimum, len(sample))
   if mean < min_fidelity:
     raise UserInputError(
         f'--backend {backend.name} is too far from float32 for this {kind}: mean '

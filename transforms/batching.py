@@ -18,7 +18,6 @@ from apache_beam.utils import shared
 
 from transforms.texts import METRICS_NAMESPACE
 
-
 # Padded tokens per batch by default (encode and cross-encoder scoring). On
 # CPUs, activations of ~4k tokens stay in cache: on a 2-core AMD EPYC (no
 # AVX-512) all-MiniLM-L6-v2 ran 14-18% faster at 2,048-4,096 than at 8,192 and

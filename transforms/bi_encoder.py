@@ -5,7 +5,8 @@ from typing import Any, Iterable, Literal, Optional, Sequence
 
 import numpy as np
 
-from transforms.backends import BackendModelHandler, Device
+from transforms.backends import BackendModelHandler
+from transforms.inference_settings import InferenceSettings
 
 Precision = Literal['float32', 'float16']
 
@@ -24,22 +25,14 @@ class SentenceTransformerHandler(BackendModelHandler):
   def __init__(
       self,
       model_name_or_path: str,
+      settings: InferenceSettings,
       *,
-      device: Device = 'auto',
       max_seq_length: Optional[int] = None,
       prompt: Optional[str] = None,
       normalize: bool = True,
       precision: Precision = 'float32',
-      trust_remote_code: bool = False,
-      share_across_processes: bool = False,
-      model_copies: Optional[int] = None,
-      backend: str = 'torch',
-      fingerprint: Optional[str] = None,
-      export_root: Optional[str] = None):
-    super().__init__(
-        model_name_or_path, device=device, trust_remote_code=trust_remote_code,
-        share_across_processes=share_across_processes, model_copies=model_copies,
-        backend=backend, fingerprint=fingerprint, export_root=export_root)
+      fingerprint: Optional[str] = None):
+    super().__init__(model_name_or_path, settings, fingerprint=fingerprint)
     self._max_seq_length = max_seq_length
     self._prompt = prompt or None
     self._normalize = normalize

@@ -7,12 +7,18 @@ candidate ends as a scored pair or a dead letter with a reason.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Optional
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from transforms.dead_letters import DEAD_LETTER_TAG, bad_score_reason, dead_letter
+from transforms.candidate_checks import (
+  CheckCandidateFn,
+  duplicate_pair_reason,
+  first_per_doc,
+  unknown_id_reason,
+)
+from transforms.dead_letters import DEAD_LETTER_TAG, dead_letter
 from transforms.texts import METRICS_NAMESPACE
 
 STAGE = 'rerank'
@@ -21,37 +27,15 @@ SOURCE_SUPPLIED = 'supplied'
 _SOURCE_PREFERENCE = {SOURCE_DENSE: 0, SOURCE_SUPPLIED: 1}
 
 
-class _ValidateSuppliedFn(beam.DoFn):
-  """Supplied candidate rows -> candidates, or dead letters (null ids; a NaN,
-  infinite or beyond-float32 score)."""
-  def __init__(self, score_column: str | None):
-    self._score_column = score_column
-    self._rows_in = Metrics.counter(METRICS_NAMESPACE, f'{STAGE}/supplied_candidates_in')
-
-  def process(self, row: dict):
-    self._rows_in.inc()
-    query_id, doc_id = row.get('query_id'), row.get('doc_id')
-    score = row.get(self._score_column) if self._score_column else None
-    reason = None
-    if query_id is None or str(query_id).strip() == '':
-      reason = 'null_query_id: candidate has no query_id'
-    elif doc_id is None or str(doc_id).strip() == '':
-      reason = 'null_doc_id: candidate has no doc_id'
-    elif self._score_column:
-      reason = bad_score_reason(score)
-    if reason is not None:
-      yield beam.pvalue.TaggedOutput(
-          DEAD_LETTER_TAG,
-          dead_letter(f'{STAGE}/candidates', None if query_id is None else
-                      f'{query_id}\t{doc_id}', reason, row))
-      return
-    yield {
-        'query_id': str(query_id),
-        'doc_id': str(doc_id),
-        'retrieval_score': None if score is None else float(score),
-        'retrieval_rank': None,
-        'source': SOURCE_SUPPLIED,
-    }
+def _supplied_candidate(
+    row: dict, query_id: str, doc_id: str, score: Optional[float]) -> dict:
+  return {
+      'query_id': query_id,
+      'doc_id': doc_id,
+      'retrieval_score': score,
+      'retrieval_rank': None,
+      'source': SOURCE_SUPPLIED,
+  }
 
 
 def _score_order(candidate: dict) -> tuple:
@@ -77,17 +61,15 @@ class _MergeCandidatesFn(beam.DoFn):
       by_source.setdefault(candidate['source'], []).append(candidate)
     chosen: dict[str, dict] = {}
     for source in sorted(by_source, key=_SOURCE_PREFERENCE.get):
-      rows = sorted(by_source[source], key=_score_order)
       kept: dict[str, dict] = {}
-      for row in rows:
-        if row['doc_id'] in kept:
+      for row, duplicate in first_per_doc(sorted(by_source[source], key=_score_order)):
+        if duplicate:
           self._duplicates.inc()
           yield beam.pvalue.TaggedOutput(
               DEAD_LETTER_TAG,
               dead_letter(
                   f'{STAGE}/candidates', f'{query_id}\t{row["doc_id"]}',
-                  'duplicate_pair: the same (query_id, doc_id) again; the copy '
-                  'with the best score was kept', row))
+                  duplicate_pair_reason('the copy with the best score'), row))
           continue
         kept[row['doc_id']] = row
       if source == SOURCE_SUPPLIED:
@@ -110,7 +92,9 @@ class SuppliedCandidates(beam.PTransform):
 
   def expand(self, rows):
     checked = rows | 'ValidateCandidates' >> beam.ParDo(
-        _ValidateSuppliedFn(self._score_column)).with_outputs(
+        CheckCandidateFn(
+            STAGE, self._score_column, _supplied_candidate,
+            rows_in_counter='supplied_candidates_in')).with_outputs(
             DEAD_LETTER_TAG, main='candidates')
     return {'candidates': checked.candidates, DEAD_LETTER_TAG: checked[DEAD_LETTER_TAG]}
 
@@ -129,11 +113,10 @@ class MergeCandidates(beam.PTransform):
 
 class _AttachTextFn(beam.DoFn):
   """``(id, {'texts': [...], 'candidates': [...]})`` -> candidates with the text."""
-  def __init__(self, id_field: str, text_field: str, reason: str):
+  def __init__(self, id_field: str, text_field: str):
     self._id_field = id_field
     self._text_field = text_field
-    self._reason = reason
-    self._unknown = Metrics.counter(METRICS_NAMESPACE, f'{STAGE}/{reason}')
+    self._unknown = Metrics.counter(METRICS_NAMESPACE, f'{STAGE}/unknown_{id_field}')
 
   def process(self, joined: tuple[str, Mapping[str, Iterable[Any]]]):
     record_id, groups = joined
@@ -145,8 +128,9 @@ class _AttachTextFn(beam.DoFn):
             DEAD_LETTER_TAG,
             dead_letter(
                 f'{STAGE}/join', f'{candidate["query_id"]}\t{candidate["doc_id"]}',
-                f'{self._reason}: {self._id_field} {record_id!r} is not in the '
-                'input (or was dead-lettered there)', candidate))
+                unknown_id_reason(
+                    self._id_field, record_id,
+                    'is not in the input (or was dead-lettered there)'), candidate))
         continue
       joined_candidate = dict(candidate)
       joined_candidate[self._text_field] = texts[0]
@@ -169,7 +153,7 @@ class JoinTexts(beam.PTransform):
         }
         | 'JoinPassages' >> beam.CoGroupByKey()
         | 'AttachPassages' >> beam.ParDo(
-            _AttachTextFn('doc_id', 'passage_text', 'unknown_doc_id')).with_outputs(
+            _AttachTextFn('doc_id', 'passage_text')).with_outputs(
                 DEAD_LETTER_TAG, main='pairs'))
     with_queries = (
         {
@@ -180,7 +164,7 @@ class JoinTexts(beam.PTransform):
         }
         | 'JoinQueries' >> beam.CoGroupByKey()
         | 'AttachQueries' >> beam.ParDo(
-            _AttachTextFn('query_id', 'query_text', 'unknown_query_id')).with_outputs(
+            _AttachTextFn('query_id', 'query_text')).with_outputs(
                 DEAD_LETTER_TAG, main='pairs'))
     dead = ((with_passages[DEAD_LETTER_TAG], with_queries[DEAD_LETTER_TAG])
             | 'FlattenJoinDeadLetters' >> beam.Flatten())

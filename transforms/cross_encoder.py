@@ -5,7 +5,8 @@ from typing import Any, Iterable, Literal, Optional, Sequence
 
 import numpy as np
 
-from transforms.backends import BackendModelHandler, Device
+from transforms.backends import BackendModelHandler
+from transforms.inference_settings import InferenceSettings
 
 Activation = Literal['identity', 'sigmoid', 'model']
 
@@ -34,20 +35,12 @@ class CrossEncoderHandler(BackendModelHandler):
   def __init__(
       self,
       model_name_or_path: str,
+      settings: InferenceSettings,
       *,
-      device: Device = 'auto',
       max_length: Optional[int] = None,
       activation: Activation = 'identity',
-      trust_remote_code: bool = False,
-      share_across_processes: bool = False,
-      model_copies: Optional[int] = None,
-      backend: str = 'torch',
-      fingerprint: Optional[str] = None,
-      export_root: Optional[str] = None):
-    super().__init__(
-        model_name_or_path, device=device, trust_remote_code=trust_remote_code,
-        share_across_processes=share_across_processes, model_copies=model_copies,
-        backend=backend, fingerprint=fingerprint, export_root=export_root)
+      fingerprint: Optional[str] = None):
+    super().__init__(model_name_or_path, settings, fingerprint=fingerprint)
     self._max_length = max_length
     self._activation = activation
 

@@ -10,15 +10,19 @@ import numpy as np
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.batching import DEFAULT_MAX_TOKENS_PER_BATCH
 from transforms.bi_encoder import SentenceTransformerHandler
-from transforms.dead_letters import (
-    DEAD_LETTER_SCHEMA, DEAD_LETTER_TAG, dead_letter_sort_key)
+from transforms.dead_letters import DEAD_LETTER_SCHEMA, DEAD_LETTER_TAG, dead_letter_sort_key
 from transforms.incremental import REUSED_TAG, ReuseUnchanged
 from transforms.inference import InferByTokenLength
+from transforms.inference_settings import InferenceSettings
 from transforms.model_info import BiEncoderInfo
 from transforms.parquet_sink import (
-    MANIFEST_NAME, CommitOutputs, ShardedOutput, WriteParquetShards)
+  DEFAULT_ROWS_PER_SHARD,
+  MANIFEST_NAME,
+  CommitOutputs,
+  ShardedOutput,
+  WriteParquetShards,
+)
 from transforms.texts import ReadTexts
 
 STAGE = 'encode'
@@ -39,17 +43,9 @@ class EncodeConfig:
   max_seq_length: Optional[int] = None
   precision: str = 'float32'
   normalize: bool = True
-  device: str = 'auto'
   previous_dir: Optional[str] = None
-  max_tokens_per_batch: int = DEFAULT_MAX_TOKENS_PER_BATCH
-  max_batch_size: int = 256
-  sort_window: int = 8192
-  rows_per_shard: int = 100_000
-  share_model_across_processes: bool = False
-  model_copies: Optional[int] = None
-  trust_remote_code: bool = False
-  backend: str = 'torch'
-  export_root: Optional[str] = None
+  rows_per_shard: int = DEFAULT_ROWS_PER_SHARD
+  inference: InferenceSettings = InferenceSettings()
 
 
 def embedding_settings(config: EncodeConfig, info: BiEncoderInfo) -> dict:
@@ -64,7 +60,7 @@ def embedding_settings(config: EncodeConfig, info: BiEncoderInfo) -> dict:
       'precision': config.precision,
       'max_seq_length': info.max_seq_length,
       'prompt': config.prompt or '',
-      'backend': config.backend,
+      'backend': config.inference.backend,
       'source': {
           'input': config.input_pattern,
           'id_column': config.id_column,
@@ -122,19 +118,11 @@ class EncodeTexts(beam.PTransform):
     """The job's model handler (on ``backend`` instead of the configured one,
     for the launcher's fidelity check)."""
     config, info = self._config, self._info
+    settings = config.inference.on_backend(backend) if backend else config.inference
     return SentenceTransformerHandler(
-        config.model,
-        device=config.device,
-        max_seq_length=info.max_seq_length,
-        prompt=config.prompt,
-        normalize=config.normalize,
-        precision=config.precision,
-        trust_remote_code=config.trust_remote_code,
-        share_across_processes=config.share_model_across_processes,
-        model_copies=config.model_copies,
-        backend=backend or config.backend,
-        fingerprint=info.fingerprint,
-        export_root=config.export_root)
+        config.model, settings, max_seq_length=info.max_seq_length,
+        prompt=config.prompt, normalize=config.normalize, precision=config.precision,
+        fingerprint=info.fingerprint)
 
   def expand(self, texts):
     config, info = self._config, self._info
@@ -143,9 +131,7 @@ class EncodeTexts(beam.PTransform):
     handler = self.handler()
     encoded = texts | 'InferByTokenLength' >> InferByTokenLength(
         handler, model=model, model_fingerprint=info.fingerprint,
-        max_seq_length=info.max_seq_length,
-        max_tokens_per_batch=config.max_tokens_per_batch,
-        max_batch_size=config.max_batch_size, sort_window=config.sort_window,
+        max_seq_length=info.max_seq_length, settings=config.inference,
         text_fn=lambda record: prompt + record['text'], stage=STAGE, unit='texts',
         done_counter='texts_encoded', dead_letter_stage=f'{STAGE}/inference',
         error_code='encode_error',
@@ -185,12 +171,14 @@ def build_encode_pipeline(
   to_encode = prepared['texts']
   reused = None
   if reuse_previous:
+    from transforms.parquet_sink import committed_files
     dtype = np.float16 if config.precision == 'float16' else np.float32
+    # Exactly the files the previous manifest lists, never a glob.
     previous = (
         pipeline
-        | 'ReadPreviousEmbeddings' >> beam.io.ReadFromParquet(
-            FileSystems.join(config.previous_dir, 'part-*.parquet'),
-            columns=['id', 'embedding', 'text_sha256'])
+        | 'ReadPreviousEmbeddings' >> (
+            beam.Create(committed_files(config.previous_dir, 'embeddings', '--previous'))
+            | beam.io.ReadAllFromParquet(columns=['id', 'embedding', 'text_sha256']))
         | 'PreviousToArrays' >> beam.Map(_previous_to_record, dtype=dtype))
     split = {
         'current': to_encode, 'previous': previous

@@ -187,17 +187,15 @@ def read_qrels(files: Sequence[str]) -> pl.DataFrame:
 
 
 def read_ranked(ranked_dir: str) -> tuple[pl.DataFrame, str]:
-  """A rerank output folder -> its rows: every scored candidate when the folder
-  has ``candidates/`` (so retrieval Recall@100 sees all 100), else the top-n."""
-  from apache_beam.io.filesystems import FileSystems
-
-  from transforms.parquet_input import match_files
+  """A rerank output folder -> its rows: every scored candidate when its
+  manifest has the ``candidates`` output (so retrieval Recall@100 sees all
+  100), else the top-n. Reads exactly the files the manifest lists."""
+  from transforms.parquet_sink import committed_files, committed_output_exists, read_manifest
   columns = ['query_id', 'doc_id', 'rank', 'score', 'retrieval_rank', 'retrieval_score']
-  try:
-    files = match_files(
-        FileSystems.join(ranked_dir, 'candidates', 'part-*.parquet'), '--ranked')
-    which = 'candidates'
-  except UserInputError:
-    files = match_files(FileSystems.join(ranked_dir, 'part-*.parquet'), '--ranked')
-    which = 'ranked'
+  manifest = read_manifest(ranked_dir, '--ranked')
+  which = ('candidates' if committed_output_exists(
+      ranked_dir, 'candidates', '--ranked', manifest) else 'ranked')
+  files = committed_files(ranked_dir, which, '--ranked', manifest)
+  if not files:
+    raise UserInputError(f'--ranked {ranked_dir!r}: its {which!r} output has no files')
   return read_parquet_files(files, columns), which

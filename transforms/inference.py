@@ -15,6 +15,7 @@ from apache_beam.ml.inference.base import ModelHandler, RunInference
 
 from transforms.batching import BatchByTokenLengthFn
 from transforms.dead_letters import DEAD_LETTER_TAG, dead_letter, error_text
+from transforms.inference_settings import InferenceSettings
 from transforms.model_info import load_tokenizer, resolve_model_dir
 from transforms.progress import LogProgressFn
 from transforms.texts import METRICS_NAMESPACE
@@ -46,6 +47,7 @@ class InferByTokenLength(beam.PTransform):
     model: the model's name or path (its tokenizer measures lengths).
     model_fingerprint: caches the tokenizer per model in each worker.
     max_seq_length: tokens the model sees; longer inputs are counted truncated.
+    settings: the token budget, batch size cap and sort window of the batches.
     text_fn: a record's text, or its ``(query, passage)`` pair.
     stage: counter and dead-letter prefix, e.g. ``'encode'``.
     unit: what the progress lines count, e.g. ``'texts'``.
@@ -57,8 +59,7 @@ class InferByTokenLength(beam.PTransform):
   """
   def __init__(
       self, handler: ModelHandler, *, model: str, model_fingerprint: str,
-      max_seq_length: int, max_tokens_per_batch: int, max_batch_size: int,
-      sort_window: int, text_fn: Callable[[dict], Any], stage: str, unit: str,
+      max_seq_length: int, settings: InferenceSettings, text_fn: Callable[[dict], Any], stage: str, unit: str,
       done_counter: str, dead_letter_stage: str, error_code: str, record_id: Callable[[dict], str],
       payload: Callable[[dict], dict]):
     super().__init__()
@@ -66,9 +67,7 @@ class InferByTokenLength(beam.PTransform):
     self._model = model
     self._fingerprint = model_fingerprint
     self._max_seq_length = max_seq_length
-    self._max_tokens_per_batch = max_tokens_per_batch
-    self._max_batch_size = max_batch_size
-    self._sort_window = sort_window
+    self._settings = settings
     self._text_fn = text_fn
     self._stage = stage
     self._unit = unit
@@ -85,9 +84,9 @@ class InferByTokenLength(beam.PTransform):
             tokenizer_loader=lambda: load_tokenizer(resolve_model_dir(model)),
             tokenizer_key=f'tokenizer:{self._fingerprint}',
             max_seq_length=self._max_seq_length,
-            max_tokens_per_batch=self._max_tokens_per_batch,
-            max_batch_size=self._max_batch_size,
-            sort_window=self._sort_window,
+            max_tokens_per_batch=self._settings.max_tokens_per_batch,
+            max_batch_size=self._settings.max_batch_size,
+            sort_window=self._settings.sort_window,
             text_fn=self._text_fn,
             stage=self._stage))
     outputs, failures = (

@@ -12,6 +12,7 @@ guard); the rest are ordered by score (desc, then doc_id), the first
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import random
 from typing import Iterable, Literal, Optional, Sequence
@@ -19,7 +20,15 @@ from typing import Iterable, Literal, Optional, Sequence
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from transforms.dead_letters import DEAD_LETTER_TAG, bad_score_reason, dead_letter
+from transforms.candidate_checks import (
+  CheckCandidateFn,
+  candidate_problem,
+  duplicate_pair_reason,
+  first_per_doc,
+  retrieval_order,
+  unknown_id_reason,
+)
+from transforms.dead_letters import DEAD_LETTER_TAG, dead_letter
 from transforms.parquet_sink import stable_hash
 from transforms.texts import METRICS_NAMESPACE
 
@@ -30,7 +39,7 @@ GUARDS = ('positive', 'range_max', 'absolute_margin', 'relative_margin',
 
 
 @dataclasses.dataclass(frozen=True)
-class MiningConfig:
+class NegativeMiningSettings:
   """The guards and sampling of hard-negative mining (sentence-transformers' names)."""
   num_negatives: int = 3
   range_min: int = 0
@@ -72,7 +81,7 @@ def mine_query(
     query_id: str,
     candidates: Sequence[Candidate],
     positive_ids: Sequence[str],
-    config: MiningConfig,
+    config: NegativeMiningSettings,
 ) -> MinedQuery:
   """Mines one query's negatives from its candidates (see the module doc)."""
   dropped = {guard: 0 for guard in GUARDS}
@@ -136,7 +145,7 @@ def mine_query(
 
 
 def pseudo_label(
-    candidates: Sequence[Candidate], config: MiningConfig) -> tuple[list[str], list[Candidate]]:
+    candidates: Sequence[Candidate], config: NegativeMiningSettings) -> tuple[list[str], list[Candidate]]:
   """Without qrels: positives are candidates scoring >= positive_threshold;
   only candidates scoring <= negative_threshold may become negatives."""
   positives = [c.doc_id for c in candidates
@@ -149,7 +158,7 @@ def pseudo_label(
 
 class _MineQueryFn(beam.DoFn):
   """``(query_id, {'candidates': rows, 'qrels': rows})`` -> ``MinedQuery``."""
-  def __init__(self, config: MiningConfig, score_field: str):
+  def __init__(self, config: NegativeMiningSettings, score_field: str):
     self._config = config
     self._score_field = score_field
     self._queries = Metrics.counter(METRICS_NAMESPACE, f'{STAGE}/queries')
@@ -177,14 +186,6 @@ class _MineQueryFn(beam.DoFn):
     if mined is not None:
       yield mined
 
-  def _retrieval_order(self, row: dict) -> tuple:
-    """Retrieval rank; rows without one (a candidates file without ranks)
-    follow in score order (desc), then by doc_id."""
-    rank = row.get('retrieval_rank')
-    score = row.get(self._score_field)
-    return (math.inf if rank is None else rank,
-            math.inf if score is None else -score, row['doc_id'])
-
   def _mine(self, query_id, groups) -> Optional[MinedQuery]:
     rows = list(groups['candidates'])
     if not rows:
@@ -193,7 +194,8 @@ class _MineQueryFn(beam.DoFn):
       return None
     self._queries.inc()
     candidates = []
-    for index, row in enumerate(sorted(rows, key=self._retrieval_order)):
+    for index, row in enumerate(sorted(
+        rows, key=functools.partial(retrieval_order, score_field=self._score_field))):
       score = row.get(self._score_field)
       candidates.append(Candidate(
           doc_id=row['doc_id'], score=None if score is None else float(score),
@@ -222,45 +224,18 @@ class _MineQueryFn(beam.DoFn):
     return mined
 
 
-def _blank(value) -> bool:
-  return value is None or str(value).strip() == ''
+def _mined_candidate(
+    row: dict, query_id: str, doc_id: str, score: Optional[float]) -> dict:
+  return {'query_id': query_id, 'doc_id': doc_id,
+          'retrieval_rank': row.get('retrieval_rank'), 'score': score}
 
 
-def retrieval_order(row: dict) -> tuple:
-  """Retrieval rank; rows without one follow in score order (desc), then doc_id."""
-  rank, score = row.get('retrieval_rank'), row.get('score')
-  return (math.inf if rank is None else rank,
-          math.inf if score is None else -score, row['doc_id'])
-
-
-class CheckCandidateFn(beam.DoFn):
-  """A candidate row -> ``{query_id, doc_id, retrieval_rank, score}``, or a
-  dead letter: a null/blank id, or a NaN, infinite or beyond-float32 score."""
-  def __init__(self, score_field: Optional[str]):
-    self._score_field = score_field
-    self._rows_in = Metrics.counter(METRICS_NAMESPACE, f'{STAGE}/candidates_in')
-    self._rejected = Metrics.counter(METRICS_NAMESPACE, f'{STAGE}/candidates_rejected')
-
-  def process(self, row: dict):
-    self._rows_in.inc()
-    query_id, doc_id = row.get('query_id'), row.get('doc_id')
-    score = row.get(self._score_field) if self._score_field else None
-    reason = None
-    if _blank(query_id):
-      reason = 'null_query_id: candidate has no query_id'
-    elif _blank(doc_id):
-      reason = 'null_doc_id: candidate has no doc_id'
-    else:
-      reason = bad_score_reason(score)
-    if reason is not None:
-      self._rejected.inc()
-      yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dead_letter(
-          f'{STAGE}/candidates', None if query_id is None else f'{query_id}\t{doc_id}',
-          reason, row))
-      return
-    yield {'query_id': str(query_id), 'doc_id': str(doc_id),
-           'retrieval_rank': row.get('retrieval_rank'),
-           'score': None if score is None else float(score)}
+def check_candidates(score_field: Optional[str]) -> CheckCandidateFn:
+  """The mine job's candidate check: ``{query_id, doc_id, retrieval_rank,
+  score}`` rows, or dead letters (see ``candidate_checks``)."""
+  return CheckCandidateFn(
+      STAGE, score_field, _mined_candidate, rows_in_counter='candidates_in',
+      rejected_counter='candidates_rejected')
 
 
 class CheckQrelFn(beam.DoFn):
@@ -276,12 +251,8 @@ class CheckQrelFn(beam.DoFn):
     self._rows_in.inc()
     query_id, doc_id = row.get('query_id'), row.get('doc_id')
     relevance = row.get('relevance') if self._has_relevance else 1
-    reason = None
-    if _blank(query_id):
-      reason = 'null_query_id: judgment has no query_id'
-    elif _blank(doc_id):
-      reason = 'null_doc_id: judgment has no doc_id'
-    elif relevance is None:
+    reason = candidate_problem(query_id, doc_id, None, what='judgment')
+    if reason is None and relevance is None:
       reason = 'null_relevance: judgment has no relevance'
     if reason is not None:
       self._rejected.inc()
@@ -311,8 +282,10 @@ class _KnownDocFn(beam.DoFn):
       self._missing.inc()
       yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dead_letter(
           f'{STAGE}/join', f'{candidate["query_id"]}\t{doc_id}',
-          f'unknown_doc_id: doc_id {doc_id!r} has no text in --corpus (or was '
-          'dead-lettered there); not a candidate', candidate))
+          unknown_id_reason(
+              'doc_id', doc_id,
+              'has no text in --corpus (or was dead-lettered there); not a candidate'),
+          candidate))
 
 
 class _KnownQueryFn(beam.DoFn):
@@ -340,17 +313,14 @@ class _KnownQueryFn(beam.DoFn):
           {'query_id': query_id, 'candidates': len(candidates),
            'doc_ids': [c['doc_id'] for c in candidates]}))
       return
-    seen = set()
-    for candidate in candidates:
-      if candidate['doc_id'] in seen:
+    for candidate, duplicate in first_per_doc(candidates):
+      if duplicate:
         self._rejected.inc()
         self._duplicates.inc()
         yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dead_letter(
             f'{STAGE}/candidates', f'{query_id}\t{candidate["doc_id"]}',
-            'duplicate_pair: the same (query_id, doc_id) again; the copy first in '
-            'retrieval order was kept', candidate))
+            duplicate_pair_reason('the copy first in retrieval order'), candidate))
         continue
-      seen.add(candidate['doc_id'])
       yield candidate
 
 
@@ -384,7 +354,7 @@ class MineNegatives(beam.PTransform):
 
   Grouped per query (``CoGroupByKey``): memory is one query's candidates.
   """
-  def __init__(self, config: MiningConfig, score_field: str):
+  def __init__(self, config: NegativeMiningSettings, score_field: str):
     super().__init__()
     self._config = config
     self._score_field = score_field

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Literal, Mapping
+from typing import Literal, Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -90,7 +90,13 @@ def check_parquet_input(
       missing or of the wrong type; the message names the file and column.
   """
   pattern = expand_pattern(pattern)
-  files = match_files(pattern, option)
+  return check_parquet_files(match_files(pattern, option), option, columns, pattern)
+
+
+def check_parquet_files(
+    files: Sequence[str], option: str, columns: Mapping[str, ColumnKind],
+    pattern: str = '') -> CheckedInput:
+  """``check_parquet_input`` on a list of files (e.g. a manifest's)."""
   num_rows = 0
   for path in files:
     try:

@@ -13,16 +13,21 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 from typing import Any, Callable, Iterable, Mapping, Optional
 
 import apache_beam as beam
 import pyarrow as pa
-from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import PipelineOptions
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from transforms.errors import UserInputError
+
+_LOGGER = logging.getLogger(__name__)
 
 MANIFEST_NAME = 'manifest.json'
 STAGING_NAME = '.staging'
@@ -79,6 +84,10 @@ def read_json(path: str) -> Any:
     return json.loads(handle.read().decode('utf-8'))
 
 
+# Rows per output file, every job.
+DEFAULT_ROWS_PER_SHARD = 100_000
+
+
 @dataclasses.dataclass(frozen=True)
 class ShardedOutput:
   """One folder of ``part-*.parquet`` files.
@@ -99,7 +108,7 @@ class ShardedOutput:
   schema: pa.Schema
   key_fn: Callable[[dict], str]
   sort_key_fn: Optional[Callable[[dict], Any]] = None
-  rows_per_shard: int = 100_000
+  rows_per_shard: int = DEFAULT_ROWS_PER_SHARD
   to_table: Optional[Callable[[list[dict], pa.Schema], pa.Table]] = None
   # False: an output with no rows gets no file (e.g. datasets.load_dataset
   # cannot read an empty Parquet file); True: one empty file with the schema.
@@ -160,10 +169,84 @@ class WriteParquetShards(beam.PTransform):
 
 
 def _list(pattern: str) -> list[str]:
+  """The paths ``pattern`` matches; [] when none (Beam reports no match as an
+  empty result). A failed listing raises (``BeamIOError``): a commit must not
+  go on as if there were no stale files to remove."""
+  return [m.path for m in FileSystems.match([pattern])[0].metadata_list]
+
+
+def _file_name(path: str) -> str:
+  return path.rstrip('/').rsplit('/', 1)[-1]
+
+
+def read_manifest(directory: str, option: str) -> dict:
+  """The manifest of a committed output folder; one error line naming
+  ``option`` if there is none (the folder is not a complete output)."""
+  path = FileSystems.join(directory, MANIFEST_NAME)
+  if not FileSystems.exists(path):
+    raise UserInputError(
+        f'{option} {directory!r} has no {MANIFEST_NAME}: not a complete job output')
+  return read_json(path)
+
+
+def committed_output_exists(
+    directory: str, output: str, option: str,
+    manifest: Optional[Mapping[str, Any]] = None) -> bool:
+  """Whether the manifest of ``directory`` describes the output ``output``
+  (e.g. rerank outputs made before ``candidates`` existed lack it)."""
+  if manifest is None:
+    manifest = read_manifest(directory, option)
+  return output in (manifest.get('outputs') or {})
+
+
+def committed_files(
+    directory: str, output: str, option: str,
+    manifest: Optional[Mapping[str, Any]] = None) -> list[str]:
+  """The full paths of the files of ``output``, in manifest order.
+
+  The list comes from ``directory``'s manifest, never from a glob: a
+  ``part-*.parquet`` file in the output's folder that the manifest does not
+  list (e.g. left by a failed commit) is not returned, and is reported with
+  one warning. A listed file that is missing, or a manifest without this
+  output, is refused with one error line naming ``option``. Works on any Beam
+  filesystem.
+
+  Args:
+    directory: a job's output folder (where ``manifest.json`` is).
+    output: the output's name in the manifest, e.g. ``'embeddings'``.
+    option: the option the folder came from, for messages (``'--ranked'``).
+    manifest: the folder's manifest, if already read.
+  """
+  if manifest is None:
+    manifest = read_manifest(directory, option)
+  described = (manifest.get('outputs') or {}).get(output)
+  if described is None:
+    raise UserInputError(
+        f'{option} {directory!r}: its {MANIFEST_NAME} lists no {output!r} output')
+  subdirectory = described.get('directory') or '.'
+  folder = directory if subdirectory == '.' else FileSystems.join(directory, subdirectory)
+  listed = [entry['path'] for entry in described.get('files', [])]
   try:
-    return [m.path for m in FileSystems.match([pattern])[0].metadata_list]
-  except Exception:
-    return []
+    present = {
+        _file_name(path): path
+        for path in _list(FileSystems.join(folder, 'part-*.parquet'))}
+  except Exception as error:  # Beam raises BeamIOError with per-glob causes.
+    raise UserInputError(
+        f'{option} {directory!r}: cannot list {folder!r} ({error})') from error
+  paths = []
+  for name in listed:
+    path = FileSystems.join(folder, name)
+    if name not in present and not FileSystems.exists(path):
+      raise UserInputError(
+          f'{option} {directory!r}: {path!r} is listed in its {MANIFEST_NAME} but '
+          f'missing (the folder changed after its job committed it; run the job again)')
+    paths.append(path)
+  extra = sorted(set(present) - set(listed))
+  if extra:
+    _LOGGER.warning(
+        '%s %r: ignoring %d file(s) in %r that its %s does not list: %s', option,
+        directory, len(extra), folder, MANIFEST_NAME, ', '.join(extra))
+  return paths
 
 
 def commit_outputs(

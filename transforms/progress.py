@@ -1,16 +1,18 @@
 """Progress lines from the workers while long work runs."""
 from __future__ import annotations
 
-import sys
+import logging
 import time
 
 import apache_beam as beam
+
+logger = logging.getLogger(__name__)
 
 
 class LogProgressFn(beam.DoFn):
   """Passes elements through; every few seconds prints how many went by.
 
-  One line per worker process, to stderr: ``[encode] 1,024 texts, 25.3 texts/s``.
+  One log line (INFO) per worker process: ``[encode] 1,024 texts, 25.3 texts/s``.
   """
   def __init__(self, stage: str, unit: str = 'texts', every_seconds: float = 5.0):
     self._stage = stage
@@ -30,7 +32,7 @@ class LogProgressFn(beam.DoFn):
     if now - self._last >= self._every_seconds:
       self._last = now
       rate = self._count / max(now - self._start, 1e-9)
-      print(
-          f'[{self._stage}] {self._count:,} {self._unit} done, '
-          f'{rate:.1f} {self._unit}/s', file=sys.stderr, flush=True)
+      logger.info(
+          '[%s] %s %s done, %.1f %s/s', self._stage, f'{self._count:,}', self._unit,
+          rate, self._unit)
     yield element

@@ -8,15 +8,23 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from transforms.batching import DEFAULT_MAX_TOKENS_PER_BATCH
-from transforms.candidates import (
-    SOURCE_DENSE, JoinTexts, MergeCandidates, SuppliedCandidates)
-from transforms.dead_letters import (
-    DEAD_LETTER_SCHEMA, DEAD_LETTER_TAG, dead_letter_sort_key)
+from transforms.candidates import SOURCE_DENSE, JoinTexts, MergeCandidates, SuppliedCandidates
+from transforms.dead_letters import DEAD_LETTER_SCHEMA, DEAD_LETTER_TAG, dead_letter_sort_key
+from transforms.inference_settings import InferenceSettings
 from transforms.parquet_sink import (
-    MANIFEST_NAME, CommitOutputs, ShardedOutput, WriteParquetShards)
+  DEFAULT_ROWS_PER_SHARD,
+  MANIFEST_NAME,
+  CommitOutputs,
+  ShardedOutput,
+  WriteParquetShards,
+)
 from transforms.ranking import ALL_TAG, RANKED_SCHEMA, RankPerQuery, ranked_sort_key
-from transforms.retrieval import ExactTopK, ReadEmbeddingTables
+from transforms.retrieval import (
+  DEFAULT_CORPUS_BLOCK_SIZE,
+  DEFAULT_QUERY_BLOCK_SIZE,
+  ExactTopK,
+  ReadEmbeddingTables,
+)
 from transforms.scoring import ScorePairs
 from transforms.texts import METRICS_NAMESPACE, ReadTexts
 
@@ -45,18 +53,10 @@ class RerankConfig:
   doc_title_column: Optional[str] = None
   title_separator: str = '\n'
   activation: str = 'identity'
-  device: str = 'auto'
-  max_tokens_per_batch: int = DEFAULT_MAX_TOKENS_PER_BATCH
-  max_batch_size: int = 256
-  sort_window: int = 8192
-  corpus_block_size: int = 65536
-  query_block_size: int = 1024
-  rows_per_shard: int = 100_000
-  share_model_across_processes: bool = False
-  model_copies: Optional[int] = None
-  trust_remote_code: bool = False
-  backend: str = 'torch'
-  export_root: Optional[str] = None
+  corpus_block_size: int = DEFAULT_CORPUS_BLOCK_SIZE
+  query_block_size: int = DEFAULT_QUERY_BLOCK_SIZE
+  rows_per_shard: int = DEFAULT_ROWS_PER_SHARD
+  inference: InferenceSettings = InferenceSettings()
 
 
 _DENSE_CANDIDATES = Metrics.counter(METRICS_NAMESPACE, 'rerank/dense_candidates')
@@ -70,15 +70,8 @@ def _dense_row(row: dict) -> dict:
 def score_pairs(config: RerankConfig) -> ScorePairs:
   """The job's cross-encoder scoring step, as configured."""
   return ScorePairs(
-      config.cross_encoder, config.cross_encoder_fingerprint,
-      config.max_length, device=config.device,
-      activation=config.activation,
-      max_tokens_per_batch=config.max_tokens_per_batch,
-      max_batch_size=config.max_batch_size, sort_window=config.sort_window,
-      trust_remote_code=config.trust_remote_code,
-      share_across_processes=config.share_model_across_processes,
-      model_copies=config.model_copies,
-      backend=config.backend, export_root=config.export_root)
+      config.cross_encoder, config.cross_encoder_fingerprint, config.max_length,
+      config.inference, activation=config.activation)
 
 
 def build_rerank_pipeline(
@@ -97,9 +90,9 @@ def build_rerank_pipeline(
     dense = (
         {
             'queries': pipeline | 'ReadQueryEmbeddings' >> ReadEmbeddingTables(
-                config.query_embeddings_dir),
+                config.query_embeddings_dir, '--query-embeddings'),
             'corpus': pipeline | 'ReadCorpusEmbeddings' >> ReadEmbeddingTables(
-                config.corpus_embeddings_dir),
+                config.corpus_embeddings_dir, '--corpus-embeddings'),
         }
         | 'ExactDenseTopK' >> ExactTopK(
             config.top_k, corpus_block_size=config.corpus_block_size,

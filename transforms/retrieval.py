@@ -25,6 +25,13 @@ from apache_beam.metrics import Metrics
 from transforms.texts import METRICS_NAMESPACE
 
 STAGE = 'retrieve'
+# Corpus rows per matrix product: the score matrix of one product is
+# query block x this x 4 bytes.
+DEFAULT_CORPUS_BLOCK_SIZE = 65536
+# Queries per matrix product.
+DEFAULT_QUERY_BLOCK_SIZE = 1024
+# Query embeddings one worker holds as a side input; more are split into groups.
+DEFAULT_MAX_QUERIES_IN_MEMORY = 100_000
 _FLOAT32_EPS = float(np.finfo(np.float32).eps)
 
 
@@ -317,14 +324,25 @@ def _table_of_group(table: pa.Table, group: int, groups: int) -> pa.Table:
 
 
 class ReadEmbeddingTables(beam.PTransform):
-  """Pipeline -> Arrow tables of ``id, embedding`` from an encode output folder."""
-  def __init__(self, directory: str):
+  """Pipeline -> Arrow tables of ``id, embedding`` from an encode output folder.
+
+  Reads exactly the files its manifest lists (``committed_files``): a stray
+  ``part-*.parquet`` is not read, a missing one is refused when the pipeline
+  is built. ``option`` names the folder in messages.
+  """
+  def __init__(self, directory: str, option: str = 'embeddings'):
     super().__init__()
-    self._pattern = directory.rstrip('/') + '/part-*.parquet'
+    self._directory = directory
+    self._option = option
 
   def expand(self, pbegin):
-    return pbegin | 'ReadParquetBatched' >> beam.io.ReadFromParquetBatched(
-        self._pattern, columns=['id', 'embedding'])
+    from transforms.parquet_sink import committed_files
+    files = committed_files(self._directory, 'embeddings', self._option)
+    return (
+        pbegin
+        | 'EmbeddingFiles' >> beam.Create(files)
+        | 'ReadParquetBatched' >> beam.io.ReadAllFromParquetBatched(
+            columns=['id', 'embedding']))
 
 
 class ExactTopK(beam.PTransform):
@@ -338,8 +356,8 @@ class ExactTopK(beam.PTransform):
   than one group's queries.
   """
   def __init__(
-      self, k: int, corpus_block_size: int = 65536,
-      query_block_size: int = 1024, normalize: bool = False, query_groups: int = 1):
+      self, k: int, corpus_block_size: int = DEFAULT_CORPUS_BLOCK_SIZE,
+      query_block_size: int = DEFAULT_QUERY_BLOCK_SIZE, normalize: bool = False, query_groups: int = 1):
     super().__init__()
     self._k = k
     self._corpus_block_size = corpus_block_size

@@ -6,7 +6,6 @@ mine job wrote.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import os
 import shutil
@@ -38,7 +37,14 @@ class TrainConfig:
 
 
 def _split_files(pairs_dir: str, fmt: str, split: str) -> list[str]:
-  return sorted(glob.glob(os.path.join(pairs_dir, fmt, split, 'part-*.parquet')))
+  """The files of the mined ``fmt/split`` output, as its manifest lists them
+  ([] when the mine job did not write that output)."""
+  from transforms.parquet_sink import committed_files, committed_output_exists, read_manifest
+  manifest = read_manifest(pairs_dir, '--pairs')
+  output = f'{fmt}/{split}'
+  if not committed_output_exists(pairs_dir, output, '--pairs', manifest):
+    return []
+  return committed_files(pairs_dir, output, '--pairs', manifest)
 
 
 def pairs_format(config: TrainConfig) -> str:
@@ -107,7 +113,10 @@ def _train(config: TrainConfig, fmt: str, data, work: str, common_args: dict) ->
   started = time.perf_counter()
   if config.kind == 'cross-encoder':
     from sentence_transformers.cross_encoder import (
-        CrossEncoder, CrossEncoderTrainer, CrossEncoderTrainingArguments)
+      CrossEncoder,
+      CrossEncoderTrainer,
+      CrossEncoderTrainingArguments,
+    )
     from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
     model = CrossEncoder(
         config.base_model, num_labels=1, max_length=config.max_length,
@@ -119,7 +128,10 @@ def _train(config: TrainConfig, fmt: str, data, work: str, common_args: dict) ->
         train_dataset=data['train'], eval_dataset=data.get('dev'), loss=loss)
   else:
     from sentence_transformers import (
-        SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments)
+      SentenceTransformer,
+      SentenceTransformerTrainer,
+      SentenceTransformerTrainingArguments,
+    )
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
     from sentence_transformers.sentence_transformer.training_args import BatchSamplers
     model = SentenceTransformer(config.base_model, trust_remote_code=config.trust_remote_code)

@@ -10,10 +10,22 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms.dead_letters import DEAD_LETTER_SCHEMA, DEAD_LETTER_TAG, dead_letter_sort_key
 from transforms.mining import (
-    AttachMinedTexts, CheckCandidateFn, CheckQrelFn, KnownCandidates, MineNegatives,
-    MiningConfig, format_rows, split_of)
+  AttachMinedTexts,
+  CheckQrelFn,
+  KnownCandidates,
+  MineNegatives,
+  NegativeMiningSettings,
+  check_candidates,
+  format_rows,
+  split_of,
+)
 from transforms.parquet_sink import (
-    MANIFEST_NAME, CommitOutputs, ShardedOutput, WriteParquetShards)
+  DEFAULT_ROWS_PER_SHARD,
+  MANIFEST_NAME,
+  CommitOutputs,
+  ShardedOutput,
+  WriteParquetShards,
+)
 from transforms.retrieval import ExactTopK, ReadEmbeddingTables
 from transforms.texts import ReadTexts
 
@@ -56,9 +68,10 @@ class MineConfig:
   corpus_pattern: str
   output_dir: str
   formats: Sequence[str]
-  mining: MiningConfig
+  mining: NegativeMiningSettings
   candidate_source: str  # 'ranked', 'candidates' or 'dense'
-  candidates_pattern: Optional[str] = None  # ranked files or supplied candidates
+  candidates_pattern: Optional[str] = None  # supplied candidates
+  candidates_files: tuple[str, ...] = ()  # a rerank output's files (from its manifest)
   candidates_score_column: Optional[str] = None
   candidates_have_retrieval_rank: bool = False  # supplied candidates with ranks
   query_embeddings_dir: Optional[str] = None
@@ -75,7 +88,7 @@ class MineConfig:
   doc_title_column: Optional[str] = None
   title_separator: str = '\n'
   dev_fraction: float = 0.0
-  rows_per_shard: int = 100_000
+  rows_per_shard: int = DEFAULT_ROWS_PER_SHARD
 
 
 def _keyed_rows(item, fmt: str, num_negatives: int, dev_fraction: float):
@@ -99,14 +112,14 @@ def build_mine_pipeline(pipeline: beam.Pipeline, config: MineConfig, manifest: d
   if config.candidate_source == 'dense':
     candidates = (
         {'queries': pipeline | 'ReadQueryEmbeddings' >> ReadEmbeddingTables(
-            config.query_embeddings_dir),
+            config.query_embeddings_dir, '--query-embeddings'),
          'corpus': pipeline | 'ReadCorpusEmbeddings' >> ReadEmbeddingTables(
-             config.corpus_embeddings_dir)}
+             config.corpus_embeddings_dir, '--corpus-embeddings')}
         | 'ExactDenseTopK' >> ExactTopK(
             config.top_k, normalize=config.normalize_embeddings,
             query_groups=config.query_groups)
         | 'CheckCandidates' >> beam.ParDo(
-            CheckCandidateFn('retrieval_score')).with_outputs(
+            check_candidates('retrieval_score')).with_outputs(
                 DEAD_LETTER_TAG, main='candidates'))
   else:
     columns = ['query_id', 'doc_id']
@@ -114,12 +127,17 @@ def build_mine_pipeline(pipeline: beam.Pipeline, config: MineConfig, manifest: d
       columns.append('retrieval_rank')
     if config.candidates_score_column:
       columns.append(config.candidates_score_column)
+    if config.candidate_source == 'ranked':
+      rows = (pipeline
+              | 'RankedFiles' >> beam.Create(list(config.candidates_files))
+              | 'ReadRankedParquet' >> beam.io.ReadAllFromParquet(columns=columns))
+    else:
+      rows = pipeline | 'ReadCandidatesParquet' >> beam.io.ReadFromParquet(
+          config.candidates_pattern, columns=columns)
     candidates = (
-        pipeline
-        | 'ReadCandidatesParquet' >> beam.io.ReadFromParquet(
-            config.candidates_pattern, columns=columns)
+        rows
         | 'CheckCandidates' >> beam.ParDo(
-            CheckCandidateFn(config.candidates_score_column)).with_outputs(
+            check_candidates(config.candidates_score_column)).with_outputs(
                 DEAD_LETTER_TAG, main='candidates'))
 
   if config.qrels_pattern:
