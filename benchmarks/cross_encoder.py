@@ -50,7 +50,8 @@ model = load_model(sys.argv[4], 'cross-encoder', backend, 'cpu', export_root=sys
 pairs = [(queries[c['query_id']], corpus[c['doc_id']]) for c in cands]
 t = time.perf_counter()
 with inference_context(backend, 'cpu'):
-    scores = model.predict(pairs, batch_size=32, activation_fn=torch.nn.Identity(), show_progress_bar=False)
+    scores = model.predict(pairs, batch_size=32, activation_fn=torch.nn.Identity(),
+                           show_progress_bar=False)
 np.save(sys.argv[6], np.asarray(scores, dtype=np.float32))
 print(json.dumps({'pairs': len(pairs), 'predict_seconds': time.perf_counter() - t,
                   'self_peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
@@ -177,8 +178,9 @@ def main() -> None:
   parser.add_argument('--repeats', type=int, default=1)
   parser.add_argument('--corpus', default=None, help='corpus Parquet (default: Cranfield)')
   parser.add_argument('--cross-encoder', default=None,
-                      help='CrossEncoder folder, or "default" for the product\'s default one (default: '
-                           'packaged MiniLM + random 1-label head; use a trained one with non-torch backends)')
+                      help='CrossEncoder folder, or "default" for the product\'s default one '
+                           '(default: packaged MiniLM + random 1-label head; use a trained one '
+                           'with non-torch backends)')
   parser.add_argument('--backend', default='torch', help='run by both sides (default: torch)')
   parser.add_argument('--export-cache', default=None,
                       help='export folder for non-torch backends, shared by both sides')

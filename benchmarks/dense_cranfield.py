@@ -81,7 +81,8 @@ def main() -> None:
       'top_k_pipeline_seconds': seconds,
       'dense_all_MiniLM_L6_v2': dense,
       'bm25_from_dataset_readme': BM25,
-      'grading': 'linear gain, stored relevance 1..5 (README mapping), averaged over all 225 queries',
+      'grading': 'linear gain, stored relevance 1..5 (README mapping), averaged over all 225 '
+                 'queries',
   }
   print(json.dumps(result, indent=2))
   print('->', write_result('dense_cranfield', result))

@@ -223,8 +223,9 @@ def main() -> None:
   parser.add_argument('--min-relevance', type=int, default=5)
   parser.add_argument('--corpus', default=None, help='corpus Parquet (default: Cranfield)')
   parser.add_argument('--cross-encoder', default=None,
-                      help='CrossEncoder folder, or "default" for the product\'s default one (default: '
-                           'packaged MiniLM + random 1-label head; use a trained one with non-torch backends)')
+                      help='CrossEncoder folder, or "default" for the product\'s default one '
+                           '(default: packaged MiniLM + random 1-label head; use a trained one '
+                           'with non-torch backends)')
   parser.add_argument('--backend', default='torch')
   parser.add_argument('--export-cache', default=None)
   parser.add_argument('--repeats', type=int, default=1)

@@ -63,7 +63,8 @@ def main() -> None:
   from transforms.parquet_sink import committed_files, write_json
   work = args.workdir or tempfile.mkdtemp(prefix='quality_loop_')
   os.makedirs(work, exist_ok=True)
-  path = lambda *p: os.path.join(work, *p)
+  def path(*p):
+    return os.path.join(work, *p)
   timings = {}
   corpus = pl.read_parquet(os.path.join(cranfield, 'corpus.parquet'))
   queries = pl.read_parquet(os.path.join(cranfield, 'queries.parquet'))
@@ -75,14 +76,18 @@ def main() -> None:
   qrels.write_parquet(path('qrels.parquet'))
   corpus_path = os.path.join(cranfield, 'corpus.parquet')
   # Pseudo-queries: title -> abstract without its leading title.
-  titled = corpus.filter((pl.col('title').str.strip_chars() != '') & (pl.col('text').str.strip_chars() != ''))
+  titled = corpus.filter(
+      (pl.col('title').str.strip_chars() != '') & (pl.col('text').str.strip_chars() != ''))
   stripped = titled.with_columns(text=pl.struct('title', 'text').map_elements(
-      lambda r: r['text'][len(r['title']):].strip() if r['text'].startswith(r['title']) else r['text'],
+      lambda r: (r['text'][len(r['title']):].strip() if r['text'].startswith(r['title'])
+                 else r['text']),
       return_dtype=pl.String)).filter(pl.col('text') != '')
   stripped.select('doc_id', 'text').write_parquet(path('corpus_untitled.parquet'))
-  stripped.select(query_id='t' + pl.col('doc_id'), text='title').write_parquet(path('title_queries.parquet'))
-  stripped.select(query_id='t' + pl.col('doc_id'), doc_id='doc_id', relevance=pl.lit(1, pl.Int32)).write_parquet(
-      path('title_qrels.parquet'))
+  stripped.select(query_id='t' + pl.col('doc_id'), text='title').write_parquet(
+      path('title_queries.parquet'))
+  stripped.select(
+      query_id='t' + pl.col('doc_id'), doc_id='doc_id',
+      relevance=pl.lit(1, pl.Int32)).write_parquet(path('title_qrels.parquet'))
 
   started = time.perf_counter()
   for name, src, id_column in (
@@ -152,14 +157,16 @@ def main() -> None:
     metrics = evaluation.evaluate_stages(ranked, qrels_s, measures, test_ids)
     table = {f'{s}/{m}': v for s, m, v in metrics.select('stage', 'measure', 'value').iter_rows()}
     results['dense'] = {'nDCG@10': table['retrieval/nDCG@10'], 'MRR@10': table['retrieval/MRR@10']}
-    results[f'dense+{name}_ce'] = {'nDCG@10': table['rerank/nDCG@10'], 'MRR@10': table['rerank/MRR@10']}
+    results[f'dense+{name}_ce'] = {
+        'nDCG@10': table['rerank/nDCG@10'], 'MRR@10': table['rerank/MRR@10']}
     if name == 'finetuned':
       fused = ranked.with_columns(
           fused=1 / (60 + pl.col('rank')) + 1 / (60 + pl.col('retrieval_rank'))).with_columns(
           rank=pl.col('fused').rank('ordinal', descending=True).over('query_id'))
       fm = evaluation.evaluate_stages(fused, qrels_s, measures, test_ids)
       ft = {m: v for s, m, v in fm.select('stage', 'measure', 'value').iter_rows() if s == 'rerank'}
-      results['rrf_fusion(dense, finetuned_ce)'] = {'nDCG@10': ft['nDCG@10'], 'MRR@10': ft['MRR@10']}
+      results['rrf_fusion(dense, finetuned_ce)'] = {
+          'nDCG@10': ft['nDCG@10'], 'MRR@10': ft['MRR@10']}
   result = {
       'test_queries': len(test_ids),
       'training_rows': mined_rows,

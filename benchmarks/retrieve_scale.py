@@ -2,9 +2,9 @@
 
 Writes synthetic normalized embedding shards in the product's contract, runs the
 product's blocked top-k (``ExactTopK``) as a Beam pipeline in a child process
-(DirectRunner in_memory; its own peak RSS, VmHWM, is the run's), then checks the result against brute
-force (numpy over all embeddings, same ties rule) and times one numpy matmul of
-the same size in this process.
+(DirectRunner in_memory; its own peak RSS, VmHWM, is the run's), then checks the
+result against brute force (numpy over all embeddings, same ties rule) and times
+one numpy matmul of the same size in this process.
 
     .venv/bin/python benchmarks/retrieve_scale.py [--docs 100000] [--queries 1000] [-- beam args]
 """
@@ -52,7 +52,8 @@ def brute_force(queries: np.ndarray, docs: np.ndarray, doc_ids: np.ndarray, k: i
   """Float64 scores rounded to float32; order by score desc, doc_id asc."""
   ids_out, scores_out = [], []
   for lo in range(0, len(queries), 100):
-    scores = (queries[lo:lo + 100].astype(np.float64) @ docs.astype(np.float64).T).astype(np.float32)
+    scores = (queries[lo:lo + 100].astype(np.float64)
+              @ docs.astype(np.float64).T).astype(np.float32)
     for row in scores:
       kth = np.partition(row, len(row) - k)[len(row) - k]
       candidates = np.flatnonzero(row >= kth)
@@ -103,7 +104,8 @@ def main() -> None:
     started = time.perf_counter()
     subprocess.run([sys.executable, '-c', (
         'import numpy as np\n'
-        f'held = [np.ones(2**28, np.float32) for _ in range({max(1, round(args.warm_memory_gb))})]')],
+        'held = [np.ones(2**28, np.float32) '
+        f'for _ in range({max(1, round(args.warm_memory_gb))})]')],
         check=True)
     warm_seconds = time.perf_counter() - started
   started = time.perf_counter()
@@ -128,7 +130,8 @@ def main() -> None:
     index = int(query_id[1:])
     if list(ids) != list(want_ids[index]):
       mismatches += 1
-    max_score_diff = max(max_score_diff, float(np.abs(np.array(scores, np.float32) - want_scores[index]).max()))
+    max_score_diff = max(
+        max_score_diff, float(np.abs(np.array(scores, np.float32) - want_scores[index]).max()))
   matmul_times = []
   for _ in range(3):
     t = time.perf_counter()

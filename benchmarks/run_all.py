@@ -62,7 +62,8 @@ NUMPY_TOPK = r'''
 import json, os, resource, sys, time
 import numpy as np, pyarrow as pa, pyarrow.parquet as pq, glob
 def read(directory):
-    tables = [pq.read_table(p) for p in sorted(glob.glob(os.path.join(directory, 'part-*.parquet')))]
+    tables = [pq.read_table(p)
+              for p in sorted(glob.glob(os.path.join(directory, 'part-*.parquet')))]
     table = pa.concat_tables(tables)
     emb = table.column('embedding').combine_chunks()
     return (np.asarray(table.column('id').to_pylist()),
@@ -150,8 +151,9 @@ def stage_topk(size, args, work, env):
   import polars as pl
   got = pl.read_parquet(os.path.join(directory, 'candidates', 'part-*.parquet'))
   want = pl.read_parquet(os.path.join(directory, 'numpy.parquet'))
-  same = got.select('query_id', 'doc_id', 'retrieval_rank').sort('query_id', 'retrieval_rank') \
-      .equals(want.select('query_id', 'doc_id', 'retrieval_rank').sort('query_id', 'retrieval_rank'))
+  same = (got.select('query_id', 'doc_id', 'retrieval_rank').sort('query_id', 'retrieval_rank')
+          .equals(want.select('query_id', 'doc_id', 'retrieval_rank')
+                  .sort('query_id', 'retrieval_rank')))
   # numpy orders by float32 scores; ours is exact (float64 rescoring, ties by
   # doc_id), so rows may differ only where the two scores agree to float32
   # precision (near-ties swapped).
@@ -194,7 +196,8 @@ def stage_mining(size, corpus, args, work, env):
     from benchmarks._common import require_cranfield
     num_queries = min(num_queries, max(2, args.limit // 10))
     qrels = pl.read_parquet(os.path.join(require_cranfield(), 'qrels.parquet'))
-    first = pl.read_parquet(os.path.join(require_cranfield(), 'queries.parquet'))['query_id'][:num_queries]
+    first = pl.read_parquet(
+        os.path.join(require_cranfield(), 'queries.parquet'))['query_id'][:num_queries]
     positives = qrels.filter((pl.col('relevance') >= 5) & pl.col('query_id').is_in(first.implode()))
     corpus = limited_corpus(corpus, args.limit, work, positives['doc_id'].to_list())
   result = mining_bench.measure(
@@ -293,7 +296,8 @@ def main() -> None:
                       help=f'comma-separated subset of {",".join(STAGES)} (default: all; '
                            'backends is skipped when --compare-backends names none installed)')
   parser.add_argument('--backend', default='torch',
-                      help='backend of both sides in encode, cross-encoder, mining (default: torch)')
+                      help='backend of both sides in encode, cross-encoder, mining '
+                           '(default: torch)')
   parser.add_argument('--compare-backends', default=None,
                       help='backends stage: compared with torch (default: openvino where '
                            'installed, else none)')
@@ -310,8 +314,9 @@ def main() -> None:
   parser.add_argument('--range-max', type=int, default=10)
   parser.add_argument('--num-negatives', type=int, default=3)
   parser.add_argument('--cross-encoder', default=None,
-                      help='CrossEncoder folder, or "default" for the product\'s default one (default: '
-                           'packaged MiniLM + random 1-label head; use a trained one with non-torch backends)')
+                      help='CrossEncoder folder, or "default" for the product\'s default one '
+                           '(default: packaged MiniLM + random 1-label head; use a trained one '
+                           'with non-torch backends)')
   parser.add_argument('--workdir', default=None)
   args, beam_args = parser.parse_known_args()
   args.beam_args = [a for a in beam_args if a != '--']
@@ -330,7 +335,8 @@ def main() -> None:
     args.compare_backends = [b for b in args.compare_backends.split(',') if b and b != 'torch']
   env = {'OMP_NUM_THREADS': str(args.threads)} if args.threads else None
   if 'mining' in stages or 'cross-encoder' in stages:
-    args.cross_encoder = ce_bench.resolve_cross_encoder(args.cross_encoder, os.path.join(work, 'ce'))
+    args.cross_encoder = ce_bench.resolve_cross_encoder(
+        args.cross_encoder, os.path.join(work, 'ce'))
   rows, details = [], {}
   started = time.perf_counter()
   for size in sizes:

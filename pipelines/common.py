@@ -16,6 +16,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from transforms.errors import UserInputError
 from transforms.inference_settings import InferenceSettings
+from transforms.inference_settings import positive_int as positive_int  # re-exported for the jobs
 from transforms.parquet_sink import (
   COMMIT_DEAD_LETTERS_COUNTER,
   COMMIT_REFUSED_COUNTER,
@@ -153,7 +154,7 @@ def fraction(value: str) -> float:
   try:
     number = float(value)
   except ValueError:
-    raise argparse.ArgumentTypeError(f'{value!r} is not a number')
+    raise argparse.ArgumentTypeError(f'{value!r} is not a number') from None
   if not 0 <= number <= 1:
     raise argparse.ArgumentTypeError(f'{value!r} must be between 0 and 1')
   return number

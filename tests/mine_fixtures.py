@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import pathlib
 from typing import Any, Mapping, Sequence
@@ -115,7 +116,10 @@ def write_collection(
       'retrieval_rank': [c[2] for c in ordered],
       'retrieval_score': [1.0 / c[2] for c in ordered],
   }, RANKED_SCHEMA)
-  (ranked_dir / 'manifest.json').write_text('{"kind": "ranked"}')  # rerank writes it last
+  # Rerank writes it last; readers take the file list from it.
+  (ranked_dir / 'manifest.json').write_text(json.dumps({'kind': 'ranked', 'outputs': {
+      'candidates': {'directory': 'candidates', 'rows': len(ordered), 'files': [
+          {'path': 'part-00000-of-00001.parquet', 'rows': len(ordered)}]}}}))
   return {
       'corpus': write_parquet(root / 'corpus.parquet', {
           'doc_id': list(corpus), 'text': list(corpus.values())}),

@@ -12,6 +12,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from pipelines import common
 from pipelines import encode as encode_job
 from pipelines import rerank as rerank_job
 from transforms import backends
@@ -54,9 +55,12 @@ def test_cross_encoder_fidelity():
 
 
 def test_check_fidelity_refuses_below_the_threshold(capsys):
+  common.configure_logging()  # as the command line does: the check's line is a log record
   backend = backends.BACKENDS['torch-bf16']
-  reference = lambda texts: np.eye(len(texts), 3, dtype=np.float32)
-  rotated = lambda texts: np.roll(np.eye(len(texts), 3, dtype=np.float32), 1, axis=1)
+  def reference(texts):
+    return np.eye(len(texts), 3, dtype=np.float32)
+  def rotated(texts):
+    return np.roll(np.eye(len(texts), 3, dtype=np.float32), 1, axis=1)
   with pytest.raises(UserInputError, match=r'--min-fidelity 0\.99'):
     backends.check_fidelity(backend, 'bi-encoder', ['a', 'b'], reference, rotated, 0.99)
   fidelity = backends.check_fidelity(backend, 'bi-encoder', ['a', 'b'], reference, reference, 0.99)
@@ -65,7 +69,8 @@ def test_check_fidelity_refuses_below_the_threshold(capsys):
 
 
 def test_reference_backend_is_not_checked():
-  fail = lambda texts: pytest.fail('the reference backend must not be run')
+  def fail(texts):
+    pytest.fail('the reference backend must not be run')
   assert backends.check_fidelity(
       backends.BACKENDS['torch'], 'bi-encoder', ['a'], fail, fail, 0.99) is None
 

@@ -88,13 +88,15 @@ def test_encode_limit_is_inclusive_and_zero_means_none(tmp_path, tiny_model_dir)
 @pytest.mark.parametrize('value', ['1.5', '-0.1', 'half'])
 def test_fraction_must_be_between_0_and_1(tmp_path, value, capsys):
   with pytest.raises(SystemExit) as exit_info:
-    encode_job.main(['--input', 'x', '--output', str(tmp_path), '--max-dead-letter-fraction', value])
+    encode_job.main(
+        ['--input', 'x', '--output', str(tmp_path), '--max-dead-letter-fraction', value])
   assert exit_info.value.code == 2
   assert '--max-dead-letter-fraction' in capsys.readouterr().err
 
 
 def _texts(tmp_path):
-  queries = write(tmp_path / 'q.parquet', {'query_id': list(QUERIES), 'text': list(QUERIES.values())})
+  queries = write(
+      tmp_path / 'q.parquet', {'query_id': list(QUERIES), 'text': list(QUERIES.values())})
   corpus = write(tmp_path / 'c.parquet', {'doc_id': list(CORPUS), 'text': list(CORPUS.values())})
   return queries, corpus
 

@@ -95,7 +95,8 @@ def test_train_refuses_pickle_base_model(pickle_models, tmp_path, capsys):
   pairs = tmp_path / 'pairs' / 'labeled-pair' / 'train'
   pairs.mkdir(parents=True)
   pq.write_table(pa.table({'sentence_0': ['a'], 'sentence_1': ['b'],
-                           'label': pa.array([1.0], pa.float32())}), pairs / 'part-00000-of-00001.parquet')
+                           'label': pa.array([1.0], pa.float32())}),
+                 pairs / 'part-00000-of-00001.parquet')
   assert train.main(['--pairs', str(tmp_path / 'pairs'), '--kind', 'cross-encoder',
                      '--base-model', pickle_models['bi'], '--output', str(tmp_path / 'm')]) == 2
   assert 'only pickle weights' in capsys.readouterr().err

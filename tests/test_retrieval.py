@@ -277,7 +277,8 @@ def test_corpus_blocks_gather_rows_across_tables():
 def _close_to(expected, atol):
   """Matcher: same (query_id, doc_id, rank) rows, scores within ``atol``."""
   def match(actual):
-    key = lambda r: (r['query_id'], r['retrieval_rank'])
+    def key(r):
+      return (r['query_id'], r['retrieval_rank'])
     actual, wanted = sorted(actual, key=key), sorted(expected, key=key)
     if [(r['query_id'], r['doc_id'], r['retrieval_rank']) for r in actual] != [
         (r['query_id'], r['doc_id'], r['retrieval_rank']) for r in wanted]:

@@ -25,7 +25,8 @@ def is_blank(value: Any) -> bool:
   return value is None or str(value).strip() == ''
 
 
-def candidate_problem(query_id: Any, doc_id: Any, score: Any, what: str = 'candidate') -> Optional[str]:
+def candidate_problem(
+    query_id: Any, doc_id: Any, score: Any, what: str = 'candidate') -> Optional[str]:
   """The dead-letter reason of an unusable row, or None for a usable one."""
   if is_blank(query_id):
     return f'null_query_id: {what} has no query_id'

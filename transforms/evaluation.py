@@ -35,7 +35,7 @@ def parse_measures(names: Iterable[str]) -> list:
       measures.append(ir_measures.parse_measure(f'{name}{sep}{cutoff}'))
     except Exception:
       raise UserInputError(
-          f'unknown metric {raw!r} (e.g. nDCG@10, MRR@10, Recall@100, P@10, MAP)')
+          f'unknown metric {raw!r} (e.g. nDCG@10, MRR@10, Recall@100, P@10, MAP)') from None
   return measures
 
 

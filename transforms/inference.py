@@ -59,8 +59,9 @@ class InferByTokenLength(beam.PTransform):
   """
   def __init__(
       self, handler: ModelHandler, *, model: str, model_fingerprint: str,
-      max_seq_length: int, settings: InferenceSettings, text_fn: Callable[[dict], Any], stage: str, unit: str,
-      done_counter: str, dead_letter_stage: str, error_code: str, record_id: Callable[[dict], str],
+      max_seq_length: int, settings: InferenceSettings, text_fn: Callable[[dict], Any],
+      stage: str, unit: str, done_counter: str, dead_letter_stage: str, error_code: str,
+      record_id: Callable[[dict], str],
       payload: Callable[[dict], dict]):
     super().__init__()
     self._handler = handler

@@ -145,7 +145,8 @@ def mine_query(
 
 
 def pseudo_label(
-    candidates: Sequence[Candidate], config: NegativeMiningSettings) -> tuple[list[str], list[Candidate]]:
+    candidates: Sequence[Candidate],
+    config: NegativeMiningSettings) -> tuple[list[str], list[Candidate]]:
   """Without qrels: positives are candidates scoring >= positive_threshold;
   only candidates scoring <= negative_threshold may become negatives."""
   positives = [c.doc_id for c in candidates

@@ -54,7 +54,7 @@ def resolve_model_dir(name_or_path: str) -> str:
   except Exception as error:
     raise UserInputError(
         f'model {name_or_path!r} is not a local directory and could not be '
-        f'fetched from the hub ({type(error).__name__}: {error})'.splitlines()[0])
+        f'fetched from the hub ({type(error).__name__}: {error})'.splitlines()[0]) from error
 
 
 PICKLE_SUFFIXES = ('.bin', '.pt', '.pth', '.ckpt', '.pkl', '.pickle')
@@ -146,7 +146,7 @@ def inspect_bi_encoder(
   except Exception as error:
     raise UserInputError(
         f'cannot load sentence-transformers model {name_or_path!r}: '
-        f'{type(error).__name__}: {error}'.splitlines()[0])
+        f'{type(error).__name__}: {error}'.splitlines()[0]) from error
   model_max = model.max_seq_length
   config = getattr(getattr(model[0], 'auto_model', None), 'config', None)
   position_max = getattr(config, 'max_position_embeddings', None)
@@ -191,7 +191,7 @@ def inspect_cross_encoder(
   except Exception as error:
     raise UserInputError(
         f'cannot load cross-encoder {name_or_path!r}: '
-        f'{type(error).__name__}: {error}'.splitlines()[0])
+        f'{type(error).__name__}: {error}'.splitlines()[0]) from error
   num_labels = int(getattr(model, 'num_labels', 1) or 1)
   if num_labels != 1:
     raise UserInputError(

@@ -58,7 +58,7 @@ def match_files(pattern: str, option: str) -> list[str]:
   try:
     match = FileSystems.match([pattern])[0]
   except Exception as error:  # Beam raises BeamIOError with per-glob causes.
-    raise UserInputError(f'{option} {pattern!r}: cannot list files ({error})')
+    raise UserInputError(f'{option} {pattern!r}: cannot list files ({error})') from error
   paths = sorted(m.path for m in match.metadata_list)
   if not paths:
     raise UserInputError(f'{option} {pattern!r} matches no files')
@@ -106,7 +106,7 @@ def check_parquet_files(
       schema = metadata.schema.to_arrow_schema()
     except Exception as error:
       raise UserInputError(
-          f'{option}: {path} is not a readable Parquet file ({error})')
+          f'{option}: {path} is not a readable Parquet file ({error})') from error
     num_rows += metadata.num_rows
     for column, kind in columns.items():
       if column not in schema.names:

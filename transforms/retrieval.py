@@ -357,7 +357,8 @@ class ExactTopK(beam.PTransform):
   """
   def __init__(
       self, k: int, corpus_block_size: int = DEFAULT_CORPUS_BLOCK_SIZE,
-      query_block_size: int = DEFAULT_QUERY_BLOCK_SIZE, normalize: bool = False, query_groups: int = 1):
+      query_block_size: int = DEFAULT_QUERY_BLOCK_SIZE, normalize: bool = False,
+      query_groups: int = 1):
     super().__init__()
     self._k = k
     self._corpus_block_size = corpus_block_size
