@@ -59,6 +59,7 @@ def main() -> None:
 
   from pipelines import encode, mine, rerank, train
   from transforms import evaluation
+  from transforms.mining import NegativeMiningSettings
   from transforms.model_info import packaged_minilm_path
   from transforms.parquet_sink import committed_files, write_json
   work = args.workdir or tempfile.mkdtemp(prefix='quality_loop_')
@@ -120,7 +121,8 @@ def main() -> None:
     mined = mine.execute(mine.MineJobConfig(
         query_embeddings=path('emb', q_emb), corpus_embeddings=path('emb', c_emb),
         top_k=top_k, queries=q, corpus=c, qrels=r, output=path(f'pairs_{name}'),
-        format='labeled-pair', num_negatives=negatives, sampling=sampling))
+        format='labeled-pair', mining=NegativeMiningSettings(
+            num_negatives=negatives, sampling_strategy=sampling)))
     mined_rows[name] = mined.rows['labeled-pair/train']
     for source in committed_files(mined.output_dir, 'labeled-pair/train', '--pairs'):
       file_name = f'part-{name}-{os.path.basename(source)[len("part-"):]}'

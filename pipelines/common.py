@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+import typing
 from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
 from apache_beam.io.filesystems import FileSystems
@@ -18,14 +19,14 @@ from transforms.errors import UserInputError
 from transforms.inference_settings import InferenceSettings
 from transforms.inference_settings import positive_int as positive_int  # re-exported for the jobs
 from transforms.parquet_sink import (
-  COMMIT_DEAD_LETTERS_COUNTER,
-  COMMIT_REFUSED_COUNTER,
-  DEAD_LETTER_OUTPUT,
-  MANIFEST_NAME,
-  STAGING_NAME,
-  CommitGateOptions,
-  committed_files,
-  read_json,
+    COMMIT_DEAD_LETTERS_COUNTER,
+    COMMIT_REFUSED_COUNTER,
+    DEAD_LETTER_OUTPUT,
+    MANIFEST_NAME,
+    STAGING_NAME,
+    CommitGateOptions,
+    committed_files,
+    read_json,
 )
 from transforms.texts import METRICS_NAMESPACE
 
@@ -72,14 +73,16 @@ def config_from_args(
     config_type: type[ConfigT], args: argparse.Namespace,
     pipeline_args: Sequence[str] = ()) -> ConfigT:
   """A job's config from its parsed options: one field per option (same name
-  as the option's ``dest``), ``inference`` from the shared inference options,
-  ``pipeline_args`` = the arguments left for Beam."""
+  as the option's ``dest``); a field that is itself a settings dataclass (e.g.
+  ``InferenceSettings``) is built the same way from the options of its own
+  fields; ``pipeline_args`` = the arguments left for Beam."""
+  types = typing.get_type_hints(config_type)
   values: dict[str, Any] = {}
   for field in dataclasses.fields(config_type):
-    if field.name == 'inference':
-      values['inference'] = InferenceSettings.from_args(args)
-    elif field.name == 'pipeline_args':
+    if field.name == 'pipeline_args':
       values['pipeline_args'] = tuple(pipeline_args)
+    elif dataclasses.is_dataclass(types[field.name]):
+      values[field.name] = config_from_args(types[field.name], args)
     else:
       values[field.name] = getattr(args, field.name)
   return config_type(**values)
@@ -194,7 +197,6 @@ def main_wrapper(
     run: Callable[[Sequence[str] | None], Any], prog: str,
     argv: Sequence[str] | None) -> int:
   """Runs a job; a user error is one line on stderr and exit code 2."""
-  configure_logging()
   try:
     run(argv)
   except UserInputError as error:

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from pipelines import encode, mine, rerank, train
 from transforms.errors import UserInputError
-from transforms.mining import split_of
+from transforms.mining import NegativeMiningSettings, split_of
 from transforms.model_info import packaged_minilm_path
 from transforms.sample_data import sample_tables
 
@@ -77,11 +77,13 @@ def _quietly(fn: Callable[[ConfigT], ResultT], config: ConfigT) -> ResultT:
     return fn(config)
 
 
-def _write_training_inputs(work: str, dev_ids: set[str]) -> dict[str, str]:
+def _write_training_inputs(work: str, dev_fraction: float) -> tuple[dict[str, str], set[str]]:
   """The sample collection split for the build: train-split queries plus every
-  title as a pseudo-query whose one positive is its own passage; dev queries."""
+  title as a pseudo-query whose one positive is its own passage; dev queries.
+  Returns the files written into ``work`` and the dev query ids."""
   tables = sample_tables()
   queries = tables['queries'].to_pylist()
+  dev_ids = {q['query_id'] for q in queries if split_of(q['query_id'], dev_fraction) == 'dev'}
   qrels = tables['qrels'].to_pylist()
   corpus = tables['corpus'].to_pylist()
   train_queries = [q for q in queries if q['query_id'] not in dev_ids] + [
@@ -99,7 +101,7 @@ def _write_training_inputs(work: str, dev_ids: set[str]) -> dict[str, str]:
       ('train_qrels', train_qrels, tables['qrels'].schema)):
     files[name] = os.path.join(work, f'{name}.parquet')
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), files[name])
-  return files
+  return files, dev_ids
 
 
 def build_default_cross_encoder(
@@ -111,9 +113,7 @@ def build_default_cross_encoder(
   started = time.perf_counter()
   logger.info('[default cross-encoder] building it once (a few minutes on a CPU) -> %s', path)
   with tempfile.TemporaryDirectory(prefix='beam-rerank-default-ce-') as work:
-    dev_ids = {q['query_id'] for q in sample_tables()['queries'].to_pylist()
-               if split_of(q['query_id'], recipe['dev_fraction']) == 'dev'}
-    files = _write_training_inputs(work, dev_ids)
+    files, dev_ids = _write_training_inputs(work, recipe['dev_fraction'])
     emb = {name: os.path.join(work, f'emb_{name}')
            for name in ('corpus', 'train_queries', 'dev_queries')}
     _quietly(encode.execute, encode.EncodeJobConfig(
@@ -126,7 +126,8 @@ def build_default_cross_encoder(
         query_embeddings=emb['train_queries'], corpus_embeddings=emb['corpus'], top_k=10,
         queries=files['train_queries'], corpus=files['corpus'], doc_title_column='title',
         qrels=files['train_qrels'], output=os.path.join(work, 'pairs'),
-        format='labeled-pair', num_negatives=recipe['num_negatives']))
+        format='labeled-pair',
+        mining=NegativeMiningSettings(num_negatives=recipe['num_negatives'])))
     logger.info(
         '[default cross-encoder] %d labeled pairs; fine-tuning (sentence-transformers '
         'CrossEncoderTrainer, BinaryCrossEntropyLoss)', mined.rows.get('labeled-pair/train', 0))

@@ -20,12 +20,12 @@ from transforms.errors import UserInputError
 from transforms.mining import FORMATS, GUARDS, NegativeMiningSettings
 from transforms.parquet_input import check_parquet_files, check_parquet_input, file_columns
 from transforms.parquet_sink import (
-  DEFAULT_ROWS_PER_SHARD,
-  MANIFEST_NAME,
-  committed_files,
-  committed_output_exists,
-  read_json,
-  write_json,
+    DEFAULT_ROWS_PER_SHARD,
+    MANIFEST_NAME,
+    committed_files,
+    committed_output_exists,
+    read_json,
+    write_json,
 )
 from transforms.retrieval import DEFAULT_MAX_QUERIES_IN_MEMORY
 from transforms.training_pairs import MineConfig, build_mine_pipeline
@@ -123,7 +123,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
       '--relative-margin', type=float, default=None,
       help='Keep a negative only if score <= p - |p| * margin (p: weakest positive score).')
   guards.add_argument(
-      '--sampling', choices=['top', 'random'], default='top',
+      '--sampling', dest='sampling_strategy', choices=['top', 'random'], default='top',
       help='(default: %(default)s)')
   guards.add_argument(
       '--seed', type=int, default=12,
@@ -159,20 +159,11 @@ class MineJobConfig:
   rows_per_shard: int = DEFAULT_ROWS_PER_SHARD
   max_dead_letter_fraction: float = 1.0
   qrels: Optional[str] = None
-  min_relevance: int = 1
   positives: Optional[str] = None
-  positive_threshold: Optional[float] = None
-  negative_threshold: Optional[float] = None
   format: str = 'labeled-pair,pair'
-  num_negatives: int = 3
-  range_min: int = 0
-  range_max: Optional[int] = None
-  max_score: Optional[float] = None
-  min_score: Optional[float] = None
-  absolute_margin: Optional[float] = None
-  relative_margin: Optional[float] = None
-  sampling: str = 'top'
-  seed: int = 12
+  # Labels' thresholds, negatives' guards and sampling (--min-relevance,
+  # --positive-threshold, --num-negatives, --range-min, ..., --sampling, --seed).
+  mining: NegativeMiningSettings = NegativeMiningSettings()
   score_column: Optional[str] = None
   dev_fraction: float = 0.0
   pipeline_args: tuple[str, ...] = ()
@@ -192,127 +183,123 @@ def parse_config(argv: Sequence[str] | None = None) -> MineJobConfig:
   return common.config_from_args(MineJobConfig, args, beam_args)
 
 
-def execute(args: MineJobConfig) -> MineResult:
+def execute(job: MineJobConfig) -> MineResult:
   """Runs the mine job; its report is also written as report.json."""
   common.quiet_libraries()
   started = time.perf_counter()
-  options = common.pipeline_options(args.pipeline_args, PROG)
-  sources = [bool(args.ranked), bool(args.candidates), bool(args.query_embeddings)]
+  options = common.pipeline_options(job.pipeline_args, PROG)
+  mining = job.mining
+  sources = [bool(job.ranked), bool(job.candidates), bool(job.query_embeddings)]
   if sum(sources) != 1:
     raise UserInputError(
         'give exactly one candidate source: --ranked, --candidates, or '
         '--query-embeddings with --corpus-embeddings')
-  if bool(args.query_embeddings) != bool(args.corpus_embeddings):
+  if bool(job.query_embeddings) != bool(job.corpus_embeddings):
     raise UserInputError('--query-embeddings and --corpus-embeddings go together')
-  label_sources = [bool(args.qrels), bool(args.positives), args.positive_threshold is not None]
+  label_sources = [bool(job.qrels), bool(job.positives), mining.positive_threshold is not None]
   if sum(label_sources) != 1:
     raise UserInputError(
         'give exactly one label source: --qrels, --positives, or --positive-threshold')
-  formats = [f.strip() for f in args.format.split(',') if f.strip()]
+  formats = [f.strip() for f in job.format.split(',') if f.strip()]
   unknown = [f for f in formats if f not in FORMATS]
   if unknown or not formats:
     raise UserInputError(f'unknown --format {",".join(unknown)}; choose from {",".join(FORMATS)}')
-  if not 0 <= args.dev_fraction < 1:
+  if not 0 <= job.dev_fraction < 1:
     raise UserInputError('--dev-fraction must be in [0, 1)')
-  if args.range_min < 0:
+  if mining.range_min < 0:
     raise UserInputError('--range-min must be >= 0')
-  if args.range_max is not None and args.range_min >= args.range_max:
+  if mining.range_max is not None and mining.range_min >= mining.range_max:
     raise UserInputError('--range-min must be smaller than --range-max')
-  if os.path.isfile(args.output):
-    raise UserInputError(f'--output {args.output!r} is a file, not a folder')
+  if os.path.isfile(job.output):
+    raise UserInputError(f'--output {job.output!r} is a file, not a folder')
 
-  queries = check_parquet_input(args.queries, '--queries', {
-      args.query_id_column: 'id', args.query_text_column: 'string'})
-  corpus_columns = {args.doc_id_column: 'id', args.doc_text_column: 'string'}
-  if args.doc_title_column:
-    corpus_columns[args.doc_title_column] = 'string'
-  corpus = check_parquet_input(args.corpus, '--corpus', corpus_columns)
-  score_column = args.score_column
+  queries = check_parquet_input(job.queries, '--queries', {
+      job.query_id_column: 'id', job.query_text_column: 'string'})
+  corpus_columns = {job.doc_id_column: 'id', job.doc_text_column: 'string'}
+  if job.doc_title_column:
+    corpus_columns[job.doc_title_column] = 'string'
+  corpus = check_parquet_input(job.corpus, '--corpus', corpus_columns)
+  score_column = job.score_column
   candidates_pattern, candidates_files = None, ()
   normalize = False
   has_rank = False
   embeddings = None
-  if args.ranked:
-    ranked_manifest = common.output_manifest(args.ranked, '--ranked', 'ranked', 'rerank')
+  if job.ranked:
+    ranked_manifest = common.output_manifest(job.ranked, '--ranked', 'ranked', 'rerank')
     # Every scored candidate when the output has them, else the top-n.
     output = 'candidates' if committed_output_exists(
-        args.ranked, 'candidates', '--ranked', ranked_manifest) else 'ranked'
+        job.ranked, 'candidates', '--ranked', ranked_manifest) else 'ranked'
     score_column = score_column or 'score'
     checked = check_parquet_files(
-        committed_files(args.ranked, output, '--ranked', ranked_manifest), '--ranked', {
+        committed_files(job.ranked, output, '--ranked', ranked_manifest), '--ranked', {
             'query_id': 'id', 'doc_id': 'id', 'retrieval_rank': 'int', score_column: 'float'})
     candidates_files, source = checked.files, 'ranked'
-  elif args.candidates:
-    checked = check_parquet_input(args.candidates, '--candidates', {
+  elif job.candidates:
+    checked = check_parquet_input(job.candidates, '--candidates', {
         'query_id': 'id', 'doc_id': 'id'})
     score_column = score_column or 'score'
     columns = file_columns(checked.files[0])
     if score_column not in columns:
       score_column = None
     else:
-      check_parquet_input(args.candidates, '--candidates', {score_column: 'float'})
+      check_parquet_input(job.candidates, '--candidates', {score_column: 'float'})
     has_rank = 'retrieval_rank' in columns
     if has_rank:
-      check_parquet_input(args.candidates, '--candidates', {'retrieval_rank': 'int'})
+      check_parquet_input(job.candidates, '--candidates', {'retrieval_rank': 'int'})
     candidates_pattern, source = checked.pattern, 'candidates'
   else:
-    embeddings, _ = common.check_embedding_pair(args.query_embeddings, args.corpus_embeddings)
+    embeddings, _ = common.check_embedding_pair(job.query_embeddings, job.corpus_embeddings)
     normalize = not embeddings['normalized'] and embeddings['similarity'] == 'cosine'
     source = 'dense'
   needs_scores = any(v is not None for v in (
-      args.max_score, args.min_score, args.absolute_margin, args.relative_margin,
-      args.positive_threshold))
+      mining.max_score, mining.min_score, mining.absolute_margin, mining.relative_margin,
+      mining.positive_threshold))
   if needs_scores and source == 'candidates' and score_column is None:
     raise UserInputError('score guards/thresholds need a score column in --candidates')
   rows_in = queries.num_rows + corpus.num_rows + (checked.num_rows if source != 'dense' else 0)
-  if args.qrels:
+  if job.qrels:
     rows_in += check_parquet_input(
-        args.qrels, '--qrels', {'query_id': 'id', 'doc_id': 'id', 'relevance': 'int'}).num_rows
-  if args.positives:
+        job.qrels, '--qrels', {'query_id': 'id', 'doc_id': 'id', 'relevance': 'int'}).num_rows
+  if job.positives:
     rows_in += check_parquet_input(
-        args.positives, '--positives', {'query_id': 'id', 'doc_id': 'id'}).num_rows
+        job.positives, '--positives', {'query_id': 'id', 'doc_id': 'id'}).num_rows
 
-  mining = NegativeMiningSettings(
-      num_negatives=args.num_negatives, range_min=args.range_min, range_max=args.range_max,
-      max_score=args.max_score, min_score=args.min_score,
-      absolute_margin=args.absolute_margin, relative_margin=args.relative_margin,
-      sampling_strategy=args.sampling, seed=args.seed, min_relevance=args.min_relevance,
-      positive_threshold=args.positive_threshold, negative_threshold=args.negative_threshold)
-  output_dir = args.output.rstrip('/')
+  output_dir = job.output.rstrip('/')
   config = MineConfig(
       queries_pattern=queries.pattern, corpus_pattern=corpus.pattern, output_dir=output_dir,
       formats=formats, mining=mining, candidate_source=source,
       candidates_pattern=candidates_pattern, candidates_files=candidates_files,
       candidates_score_column=score_column,
       candidates_have_retrieval_rank=has_rank,
-      query_embeddings_dir=args.query_embeddings, corpus_embeddings_dir=args.corpus_embeddings,
-      normalize_embeddings=normalize, top_k=args.top_k, qrels_pattern=args.qrels,
-      query_groups=common.query_groups(embeddings, args.max_queries_in_memory),
-      positives_pattern=args.positives, query_id_column=args.query_id_column,
-      query_text_column=args.query_text_column, doc_id_column=args.doc_id_column,
-      doc_text_column=args.doc_text_column, doc_title_column=args.doc_title_column,
-      title_separator=args.title_separator, dev_fraction=args.dev_fraction,
-      rows_per_shard=args.rows_per_shard)
+      query_embeddings_dir=job.query_embeddings, corpus_embeddings_dir=job.corpus_embeddings,
+      normalize_embeddings=normalize, top_k=job.top_k, qrels_pattern=job.qrels,
+      query_groups=common.query_groups(embeddings, job.max_queries_in_memory),
+      positives_pattern=job.positives, query_id_column=job.query_id_column,
+      query_text_column=job.query_text_column, doc_id_column=job.doc_id_column,
+      doc_text_column=job.doc_text_column, doc_title_column=job.doc_title_column,
+      title_separator=job.title_separator, dev_fraction=job.dev_fraction,
+      rows_per_shard=job.rows_per_shard)
   manifest = {
       'kind': 'training_pairs',
       'formats': formats,
       'candidate_source': source,
       'score_column': score_column if source != 'dense' else 'retrieval_score',
       'labels': ('pseudo: cross-encoder score thresholds '
-                 f'(positive >= {args.positive_threshold}, negative <= {args.negative_threshold})'
-                 if args.positive_threshold is not None else
-                 'qrels' if args.qrels else 'positives table'),
-      'pseudo_labels': args.positive_threshold is not None,
+                 f'(positive >= {mining.positive_threshold}, '
+                 f'negative <= {mining.negative_threshold})'
+                 if mining.positive_threshold is not None else
+                 'qrels' if job.qrels else 'positives table'),
+      'pseudo_labels': mining.positive_threshold is not None,
       'mining': {k: v for k, v in vars(mining).items()},
-      'dev_fraction': args.dev_fraction,
+      'dev_fraction': job.dev_fraction,
       'split': 'dev if blake2b(query_id) % 1e6 < dev_fraction * 1e6',
   }
-  common.limit_dead_letters(options, args.max_dead_letter_fraction, rows_in)
+  common.limit_dead_letters(options, job.max_dead_letter_fraction, rows_in)
   pipeline = beam.Pipeline(options=options)
   build_mine_pipeline(pipeline, config, manifest)
   result = pipeline.run()
   result.wait_until_finish()
-  common.check_dead_letter_limit(result, output_dir, args.max_dead_letter_fraction, rows_in)
+  common.check_dead_letter_limit(result, output_dir, job.max_dead_letter_fraction, rows_in)
   finished = time.perf_counter()
   counts = common.counters(result, 'mine')
   written = read_json(FileSystems.join(output_dir, MANIFEST_NAME))

@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import common, default_cross_encoder
 from pipelines import encode as encode_job
@@ -25,17 +26,17 @@ from transforms.inference_settings import InferenceSettings
 from transforms.model_info import inspect_cross_encoder
 from transforms.parquet_input import CheckedInput, check_parquet_input, file_columns
 from transforms.parquet_sink import (
-  DEFAULT_ROWS_PER_SHARD,
-  MANIFEST_NAME,
-  committed_files,
-  read_json,
-  write_json,
+    DEFAULT_ROWS_PER_SHARD,
+    MANIFEST_NAME,
+    committed_files,
+    read_json,
+    write_json,
 )
 from transforms.reranking import RerankConfig, build_rerank_pipeline, score_pairs
 from transforms.retrieval import (
-  DEFAULT_CORPUS_BLOCK_SIZE,
-  DEFAULT_MAX_QUERIES_IN_MEMORY,
-  DEFAULT_QUERY_BLOCK_SIZE,
+    DEFAULT_CORPUS_BLOCK_SIZE,
+    DEFAULT_MAX_QUERIES_IN_MEMORY,
+    DEFAULT_QUERY_BLOCK_SIZE,
 )
 
 PROG = 'beam-rerank rerank'
@@ -249,6 +250,7 @@ def _sample_pairs(
 
 @dataclasses.dataclass(frozen=True)
 class _CheckedInputs:
+  options: PipelineOptions
   queries: CheckedInput
   corpus: CheckedInput
   candidates: Optional[CheckedInput]
@@ -257,6 +259,7 @@ class _CheckedInputs:
 
 def check_inputs(job: RerankJobConfig) -> _CheckedInputs:
   """The cheap checks of a run's options and input files (one error line each)."""
+  options = common.pipeline_options(job.pipeline_args, PROG)
   if bool(job.query_embeddings) != bool(job.corpus_embeddings):
     raise UserInputError('--query-embeddings and --corpus-embeddings go together')
   if job.model and job.query_embeddings:
@@ -267,7 +270,6 @@ def check_inputs(job: RerankJobConfig) -> _CheckedInputs:
         'or --candidates')
   if os.path.isfile(job.output):
     raise UserInputError(f'--output {job.output!r} is a file, not a folder')
-  common.pipeline_options(job.pipeline_args, PROG)
   queries_input = check_parquet_input(
       job.queries, '--queries',
       {job.query_id_column: 'id', job.query_text_column: 'string'})
@@ -287,7 +289,7 @@ def check_inputs(job: RerankJobConfig) -> _CheckedInputs:
     check_parquet_input(
         job.qrels, '--qrels', {'query_id': 'id', 'doc_id': 'id', 'relevance': 'int'})
     evaluation.parse_measures(job.metrics.split(','))
-  return _CheckedInputs(queries_input, corpus_input, candidates_input, score_column)
+  return _CheckedInputs(options, queries_input, corpus_input, candidates_input, score_column)
 
 
 def execute(job: RerankJobConfig) -> RerankResult:
@@ -299,8 +301,8 @@ def execute(job: RerankJobConfig) -> RerankResult:
     raise ValueError(
         'execute() needs a cross-encoder; run() resolves the default one '
         '(pipelines.default_cross_encoder)')
-  options = common.pipeline_options(job.pipeline_args, PROG)
   checked = check_inputs(job)
+  options = checked.options
   queries_input, corpus_input = checked.queries, checked.corpus
   candidates_input, score_column = checked.candidates, checked.candidates_score_column
   candidates_pattern = candidates_input.pattern if candidates_input else None

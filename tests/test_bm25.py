@@ -15,17 +15,17 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from tests.conftest import SHARED_DIR
 from transforms.bm25 import (
-  BM25Settings,
-  BM25TopK,
-  CorpusStats,
-  Hits,
-  MergeHitsFn,
-  add_block_stats,
-  build_query_set,
-  merge_hits,
-  score_block,
-  term_block,
-  tokenize,
+    BM25Settings,
+    BM25TopK,
+    CorpusStats,
+    Hits,
+    MergeHitsFn,
+    add_block_stats,
+    build_query_set,
+    merge_hits,
+    score_block,
+    term_block,
+    tokenize,
 )
 
 ENGLISH_DOCS = [

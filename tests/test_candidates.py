@@ -10,11 +10,11 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from transforms.candidates import (
-  SOURCE_DENSE,
-  SOURCE_SUPPLIED,
-  JoinTexts,
-  MergeCandidates,
-  SuppliedCandidates,
+    SOURCE_DENSE,
+    SOURCE_SUPPLIED,
+    JoinTexts,
+    MergeCandidates,
+    SuppliedCandidates,
 )
 from transforms.dead_letters import DEAD_LETTER_TAG, dead_letter
 from transforms.texts import METRICS_NAMESPACE

@@ -24,11 +24,11 @@ from transforms import evaluation, training
 from transforms.encoding import embedding_schema, embeddings_to_table
 from transforms.errors import UserInputError
 from transforms.parquet_sink import (
-  MANIFEST_NAME,
-  ShardedOutput,
-  commit_outputs,
-  shard_file_name,
-  write_table,
+    MANIFEST_NAME,
+    ShardedOutput,
+    commit_outputs,
+    shard_file_name,
+    write_table,
 )
 from transforms.retrieval import ReadEmbeddingTables
 

@@ -10,13 +10,13 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from transforms.mining import (
-  GUARDS,
-  Candidate,
-  MineNegatives,
-  NegativeMiningSettings,
-  mine_query,
-  pseudo_label,
-  split_of,
+    GUARDS,
+    Candidate,
+    MineNegatives,
+    NegativeMiningSettings,
+    mine_query,
+    pseudo_label,
+    split_of,
 )
 from transforms.parquet_sink import stable_hash
 

@@ -9,12 +9,12 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from transforms.ranking import (
-  ALL_TAG,
-  RANKED_SCHEMA,
-  RankPerQuery,
-  rank_candidates,
-  ranked_sort_key,
-  ranking_key,
+    ALL_TAG,
+    RANKED_SCHEMA,
+    RankPerQuery,
+    rank_candidates,
+    ranked_sort_key,
+    ranking_key,
 )
 
 

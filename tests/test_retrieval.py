@@ -11,17 +11,17 @@ from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
 
 from transforms.encoding import embedding_schema, embeddings_to_table
 from transforms.retrieval import (
-  EmbeddingBlock,
-  ExactTopK,
-  MergeTopKFn,
-  TopK,
-  block_top_k,
-  candidate_pairs,
-  l2_normalize,
-  merge_top_k,
-  table_to_matrix,
-  tables_to_blocks,
-  top_k_rows,
+    EmbeddingBlock,
+    ExactTopK,
+    MergeTopKFn,
+    TopK,
+    block_top_k,
+    candidate_pairs,
+    l2_normalize,
+    merge_top_k,
+    table_to_matrix,
+    tables_to_blocks,
+    top_k_rows,
 )
 
 pytest.register_assert_rewrite('tests.rerank_fixtures')

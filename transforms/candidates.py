@@ -13,10 +13,10 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from transforms.candidate_checks import (
-  CheckCandidateFn,
-  duplicate_pair_reason,
-  first_per_doc,
-  unknown_id_reason,
+    CheckCandidateFn,
+    duplicate_pair_reason,
+    first_per_doc,
+    unknown_id_reason,
 )
 from transforms.dead_letters import DEAD_LETTER_TAG, dead_letter
 from transforms.texts import METRICS_NAMESPACE

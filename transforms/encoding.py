@@ -22,6 +22,7 @@ from transforms.parquet_sink import (
   CommitOutputs,
   ShardedOutput,
   WriteParquetShards,
+  committed_files,
 )
 from transforms.texts import ReadTexts
 
@@ -171,7 +172,6 @@ def build_encode_pipeline(
   to_encode = prepared['texts']
   reused = None
   if reuse_previous:
-    from transforms.parquet_sink import committed_files
     dtype = np.float16 if config.precision == 'float16' else np.float32
     # Exactly the files the previous manifest lists, never a glob.
     previous = (

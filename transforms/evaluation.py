@@ -12,6 +12,7 @@ import ir_measures
 import polars as pl
 
 from transforms.errors import UserInputError
+from transforms.parquet_sink import committed_files, committed_output_exists, read_manifest
 
 DEFAULT_MEASURES = ('nDCG@10', 'RR@10', 'R@100')
 DISPLAY_NAMES = {'RR': 'MRR', 'R': 'Recall'}
@@ -190,7 +191,6 @@ def read_ranked(ranked_dir: str) -> tuple[pl.DataFrame, str]:
   """A rerank output folder -> its rows: every scored candidate when its
   manifest has the ``candidates`` output (so retrieval Recall@100 sees all
   100), else the top-n. Reads exactly the files the manifest lists."""
-  from transforms.parquet_sink import committed_files, committed_output_exists, read_manifest
   columns = ['query_id', 'doc_id', 'rank', 'score', 'retrieval_rank', 'retrieval_score']
   manifest = read_manifest(ranked_dir, '--ranked')
   which = ('candidates' if committed_output_exists(

@@ -1,7 +1,7 @@
 """How and where models run: one frozen object shared by both jobs and both handlers.
 
-Built once from the command line's shared option group (``add_arguments`` /
-``from_args``) or in code, then passed down whole: job config -> transform ->
+Built once from the command line's shared option group (``add_arguments``)
+or in code, then passed down whole: job config -> transform ->
 ``ModelHandler`` (as Beam's ``EmbeddingsManager`` carries its handler settings).
 Every default lives here, once.
 """
@@ -12,12 +12,12 @@ import dataclasses
 from typing import Optional
 
 from transforms.backends import (
-  BACKENDS,
-  DEFAULT_BACKEND,
-  DEFAULT_FIDELITY_SAMPLE,
-  DEFAULT_MIN_FIDELITY,
-  Device,
-  backend_help,
+    BACKENDS,
+    DEFAULT_BACKEND,
+    DEFAULT_FIDELITY_SAMPLE,
+    DEFAULT_MIN_FIDELITY,
+    Device,
+    backend_help,
 )
 from transforms.batching import DEFAULT_MAX_TOKENS_PER_BATCH
 
@@ -71,10 +71,6 @@ class InferenceSettings:
     """The same settings on another backend (the fidelity check's reference)."""
     return dataclasses.replace(self, backend=backend)
 
-  @classmethod
-  def from_args(cls, args: argparse.Namespace) -> InferenceSettings:
-    """The settings from options added by ``add_arguments``."""
-    return cls(**{field.name: getattr(args, field.name) for field in dataclasses.fields(cls)})
 
 
 def positive_int(value: str) -> int:

@@ -21,12 +21,12 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from transforms.candidate_checks import (
-  CheckCandidateFn,
-  candidate_problem,
-  duplicate_pair_reason,
-  first_per_doc,
-  retrieval_order,
-  unknown_id_reason,
+    CheckCandidateFn,
+    candidate_problem,
+    duplicate_pair_reason,
+    first_per_doc,
+    retrieval_order,
+    unknown_id_reason,
 )
 from transforms.dead_letters import DEAD_LETTER_TAG, dead_letter
 from transforms.parquet_sink import stable_hash

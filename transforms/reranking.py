@@ -12,18 +12,18 @@ from transforms.candidates import SOURCE_DENSE, JoinTexts, MergeCandidates, Supp
 from transforms.dead_letters import DEAD_LETTER_SCHEMA, DEAD_LETTER_TAG, dead_letter_sort_key
 from transforms.inference_settings import InferenceSettings
 from transforms.parquet_sink import (
-  DEFAULT_ROWS_PER_SHARD,
-  MANIFEST_NAME,
-  CommitOutputs,
-  ShardedOutput,
-  WriteParquetShards,
+    DEFAULT_ROWS_PER_SHARD,
+    MANIFEST_NAME,
+    CommitOutputs,
+    ShardedOutput,
+    WriteParquetShards,
 )
 from transforms.ranking import ALL_TAG, RANKED_SCHEMA, RankPerQuery, ranked_sort_key
 from transforms.retrieval import (
-  DEFAULT_CORPUS_BLOCK_SIZE,
-  DEFAULT_QUERY_BLOCK_SIZE,
-  ExactTopK,
-  ReadEmbeddingTables,
+    DEFAULT_CORPUS_BLOCK_SIZE,
+    DEFAULT_QUERY_BLOCK_SIZE,
+    ExactTopK,
+    ReadEmbeddingTables,
 )
 from transforms.scoring import ScorePairs
 from transforms.texts import METRICS_NAMESPACE, ReadTexts

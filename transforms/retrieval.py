@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 
+from transforms.parquet_sink import committed_files, stable_hash
 from transforms.texts import METRICS_NAMESPACE
 
 STAGE = 'retrieve'
@@ -318,7 +319,6 @@ def _table_of_group(table: pa.Table, group: int, groups: int) -> pa.Table:
   """The rows of ``table`` whose id hashes to ``group`` of ``groups``."""
   if groups == 1:
     return table
-  from transforms.parquet_sink import stable_hash
   mask = [stable_hash(i) % groups == group for i in table.column('id').to_pylist()]
   return table.filter(pa.array(mask, pa.bool_()))
 
@@ -336,7 +336,6 @@ class ReadEmbeddingTables(beam.PTransform):
     self._option = option
 
   def expand(self, pbegin):
-    from transforms.parquet_sink import committed_files
     files = committed_files(self._directory, 'embeddings', self._option)
     return (
         pbegin

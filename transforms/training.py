@@ -14,6 +14,7 @@ import time
 from typing import Literal, Optional
 
 from transforms.errors import UserInputError
+from transforms.parquet_sink import committed_files, committed_output_exists, read_manifest
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +40,6 @@ class TrainConfig:
 def _split_files(pairs_dir: str, fmt: str, split: str) -> list[str]:
   """The files of the mined ``fmt/split`` output, as its manifest lists them
   ([] when the mine job did not write that output)."""
-  from transforms.parquet_sink import committed_files, committed_output_exists, read_manifest
   manifest = read_manifest(pairs_dir, '--pairs')
   output = f'{fmt}/{split}'
   if not committed_output_exists(pairs_dir, output, '--pairs', manifest):
@@ -113,9 +113,9 @@ def _train(config: TrainConfig, fmt: str, data, work: str, common_args: dict) ->
   started = time.perf_counter()
   if config.kind == 'cross-encoder':
     from sentence_transformers.cross_encoder import (
-      CrossEncoder,
-      CrossEncoderTrainer,
-      CrossEncoderTrainingArguments,
+        CrossEncoder,
+        CrossEncoderTrainer,
+        CrossEncoderTrainingArguments,
     )
     from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
     model = CrossEncoder(
@@ -128,9 +128,9 @@ def _train(config: TrainConfig, fmt: str, data, work: str, common_args: dict) ->
         train_dataset=data['train'], eval_dataset=data.get('dev'), loss=loss)
   else:
     from sentence_transformers import (
-      SentenceTransformer,
-      SentenceTransformerTrainer,
-      SentenceTransformerTrainingArguments,
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
     )
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
     from sentence_transformers.sentence_transformer.training_args import BatchSamplers

@@ -10,21 +10,21 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms.dead_letters import DEAD_LETTER_SCHEMA, DEAD_LETTER_TAG, dead_letter_sort_key
 from transforms.mining import (
-  AttachMinedTexts,
-  CheckQrelFn,
-  KnownCandidates,
-  MineNegatives,
-  NegativeMiningSettings,
-  check_candidates,
-  format_rows,
-  split_of,
+    AttachMinedTexts,
+    CheckQrelFn,
+    KnownCandidates,
+    MineNegatives,
+    NegativeMiningSettings,
+    check_candidates,
+    format_rows,
+    split_of,
 )
 from transforms.parquet_sink import (
-  DEFAULT_ROWS_PER_SHARD,
-  MANIFEST_NAME,
-  CommitOutputs,
-  ShardedOutput,
-  WriteParquetShards,
+    DEFAULT_ROWS_PER_SHARD,
+    MANIFEST_NAME,
+    CommitOutputs,
+    ShardedOutput,
+    WriteParquetShards,
 )
 from transforms.retrieval import ExactTopK, ReadEmbeddingTables
 from transforms.texts import ReadTexts
