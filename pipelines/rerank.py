@@ -21,7 +21,9 @@ from pipelines import common, default_cross_encoder
 from pipelines import encode as encode_job
 from pipelines.evaluate import evaluate_ranked
 from transforms import evaluation, inference_settings
+from transforms.bm25 import SUPPORTED_STEMMERS, BM25Settings
 from transforms.errors import UserInputError
+from transforms.fusion import AUTO, DEFAULT_RRF_K, METHODS, FusionSpec, parse_fusion_weights
 from transforms.inference_settings import InferenceSettings
 from transforms.model_info import inspect_cross_encoder
 from transforms.parquet_input import CheckedInput, check_parquet_input, file_columns
@@ -38,8 +40,11 @@ from transforms.retrieval import (
     DEFAULT_MAX_QUERIES_IN_MEMORY,
     DEFAULT_QUERY_BLOCK_SIZE,
 )
+from transforms.stage_fusion import StagePlan, plan_stages
 
 PROG = 'beam-rerank rerank'
+NO_CROSS_ENCODER = 'none'
+DEFAULT_BM25 = BM25Settings()
 logger = logging.getLogger(__name__)
 _CANDIDATE_STAGES = ('rerank/candidates', 'rerank/join', 'rerank/score')
 
@@ -47,10 +52,13 @@ _CANDIDATE_STAGES = ('rerank/candidates', 'rerank/join', 'rerank/score')
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog=prog,
-      description='Rank corpus passages for each query with a cross-encoder. '
-      'Candidates come from exact dense top-k over embedding shards (--query-'
-      'embeddings/--corpus-embeddings, or --model to encode first), from a '
-      'supplied run (--candidates), or from both (their union).',
+      description='Rank corpus passages for each query. Candidates come from exact '
+      'dense top-k over embedding shards (--query-embeddings/--corpus-embeddings, or '
+      '--model to encode first), exact BM25 top-k (--bm25), a supplied run '
+      '(--candidates), or any of them (their union). The first stage fuses the '
+      "sources' scores; a cross-encoder then scores every candidate and the final "
+      'ranking fuses it with the first stage (--fusion; weights fixed or tuned on '
+      '--tune-qrels, guarded).',
       epilog=common.BEAM_EPILOG)
   io = parser.add_argument_group('input and output')
   io.add_argument(
@@ -98,8 +106,24 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
       '--candidates-score-column', default='score',
       help='Score column of --candidates, if present (default: %(default)s).')
   cands.add_argument(
+      '--bm25', action='store_true',
+      help='BM25 candidates: exact top-k over the passage texts (title + text with '
+      '--doc-title-column), Unicode letters and digits lowercased.')
+  cands.add_argument(
+      '--bm25-k1', type=common.non_negative_float, default=DEFAULT_BM25.k1,
+      help='(default: %(default)s)')
+  cands.add_argument(
+      '--bm25-b', type=common.unit_float, default=DEFAULT_BM25.b,
+      help='(default: %(default)s)')
+  cands.add_argument(
+      '--bm25-stemmer', choices=('none',) + SUPPORTED_STEMMERS, default='none',
+      help='Snowball stemmer for BM25 tokens (default: %(default)s).')
+  cands.add_argument(
+      '--bm25-top-k', type=common.positive_int, default=None,
+      help='BM25 candidates per query (default: --top-k).')
+  cands.add_argument(
       '--top-k', type=common.positive_int, default=100,
-      help='Dense candidates per query (default: %(default)s).')
+      help='Candidates per query from each source, dense and BM25 (default: %(default)s).')
   cands.add_argument(
       '--corpus-block-size', type=common.positive_int, default=DEFAULT_CORPUS_BLOCK_SIZE,
       help='Corpus rows per matrix product; the score matrix of one product is query '
@@ -116,9 +140,10 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
   scoring = parser.add_argument_group('cross-encoder')
   scoring.add_argument(
       '--cross-encoder', default=None, metavar='NAME_OR_PATH',
-      help='sentence-transformers CrossEncoder directory or hub id (1 label). Default: '
-      'a cross-encoder fine-tuned locally from the packaged all-MiniLM-L6-v2 on the '
-      'sample collection (built once, cached; see its note).')
+      help="sentence-transformers CrossEncoder directory or hub id (1 label); 'none' "
+      'ranks by the fused first stage alone (hybrid retrieval, no model scoring). '
+      'Default: a cross-encoder fine-tuned locally from the packaged all-MiniLM-L6-v2 '
+      'on the sample collection (built once, cached; see its note).')
   scoring.add_argument(
       '--top-n', type=common.positive_int, default=10,
       help='Ranked rows kept per query (default: %(default)s).')
@@ -130,6 +155,28 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
       help='Applied to the logit: identity = raw logits (right for BCE-trained '
       "models), sigmoid, or the model's own default (default: %(default)s).")
   inference_settings.add_arguments(parser, 'inference and batching (both models)')
+
+  fusion_group = parser.add_argument_group(
+      'fusion', 'The first stage fuses dense, BM25 and supplied scores into '
+      'retrieval_score; the final ranking fuses that (signal "retrieval") with the '
+      'cross-encoder ("ce"). Linear fusion min-max normalises each signal per query.')
+  fusion_group.add_argument(
+      '--fusion', choices=METHODS, default='linear',
+      help='none: one signal per stage; linear: weighted sum of normalised scores; '
+      'rrf: weighted reciprocal rank fusion (default: %(default)s).')
+  fusion_group.add_argument(
+      '--fusion-weights', default=AUTO, metavar='auto|SIGNAL=W,...',
+      help="'auto' (tuned on --tune-qrels, guarded: falls back to a stage's best single "
+      'signal unless the gain holds up in a paired test), or fixed, e.g. '
+      "'dense=0.5,bm25=0.5,ce=1' (default: %(default)s).")
+  fusion_group.add_argument(
+      '--rrf-k', type=common.non_negative_float, default=DEFAULT_RRF_K,
+      help='(default: %(default)s)')
+  fusion_group.add_argument(
+      '--tune-qrels', metavar='GLOB', default=None,
+      help='Judgments of the tuning queries (also in --queries) for auto weights; '
+      'they are left out of the reported metrics. Without it, auto ranks each stage '
+      'by one signal: the cross-encoder, else dense, supplied, BM25.')
 
   evaluation_group = parser.add_argument_group('evaluation')
   evaluation_group.add_argument(
@@ -167,6 +214,11 @@ class RerankJobConfig:
   model: Optional[str] = None
   candidates: Optional[str] = None
   candidates_score_column: str = 'score'
+  bm25: bool = False
+  bm25_k1: float = DEFAULT_BM25.k1
+  bm25_b: float = DEFAULT_BM25.b
+  bm25_stemmer: str = 'none'
+  bm25_top_k: Optional[int] = None
   top_k: int = 100
   corpus_block_size: int = DEFAULT_CORPUS_BLOCK_SIZE
   query_block_size: int = DEFAULT_QUERY_BLOCK_SIZE
@@ -176,8 +228,16 @@ class RerankJobConfig:
   activation: str = 'identity'
   qrels: Optional[str] = None
   metrics: str = ','.join(evaluation.DEFAULT_MEASURES)
+  fusion: str = 'linear'
+  fusion_weights: str = AUTO
+  rrf_k: float = DEFAULT_RRF_K
+  tune_qrels: Optional[str] = None
   inference: InferenceSettings = InferenceSettings()
   pipeline_args: tuple[str, ...] = ()
+
+  @property
+  def uses_cross_encoder(self) -> bool:
+    return (self.cross_encoder or '').lower() != NO_CROSS_ENCODER
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,6 +315,42 @@ class _CheckedInputs:
   corpus: CheckedInput
   candidates: Optional[CheckedInput]
   candidates_score_column: Optional[str]
+  bm25: Optional[BM25Settings]
+  plan: StagePlan
+
+
+def _bm25_settings(job: RerankJobConfig) -> Optional[BM25Settings]:
+  if not job.bm25:
+    return None
+  try:
+    return BM25Settings(
+        k1=job.bm25_k1, b=job.bm25_b,
+        stemmer=None if job.bm25_stemmer == 'none' else job.bm25_stemmer,
+        top_k=job.bm25_top_k or job.top_k)
+  except ValueError as error:
+    raise UserInputError(f'BM25: {error}') from None
+
+
+def _stage_plan(job: RerankJobConfig, score_column: Optional[str]) -> StagePlan:
+  sources = [s for s, on in (
+      ('dense', bool(job.model or job.query_embeddings)), ('bm25', job.bm25),
+      ('supplied', bool(job.candidates and score_column))) if on]
+  try:
+    spec = FusionSpec(job.fusion, parse_fusion_weights(job.fusion_weights), job.rrf_k)
+    return plan_stages(spec, sources, job.uses_cross_encoder)
+  except ValueError as error:
+    raise UserInputError(f'--fusion {job.fusion} --fusion-weights {job.fusion_weights}: '
+                         f'{error}') from None
+
+
+def read_tuning_qrels(pattern: str) -> dict[str, dict[str, int]]:
+  """--tune-qrels -> query_id -> doc_id -> relevance."""
+  checked = check_parquet_input(
+      pattern, '--tune-qrels', {'query_id': 'id', 'doc_id': 'id', 'relevance': 'int'})
+  qrels: dict[str, dict[str, int]] = {}
+  for query_id, doc_id, relevance in evaluation.read_qrels(checked.files).iter_rows():
+    qrels.setdefault(query_id, {})[doc_id] = int(relevance)
+  return qrels
 
 
 def check_inputs(job: RerankJobConfig) -> _CheckedInputs:
@@ -264,10 +360,10 @@ def check_inputs(job: RerankJobConfig) -> _CheckedInputs:
     raise UserInputError('--query-embeddings and --corpus-embeddings go together')
   if job.model and job.query_embeddings:
     raise UserInputError('give either --model or --query-embeddings/--corpus-embeddings')
-  if not (job.model or job.query_embeddings or job.candidates):
+  if not (job.model or job.query_embeddings or job.candidates or job.bm25):
     raise UserInputError(
         'no candidates: give --query-embeddings and --corpus-embeddings, --model, '
-        'or --candidates')
+        '--bm25 or --candidates')
   if os.path.isfile(job.output):
     raise UserInputError(f'--output {job.output!r} is a file, not a folder')
   queries_input = check_parquet_input(
@@ -289,17 +385,35 @@ def check_inputs(job: RerankJobConfig) -> _CheckedInputs:
     check_parquet_input(
         job.qrels, '--qrels', {'query_id': 'id', 'doc_id': 'id', 'relevance': 'int'})
     evaluation.parse_measures(job.metrics.split(','))
-  return _CheckedInputs(options, queries_input, corpus_input, candidates_input, score_column)
+  if job.tune_qrels:
+    check_parquet_input(
+        job.tune_qrels, '--tune-qrels', {'query_id': 'id', 'doc_id': 'id', 'relevance': 'int'})
+  return _CheckedInputs(
+      options, queries_input, corpus_input, candidates_input, score_column,
+      _bm25_settings(job), _stage_plan(job, score_column))
+
+
+def _fusion_lines(fusion: Optional[dict]) -> list[tuple[str, str]]:
+  if not fusion:
+    return []
+  lines = []
+  for stage, label in (('first_stage', 'first stage'), ('final', 'final')):
+    decision = fusion.get(stage)
+    if decision:
+      weights = ', '.join(f'{s}={w:g}' for s, w in decision['weights'].items())
+      lines.append((f'fusion, {label}', f"{decision['method']} {weights}"))
+      lines.append(('  why', decision['reason']))
+  return lines
 
 
 def execute(job: RerankJobConfig) -> RerankResult:
-  """Runs the rerank job with ``job.cross_encoder``; its report is also
-  written as report.json."""
+  """Runs the rerank job with ``job.cross_encoder`` (a model, or 'none' for the
+  fused first stage alone); its report is also written as report.json."""
   common.quiet_libraries()
   started = time.perf_counter()
   if job.cross_encoder is None:
     raise ValueError(
-        'execute() needs a cross-encoder; run() resolves the default one '
+        "execute() needs a cross-encoder (or 'none'); run() resolves the default one "
         '(pipelines.default_cross_encoder)')
   checked = check_inputs(job)
   options = checked.options
@@ -307,10 +421,13 @@ def execute(job: RerankJobConfig) -> RerankResult:
   candidates_input, score_column = checked.candidates, checked.candidates_score_column
   candidates_pattern = candidates_input.pattern if candidates_input else None
   settings = job.inference
+  tuning_qrels = read_tuning_qrels(job.tune_qrels) if job.tune_qrels else {}
   # The cross-encoder is checked before any encoding.
-  ce = inspect_cross_encoder(
-      job.cross_encoder, job.max_length, settings.trust_remote_code,
-      settings.allow_pickle_weights)
+  ce = None
+  if job.uses_cross_encoder:
+    ce = inspect_cross_encoder(
+        job.cross_encoder, job.max_length, settings.trust_remote_code,
+        settings.allow_pickle_weights)
   query_dir, corpus_dir = job.query_embeddings, job.corpus_embeddings
   if job.model:
     query_dir, corpus_dir = _encode_first(job)
@@ -323,9 +440,12 @@ def execute(job: RerankJobConfig) -> RerankResult:
       queries_pattern=queries_input.pattern,
       corpus_pattern=corpus_input.pattern,
       output_dir=output_dir,
-      cross_encoder=ce.name_or_path,
-      cross_encoder_fingerprint=ce.fingerprint,
-      max_length=ce.max_length,
+      plan=checked.plan,
+      cross_encoder=ce.name_or_path if ce else None,
+      cross_encoder_fingerprint=ce.fingerprint if ce else None,
+      max_length=ce.max_length if ce else None,
+      bm25=checked.bm25,
+      tuning_qrels=tuning_qrels,
       query_embeddings_dir=query_dir,
       corpus_embeddings_dir=corpus_dir,
       normalize_embeddings=bool(
@@ -347,30 +467,40 @@ def execute(job: RerankJobConfig) -> RerankResult:
       query_block_size=job.query_block_size,
       rows_per_shard=job.rows_per_shard,
       inference=settings)
-  fidelity = common.check_backend(
-      settings, 'cross-encoder',
-      lambda backend: score_pairs(config).handler(backend),
-      _sample_pairs(queries_input.files, corpus_input.files, job))
+  fidelity = None
+  if ce:
+    fidelity = common.check_backend(
+        settings, 'cross-encoder',
+        lambda backend: score_pairs(config).handler(backend),
+        _sample_pairs(queries_input.files, corpus_input.files, job))
+  sources = [s for s, on in (
+      ('dense', bool(query_dir)), ('bm25', bool(checked.bm25)),
+      ('supplied', bool(candidates_pattern))) if on]
   manifest = {
       'kind': 'ranked',
-      'cross_encoder': ce.name_or_path,
-      'cross_encoder_fingerprint': ce.fingerprint,
-      'activation': job.activation,
-      'max_length': ce.max_length,
+      'cross_encoder': ce.name_or_path if ce else None,
+      'cross_encoder_fingerprint': ce.fingerprint if ce else None,
+      'activation': job.activation if ce else None,
+      'max_length': ce.max_length if ce else None,
       'top_k': job.top_k if query_dir else None,
+      'bm25': dataclasses.asdict(checked.bm25) if checked.bm25 else None,
       'top_n': job.top_n,
-      'candidate_sources': [s for s, on in (
-          ('dense', bool(query_dir)), ('supplied', bool(candidates_pattern))) if on],
+      'candidate_sources': sources,
       'retrieval_model_fingerprint': embeddings and embeddings['model_fingerprint'],
+      'fusion_requested': checked.plan.as_dict(),
+      'tune_qrels': job.tune_qrels,
       'ranking': 'score desc, then retrieval_score desc, then doc_id asc',
-      'backend': settings.backend,
+      'backend': settings.backend if ce else None,
       'backend_fidelity': fidelity,
   }
   logger.info(
-      '[rerank] queries %s rows, corpus %s rows; candidates from %s; cross-encoder %s '
-      '(max_length %d, activation %s)', f'{queries_input.num_rows:,}',
-      f'{corpus_input.num_rows:,}', ' + '.join(manifest['candidate_sources']),
-      ce.name_or_path, ce.max_length, job.activation)
+      '[rerank] queries %s rows, corpus %s rows; candidates from %s; %s; fusion %s '
+      '(weights %s%s)', f'{queries_input.num_rows:,}', f'{corpus_input.num_rows:,}',
+      ' + '.join(sources),
+      f'cross-encoder {ce.name_or_path} (max_length {ce.max_length}, activation '
+      f'{job.activation})' if ce else 'no cross-encoder',
+      job.fusion, job.fusion_weights,
+      f', tuned on {len(tuning_qrels):,} judged queries' if tuning_qrels else '')
 
   rows_in = queries_input.num_rows + corpus_input.num_rows + (
       candidates_input.num_rows if candidates_input else 0)
@@ -389,19 +519,24 @@ def execute(job: RerankJobConfig) -> RerankResult:
   dead = common.dead_letter_counts(output_dir)
   by_reason = {f'{stage} {code}': rows for stage, code, rows in dead}
   candidate_dead = sum(rows for stage, _, rows in dead if stage in _CANDIDATE_STAGES)
-  candidates_in = counts.get('dense_candidates', 0) + counts.get('supplied_candidates_in', 0)
+  candidates_in = (counts.get('dense_candidates', 0) + counts.get('bm25_candidates', 0) +
+                   counts.get('supplied_candidates_in', 0))
   scored = counts.get('pairs_scored', 0)
+  ranked = counts.get('candidates_ranked', 0)
+  fusion = written.get('fusion')
   report = {
       'job': 'rerank',
       'output': output_dir,
       'queries_ranked': counts.get('queries_ranked', 0),
       'candidates_in': candidates_in,
       'dense_candidates': counts.get('dense_candidates', 0),
+      'bm25_candidates': counts.get('bm25_candidates', 0),
       'supplied_candidates': counts.get('supplied_candidates_in', 0),
       'union_overlap': counts.get('union_overlap', 0),
+      'candidates_ranked': ranked,
       'pairs_scored': scored,
       'candidate_dead_letters': candidate_dead,
-      'reconciles': candidates_in == scored + candidate_dead + counts.get('union_overlap', 0),
+      'reconciles': candidates_in == ranked + candidate_dead + counts.get('union_overlap', 0),
       'dead_letters': sum(rows for _, _, rows in dead),
       'dead_letters_by_reason': by_reason,
       'pairs_truncated': counts.get('texts_truncated', 0),
@@ -409,10 +544,11 @@ def execute(job: RerankJobConfig) -> RerankResult:
       'padding_fraction': (1 - counts.get('real_tokens', 0) / counts['padded_tokens'])
       if counts.get('padded_tokens') else 0.0,
       'ranked_rows': written['outputs']['ranked']['rows'],
+      'fusion': fusion,
       'wall_seconds': finished - started,
       'pipeline_seconds': finished - pipeline_started,
       'pairs_per_second': scored / (finished - pipeline_started) if scored else 0.0,
-      'backend': settings.backend,
+      'backend': settings.backend if ce else None,
       'backend_fidelity': fidelity,
   }
   if job.trec:
@@ -428,19 +564,23 @@ def execute(job: RerankJobConfig) -> RerankResult:
       ('queries ranked', report['queries_ranked']),
       ('candidates in', report['candidates_in']),
       ('  dense', report['dense_candidates']),
+      ('  BM25', report['bm25_candidates']),
       ('  supplied', report['supplied_candidates']),
-      ('  in both (union)', report['union_overlap']),
-      ('pairs scored', scored),
+      ('  in more than one source', report['union_overlap']),
+      ('candidates ranked', ranked),
+      ('  scored by the cross-encoder', scored),
       ('candidates dead-lettered', candidate_dead),
-      ('in = scored + dead + union', 'yes' if report['reconciles'] else 'NO'),
+      ('in = ranked + dead + overlap', 'yes' if report['reconciles'] else 'NO'),
       ('all dead letters', report['dead_letters']),
       *[(f'  {k}', n) for k, n in by_reason.items()],
-      ('pairs truncated at max_length', report['pairs_truncated']),
-      ('padding fraction', f"{report['padding_fraction']:.1%}"),
+      *_fusion_lines(fusion),
+      *([('pairs truncated at max_length', report['pairs_truncated']),
+         ('padding fraction', f"{report['padding_fraction']:.1%}")] if ce else []),
       ('wall time (s)', report['wall_seconds']),
-      ('pairs/s (pipeline)', report['pairs_per_second']),
-      ('backend', settings.backend + (
-          f" (score correlation with float32 {fidelity['mean']:.5f})" if fidelity else '')),
+      *([('pairs/s (pipeline)', report['pairs_per_second']),
+         ('backend', settings.backend + (
+             f" (score correlation with float32 {fidelity['mean']:.5f})" if fidelity
+             else ''))] if ce else []),
       ('output', output_dir),
   ])
   evaluated = report.get('evaluation')

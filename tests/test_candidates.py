@@ -10,6 +10,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from transforms.candidates import (
+    SOURCE_BM25,
     SOURCE_DENSE,
     SOURCE_SUPPLIED,
     JoinTexts,
@@ -26,18 +27,24 @@ def _counter(result, name: str) -> int:
   return sum(c.committed for c in query['counters'])
 
 
-def _supplied(query_id, doc_id, score, rank=None):
+def _supplied(query_id, doc_id, score):
   return {'query_id': query_id, 'doc_id': doc_id, 'retrieval_score': score,
-          'retrieval_rank': rank, 'source': SOURCE_SUPPLIED}
+          'source': SOURCE_SUPPLIED}
 
 
-def _dense(query_id, doc_id, score, rank):
+def _dense(query_id, doc_id, score):
   return {'query_id': query_id, 'doc_id': doc_id, 'retrieval_score': score,
-          'retrieval_rank': rank, 'source': SOURCE_DENSE}
+          'source': SOURCE_DENSE}
 
 
-def _strip(row):
-  return {k: v for k, v in row.items() if k != 'source'}
+def _bm25(query_id, doc_id, score):
+  return {'query_id': query_id, 'doc_id': doc_id, 'retrieval_score': score,
+          'source': SOURCE_BM25}
+
+
+def _merged(query_id, doc_id, dense=None, bm25=None, supplied=None):
+  return {'query_id': query_id, 'doc_id': doc_id, 'dense_score': dense,
+          'bm25_score': bm25, 'supplied_score': supplied}
 
 
 # ------------------------------------------------------------ SuppliedCandidates
@@ -96,17 +103,17 @@ def _merge(candidates):
   return p, out
 
 
-def test_supplied_ranks_by_score_then_doc_id():
+def test_supplied_rows_keep_their_score():
   candidates = [
       _supplied('q1', 'd9', 1.0), _supplied('q1', 'd3', 5.0),
-      _supplied('q1', 'd7', 2.0), _supplied('q1', 'd2', 2.0),   # tie: d2 before d7
-      _supplied('q1', 'd0', None),                               # no score: last, no rank
+      _supplied('q1', 'd7', 2.0), _supplied('q1', 'd2', 2.0),
+      _supplied('q1', 'd0', None),                               # no score: kept
       _supplied('q2', 'd3', -1.0),
   ]
   expected = [
-      _strip(_supplied('q1', 'd3', 5.0, 1)), _strip(_supplied('q1', 'd2', 2.0, 2)),
-      _strip(_supplied('q1', 'd7', 2.0, 3)), _strip(_supplied('q1', 'd9', 1.0, 4)),
-      _strip(_supplied('q1', 'd0', None, None)), _strip(_supplied('q2', 'd3', -1.0, 1)),
+      _merged('q1', 'd3', supplied=5.0), _merged('q1', 'd2', supplied=2.0),
+      _merged('q1', 'd7', supplied=2.0), _merged('q1', 'd9', supplied=1.0),
+      _merged('q1', 'd0'), _merged('q2', 'd3', supplied=-1.0),
   ]
   p, out = _merge(candidates)
   assert_that(out['candidates'], equal_to(expected), label='Candidates')
@@ -127,8 +134,8 @@ def test_duplicate_pairs_scored_once_and_dead_lettered():
       dead_letter('rerank/candidates', 'q1\td1', reason, _supplied('q1', 'd1', 0.1)),
   ]
   expected = [
-      _strip(_supplied('q1', 'd1', 0.9, 1)), _strip(_supplied('q1', 'd2', 0.7, 2)),
-      _strip(_supplied('q2', 'd1', 0.3, 1))]
+      _merged('q1', 'd1', supplied=0.9), _merged('q1', 'd2', supplied=0.7),
+      _merged('q2', 'd1', supplied=0.3)]
   p, out = _merge(candidates)
   assert_that(out['candidates'], equal_to(expected), label='Candidates')
   assert_that(out[DEAD_LETTER_TAG], equal_to(expected_dead), label='DeadLetters')
@@ -138,25 +145,26 @@ def test_duplicate_pairs_scored_once_and_dead_lettered():
   assert _counter(result, 'rerank/union_overlap') == 0
 
 
-def test_union_keeps_dense_row_and_counts_overlap():
+def test_union_is_one_row_per_pair_with_every_score_and_counts_overlap():
   candidates = [
-      _dense('q1', 'd1', 0.8, 1), _dense('q1', 'd2', 0.6, 2),
-      _dense('q2', 'd5', 0.4, 1),
+      _dense('q1', 'd1', 0.8), _dense('q1', 'd2', 0.6),
+      _dense('q2', 'd5', 0.4),
       _supplied('q1', 'd3', 9.0), _supplied('q1', 'd2', 3.0),  # d2 found by both
       _supplied('q2', 'd5', 1.0),                               # found by both
       _supplied('q3', 'd9', 2.0),
+      _bm25('q1', 'd2', 7.5), _bm25('q3', 'd8', 1.5),           # d2: all three
   ]
   expected = [
-      _strip(_dense('q1', 'd1', 0.8, 1)), _strip(_dense('q1', 'd2', 0.6, 2)),
-      _strip(_dense('q2', 'd5', 0.4, 1)), _strip(_supplied('q1', 'd3', 9.0, 1)),
-      _strip(_supplied('q3', 'd9', 2.0, 1)),
+      _merged('q1', 'd1', dense=0.8), _merged('q1', 'd2', dense=0.6, bm25=7.5, supplied=3.0),
+      _merged('q2', 'd5', dense=0.4, supplied=1.0), _merged('q1', 'd3', supplied=9.0),
+      _merged('q3', 'd9', supplied=2.0), _merged('q3', 'd8', bm25=1.5),
   ]
   p, out = _merge(candidates)
   assert_that(out['candidates'], equal_to(expected), label='Candidates')
   assert_that(out[DEAD_LETTER_TAG], equal_to([]), label='DeadLetters')
   result = p.run()
   result.wait_until_finish()
-  assert _counter(result, 'rerank/union_overlap') == 2
+  assert _counter(result, 'rerank/union_overlap') == 3
   assert _counter(result, 'rerank/duplicate_pairs') == 0
 
 

@@ -169,7 +169,7 @@ def test_ndcg_at_10_equals_ir_measures():
 def test_weight_grids():
   pair = fusion.weight_grid(['dense', 'bm25'])
   assert len(pair) == 21 and {'dense': 0.65, 'bm25': 0.35} in pair
-  for signals, size in ((['dense', 'bm25', 'ce'], 66), (list(fusion.SIGNALS), 286)):
+  for signals, size in ((['dense', 'bm25', 'ce'], 66), (['dense', 'bm25', 'supplied', 'ce'], 286)):
     grid = fusion.weight_grid(signals)
     assert len(grid) == size
     assert all(math.isclose(sum(w.values()), 1.0) for w in grid)
@@ -396,9 +396,9 @@ ROWS = [
 def test_signals_present_and_candidates_from_rows():
   assert fusion.signals_present(ROWS) == ['dense', 'bm25']
   assert fusion.candidates_from_rows(ROWS) == [
-      Candidate('a', {'dense': 1.0, 'bm25': 10.0, 'supplied': None, 'ce': None}),
-      Candidate('b', {'dense': 3.0, 'bm25': None, 'supplied': None, 'ce': None}),
-      Candidate('c', {'dense': 2.0, 'bm25': 20.0, 'supplied': None, 'ce': None})]
+      Candidate('a', {'dense': 1.0, 'bm25': 10.0, 'supplied': None, 'retrieval': None, 'ce': None}),
+      Candidate('b', {'dense': 3.0, 'bm25': None, 'supplied': None, 'retrieval': None, 'ce': None}),
+      Candidate('c', {'dense': 2.0, 'bm25': 20.0, 'supplied': None, 'retrieval': None, 'ce': None})]
 
 
 def test_fuse_query_fn_process():

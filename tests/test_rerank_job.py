@@ -108,7 +108,9 @@ def test_ranked_schema(dense_run):
   output, _, _ = dense_run
   expected = [('query_id', pa.string()), ('doc_id', pa.string()), ('rank', pa.int32()),
               ('score', pa.float32()), ('retrieval_rank', pa.int32()),
-              ('retrieval_score', pa.float32())]
+              ('retrieval_score', pa.float32()), ('dense_score', pa.float32()),
+              ('bm25_score', pa.float32()), ('supplied_score', pa.float32()),
+              ('ce_score', pa.float32())]
   files = sorted(output.glob('part-*.parquet')) + sorted(
       (output / 'candidates').glob('part-*.parquet'))
   assert len(files) == 2
@@ -165,7 +167,7 @@ def test_report_manifest_and_dead_letters(dense_run, embeddings):
           'candidate_dead_letters': 0, 'reconciles': True, 'dead_letters': 1,
           'dead_letters_by_reason': {'rerank/corpus empty_text': 1},
           'ranked_rows': TOP_N * len(QUERIES)}
-  assert re.search(r'in = scored \+ dead \+ union\s+yes', stdout)
+  assert re.search(r'in = ranked \+ dead \+ overlap\s+yes', stdout)
   manifest = json.loads((output / 'manifest.json').read_text())
   corpus_manifest = json.loads((pathlib.Path(embeddings['corpus']) / 'manifest.json').read_text())
   assert manifest['kind'] == 'ranked'
@@ -314,7 +316,7 @@ def test_supplied_candidates_report_reconciles(supplied_run):
           'ranked_rows': 5, 'queries_ranked': 3}
   assert report['candidates_in'] == (
       report['pairs_scored'] + report['candidate_dead_letters'] + report['union_overlap'])
-  assert re.search(r'in = scored \+ dead \+ union\s+yes', stdout)
+  assert re.search(r'in = ranked \+ dead \+ overlap\s+yes', stdout)
   manifest = json.loads((output / 'manifest.json').read_text())
   assert manifest['candidate_sources'] == ['supplied'] and manifest['top_k'] is None
 
@@ -342,13 +344,18 @@ def test_supplied_candidates_dead_letters(supplied_run):
 
 def test_supplied_candidates_ranked_by_score(supplied_run):
   output, _, _ = supplied_run
-  got = {(r['query_id'], r['doc_id']): (r['retrieval_rank'], r['retrieval_score'])
-         for r in read_rows(output / 'candidates')}
+  got = {(r['query_id'], r['doc_id']): (
+      r['retrieval_rank'], r['retrieval_score'], r['supplied_score'], r['dense_score'])
+      for r in read_rows(output / 'candidates')}
+  # The first stage is the supplied score alone (one signal); a candidate
+  # without a score ranks last with the query's lowest score (its own
+  # supplied_score stays null). Ranks are among the candidates ranked: d13
+  # (0.2, dead-lettered: empty text) no longer counts for q3.
   assert got == {
-      ('q1', 'd01'): (1, 3.0), ('q1', 'd02'): (2, 2.0), ('q1', 'd03'): (3, 2.0),
-      ('q2', 'd06'): (1, 0.5), ('q2', 'd07'): (None, None),
-      # Ranks are those of the supplied list: d13 (0.2) was its rank 1 for q3.
-      ('q3', 'd08'): (2, float(np.float32(0.1)))}
+      ('q1', 'd01'): (1, 3.0, 3.0, None), ('q1', 'd02'): (2, 2.0, 2.0, None),
+      ('q1', 'd03'): (3, 2.0, 2.0, None),
+      ('q2', 'd06'): (1, 0.5, 0.5, None), ('q2', 'd07'): (2, 0.5, None, None),
+      ('q3', 'd08'): (1, float(np.float32(0.1)), float(np.float32(0.1)), None)}
   ranked = read_rows(output)
   assert sorted((r['query_id'], r['rank']) for r in ranked) == [
       ('q1', 1), ('q1', 2), ('q2', 1), ('q2', 2), ('q3', 1)]
@@ -442,7 +449,17 @@ def test_embeddings_from_different_models_exit_2(
 
 @pytest.mark.parametrize('extra, message', [
     ([], 'no candidates: give --query-embeddings and --corpus-embeddings, --model, '
-         'or --candidates'),
+         '--bm25 or --candidates'),
+    (['--bm25', '--fusion-weights', 'dense=1,ce=1'],
+     '--fusion-weights names dense, which this run does not have (signals here: bm25, ce, '
+     'retrieval)'),
+    (['--bm25', '--fusion-weights', 'bm25=1'],
+     "with a cross-encoder, --fusion-weights needs a weight for 'ce'"),
+    (['--bm25', '--fusion-weights', 'bm25=x'], "fusion weight for 'bm25' is not a number"),
+    (['--bm25', '--fusion', 'none', '--fusion-weights', 'ce=1'],
+     '--fusion none ranks the final list by the cross-encoder alone'),
+    (['--bm25', '--tune-qrels', '{tmp}/none-*.parquet'],
+     "--tune-qrels '{tmp}/none-*.parquet' matches no files"),
     (['--query-embeddings', '{queries}'],
      '--query-embeddings and --corpus-embeddings go together'),
     (['--candidates', '{tmp}/none-*.parquet'],

@@ -1,8 +1,9 @@
 """Candidate pairs: supplied runs checked and deduplicated, joined with texts.
 
-Candidates come from dense retrieval, from a supplied Parquet run
-(``query_id, doc_id[, score]``, e.g. BM25), or both (their union). Every
-candidate ends as a scored pair or a dead letter with a reason.
+Candidates come from dense retrieval, BM25, a supplied Parquet run
+(``query_id, doc_id[, score]``), or any of them together (their union, one row
+per pair with each source's score). Every candidate ends as a ranked pair or a
+dead letter with a reason.
 """
 from __future__ import annotations
 
@@ -23,8 +24,9 @@ from transforms.texts import METRICS_NAMESPACE
 
 STAGE = 'rerank'
 SOURCE_DENSE = 'dense'
+SOURCE_BM25 = 'bm25'
 SOURCE_SUPPLIED = 'supplied'
-_SOURCE_PREFERENCE = {SOURCE_DENSE: 0, SOURCE_SUPPLIED: 1}
+SOURCES = (SOURCE_DENSE, SOURCE_BM25, SOURCE_SUPPLIED)
 
 
 def _supplied_candidate(
@@ -33,7 +35,6 @@ def _supplied_candidate(
       'query_id': query_id,
       'doc_id': doc_id,
       'retrieval_score': score,
-      'retrieval_rank': None,
       'source': SOURCE_SUPPLIED,
   }
 
@@ -44,11 +45,13 @@ def _score_order(candidate: dict) -> tuple:
 
 
 class _MergeCandidatesFn(beam.DoFn):
-  """One query's candidates -> one row per doc, retrieval ranks filled in.
+  """One query's candidates (any sources) -> one row per doc with every source's score.
 
-  Duplicates within a source keep the copy with the best score and
-  dead-letter the rest; a doc found by both sources keeps the dense row
-  (counted as overlap). Supplied candidates get ranks by score (desc, doc_id).
+  A source row is ``query_id, doc_id, retrieval_score, source``; the merged
+  row has ``<source>_score`` for each source (None where that source did not
+  return the doc). Duplicates within a source keep the copy with the best
+  score and dead-letter the rest; a doc found by more than one source is one
+  row (each extra source row counted as union overlap).
   """
   def __init__(self):
     self._duplicates = Metrics.counter(METRICS_NAMESPACE, f'{STAGE}/duplicate_pairs')
@@ -59,9 +62,8 @@ class _MergeCandidatesFn(beam.DoFn):
     by_source: dict[str, list[dict]] = {}
     for candidate in candidates:
       by_source.setdefault(candidate['source'], []).append(candidate)
-    chosen: dict[str, dict] = {}
-    for source in sorted(by_source, key=_SOURCE_PREFERENCE.get):
-      kept: dict[str, dict] = {}
+    merged: dict[str, dict] = {}
+    for source in sorted(by_source, key=SOURCES.index):
       for row, duplicate in first_per_doc(sorted(by_source[source], key=_score_order)):
         if duplicate:
           self._duplicates.inc()
@@ -71,17 +73,14 @@ class _MergeCandidatesFn(beam.DoFn):
                   f'{STAGE}/candidates', f'{query_id}\t{row["doc_id"]}',
                   duplicate_pair_reason('the copy with the best score'), row))
           continue
-        kept[row['doc_id']] = row
-      if source == SOURCE_SUPPLIED:
-        for rank, row in enumerate(kept.values(), start=1):
-          row['retrieval_rank'] = rank if row['retrieval_score'] is not None else None
-      for doc_id, row in kept.items():
-        if doc_id in chosen:
+        doc_id = row['doc_id']
+        if doc_id in merged:
           self._overlap.inc()
-          continue
-        chosen[doc_id] = row
-    for row in chosen.values():
-      yield {k: v for k, v in row.items() if k != 'source'}
+        else:
+          merged[doc_id] = {'query_id': query_id, 'doc_id': doc_id,
+                            **{f'{s}_score': None for s in SOURCES}}
+        merged[doc_id][f'{source}_score'] = row['retrieval_score']
+    yield from merged.values()
 
 
 class SuppliedCandidates(beam.PTransform):

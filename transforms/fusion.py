@@ -1,7 +1,8 @@
 """Per-query score fusion (linear or RRF) with guarded, auto-tuned weights.
 
-Signals are named scores per candidate: ``dense``, ``bm25``, ``supplied`` and
-``ce`` (cross-encoder), read from the row columns ``<signal>_score``.
+Signals are named scores per candidate: ``dense``, ``bm25``, ``supplied``,
+``retrieval`` (the fused first stage) and ``ce`` (cross-encoder), read from the
+row columns ``<signal>_score``.
 
 Rules (all deterministic):
 
@@ -38,10 +39,10 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-SIGNALS = ('dense', 'bm25', 'supplied', 'ce')
+SIGNALS = ('dense', 'bm25', 'supplied', 'retrieval', 'ce')
 # Breaks ties between equally good single signals (e.g. with no judgments):
 # the cross-encoder first, as the product ranks by it without fusion.
-SINGLE_SIGNAL_PRIORITY = ('ce', 'dense', 'supplied', 'bm25')
+SINGLE_SIGNAL_PRIORITY = ('ce', 'retrieval', 'dense', 'supplied', 'bm25')
 METHODS = ('none', 'linear', 'rrf')
 AUTO = 'auto'
 DEFAULT_RRF_K = 60

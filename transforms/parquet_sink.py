@@ -306,6 +306,9 @@ def commit_outputs(
   return full_manifest
 
 
+_EXTRA_PREFIX = 'manifest_extra__'
+
+
 class _CommitFn(beam.DoFn):
   def __init__(self, outputs, manifest_path, manifest, row_count_output,
                max_dead_letters=None):
@@ -315,7 +318,11 @@ class _CommitFn(beam.DoFn):
     self._row_count_output = row_count_output
     self._max_dead_letters = max_dead_letters
 
-  def process(self, unused_element, **written):
+  def process(self, unused_element, **side_inputs):
+    written = {k: v for k, v in side_inputs.items() if not k.startswith(_EXTRA_PREFIX)}
+    manifest = dict(self._manifest)
+    manifest.update({k[len(_EXTRA_PREFIX):]: v for k, v in side_inputs.items()
+                     if k.startswith(_EXTRA_PREFIX)})
     if self._max_dead_letters is not None:
       dead = sum(shard['rows'] for shard in written.get(DEAD_LETTER_OUTPUT, []))
       if dead > self._max_dead_letters:
@@ -325,8 +332,7 @@ class _CommitFn(beam.DoFn):
         Metrics.counter('beam_rerank', COMMIT_DEAD_LETTERS_COUNTER).inc(dead)
         return
     yield commit_outputs(
-        self._outputs, written, self._manifest_path, self._manifest,
-        self._row_count_output)
+        self._outputs, written, self._manifest_path, manifest, self._row_count_output)
 
 
 class CommitOutputs(beam.PTransform):
@@ -336,13 +342,16 @@ class CommitOutputs(beam.PTransform):
   PCollection ``WriteParquetShards`` returned for it. With
   ``CommitGateOptions.max_dead_letters_to_commit`` set in the pipeline options,
   a run whose ``dead_letter`` output has more rows commits nothing (counted as
-  ``commit/refused``).
+  ``commit/refused``). ``manifest_extras`` maps manifest keys to one-element
+  PCollections computed by the pipeline (e.g. tuned weights).
   """
   def __init__(
       self, outputs: list[ShardedOutput], written: Mapping[str, Any],
       manifest_path: str, manifest: Mapping[str, Any],
-      row_count_output: Optional[str] = None):
+      row_count_output: Optional[str] = None,
+      manifest_extras: Optional[Mapping[str, Any]] = None):
     super().__init__()
+    self._extras = dict(manifest_extras or {})
     self._row_count_output = row_count_output
     self._outputs = outputs
     self._written = written
@@ -353,6 +362,9 @@ class CommitOutputs(beam.PTransform):
     side_inputs = {
         name: beam.pvalue.AsList(pcoll) for name, pcoll in self._written.items()
     }
+    side_inputs.update({
+        _EXTRA_PREFIX + name: beam.pvalue.AsSingleton(pcoll)
+        for name, pcoll in self._extras.items()})
     return (
         pbegin
         | 'CommitTrigger' >> beam.Create([None])

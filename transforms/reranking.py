@@ -1,14 +1,22 @@
-"""The rerank job's graph: candidates -> texts -> cross-encoder -> ranked Parquet."""
+"""The rerank job's graph: candidates (dense, BM25, supplied) -> texts -> cross-encoder
+-> two-stage fusion -> ranked Parquet."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Mapping, Optional
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from transforms.candidates import SOURCE_DENSE, JoinTexts, MergeCandidates, SuppliedCandidates
+from transforms.bm25 import BM25Settings, BM25TopK
+from transforms.candidates import (
+    SOURCE_BM25,
+    SOURCE_DENSE,
+    JoinTexts,
+    MergeCandidates,
+    SuppliedCandidates,
+)
 from transforms.dead_letters import DEAD_LETTER_SCHEMA, DEAD_LETTER_TAG, dead_letter_sort_key
 from transforms.inference_settings import InferenceSettings
 from transforms.parquet_sink import (
@@ -18,7 +26,7 @@ from transforms.parquet_sink import (
     ShardedOutput,
     WriteParquetShards,
 )
-from transforms.ranking import ALL_TAG, RANKED_SCHEMA, RankPerQuery, ranked_sort_key
+from transforms.ranking import ALL_TAG, RANKED_SCHEMA, ranked_sort_key
 from transforms.retrieval import (
     DEFAULT_CORPUS_BLOCK_SIZE,
     DEFAULT_QUERY_BLOCK_SIZE,
@@ -26,18 +34,28 @@ from transforms.retrieval import (
     ReadEmbeddingTables,
 )
 from transforms.scoring import ScorePairs
+from transforms.stage_fusion import FuseStages, StagePlan
 from transforms.texts import METRICS_NAMESPACE, ReadTexts
 
 
 @dataclasses.dataclass(frozen=True)
 class RerankConfig:
-  """Everything the rerank job needs, validated by the launcher."""
+  """Everything the rerank job needs, validated by the launcher.
+
+  ``cross_encoder`` None: no model scoring (the first stage is the final
+  ranking). ``bm25`` None: no BM25 candidates. ``tuning_qrels``: judgments
+  of the queries that tune ``auto`` fusion weights.
+  """
   queries_pattern: str
   corpus_pattern: str
   output_dir: str
-  cross_encoder: str
-  cross_encoder_fingerprint: str
-  max_length: int
+  plan: StagePlan
+  cross_encoder: Optional[str] = None
+  cross_encoder_fingerprint: Optional[str] = None
+  max_length: Optional[int] = None
+  bm25: Optional[BM25Settings] = None
+  tuning_qrels: Mapping[str, Mapping[str, int]] = dataclasses.field(
+      default_factory=dict, hash=False)
   query_embeddings_dir: Optional[str] = None
   corpus_embeddings_dir: Optional[str] = None
   normalize_embeddings: bool = False
@@ -60,11 +78,23 @@ class RerankConfig:
 
 
 _DENSE_CANDIDATES = Metrics.counter(METRICS_NAMESPACE, 'rerank/dense_candidates')
+_BM25_CANDIDATES = Metrics.counter(METRICS_NAMESPACE, 'rerank/bm25_candidates')
 
 
 def _dense_row(row: dict) -> dict:
   _DENSE_CANDIDATES.inc()
-  return dict(row, source=SOURCE_DENSE)
+  return {'query_id': row['query_id'], 'doc_id': row['doc_id'],
+          'retrieval_score': row['retrieval_score'], 'source': SOURCE_DENSE}
+
+
+def _bm25_row(row: dict) -> dict:
+  _BM25_CANDIDATES.inc()
+  return {'query_id': row['query_id'], 'doc_id': row['doc_id'],
+          'retrieval_score': row['retrieval_score'], 'source': SOURCE_BM25}
+
+
+def _with_ce_score(row: dict) -> dict:
+  return dict(row, ce_score=row['score'])
 
 
 def score_pairs(config: RerankConfig) -> ScorePairs:
@@ -101,6 +131,17 @@ def build_rerank_pipeline(
             query_groups=config.query_groups)
         | 'MarkDense' >> beam.Map(_dense_row))
     candidate_sources.append(dense)
+  if config.bm25 is not None:
+    bm25 = (
+        {
+            'queries': queries['texts'] | 'BM25QueryTexts' >> beam.Map(
+                lambda r: (r['id'], r['text'])),
+            'corpus': corpus['texts'] | 'BM25CorpusTexts' >> beam.Map(
+                lambda r: (r['id'], r['text'])),
+        }
+        | 'ExactBM25TopK' >> BM25TopK(config.bm25)
+        | 'MarkBM25' >> beam.Map(_bm25_row))
+    candidate_sources.append(bm25)
   if config.candidates_pattern:
     columns = ['query_id', 'doc_id']
     if config.candidates_score_column:
@@ -122,13 +163,18 @@ def build_rerank_pipeline(
       'queries': queries['texts'],
       'corpus': corpus['texts'],
   } | 'JoinTexts' >> JoinTexts()
-  scored = (
-      pairs['pairs']
-      | 'SpreadPairs' >> beam.Reshuffle()
-      | 'ScorePairs' >> score_pairs(config))
-  ranked = scored['scored'] | 'RankPerQuery' >> RankPerQuery(config.top_n)
-  dead_letters += [
-      candidates[DEAD_LETTER_TAG], pairs[DEAD_LETTER_TAG], scored[DEAD_LETTER_TAG]]
+  dead_letters += [candidates[DEAD_LETTER_TAG], pairs[DEAD_LETTER_TAG]]
+  if config.cross_encoder:
+    scored = (
+        pairs['pairs']
+        | 'SpreadPairs' >> beam.Reshuffle()
+        | 'ScorePairs' >> score_pairs(config))
+    dead_letters.append(scored[DEAD_LETTER_TAG])
+    to_rank = scored['scored'] | 'CrossEncoderScore' >> beam.Map(_with_ce_score)
+  else:
+    to_rank = pairs['pairs']
+  ranked = to_rank | 'FuseAndRank' >> FuseStages(
+      config.plan, config.tuning_qrels, config.top_n)
   dead = dead_letters | 'FlattenDeadLetters' >> beam.Flatten()
 
   def ranked_output(name, subdirectory):
@@ -153,4 +199,4 @@ def build_rerank_pipeline(
   }
   _ = pipeline | 'CommitOutputs' >> CommitOutputs(
       outputs, written, FileSystems.join(config.output_dir, MANIFEST_NAME),
-      manifest, row_count_output='ranked')
+      manifest, row_count_output='ranked', manifest_extras={'fusion': ranked['decisions']})
