@@ -6,6 +6,7 @@ import dataclasses
 import gc
 import json
 import logging
+import math
 import os
 import sys
 import typing
@@ -36,29 +37,14 @@ BEAM_EPILOG = (
     '--setup_file ./setup.py.')
 
 
-def _float(value: str) -> float:
+def non_negative_float(value: str) -> float:
+  """argparse type: a finite number >= 0."""
   try:
     number = float(value)
   except ValueError:
     raise argparse.ArgumentTypeError(f'{value!r} is not a number') from None
-  if number != number or number in (float('inf'), float('-inf')):
-    raise argparse.ArgumentTypeError(f'{value!r} must be a finite number')
-  return number
-
-
-def non_negative_float(value: str) -> float:
-  """argparse type: a finite number >= 0."""
-  number = _float(value)
-  if number < 0:
-    raise argparse.ArgumentTypeError(f'{value!r} must be at least 0')
-  return number
-
-
-def unit_float(value: str) -> float:
-  """argparse type: a number in [0, 1]."""
-  number = _float(value)
-  if not 0 <= number <= 1:
-    raise argparse.ArgumentTypeError(f'{value!r} must be between 0 and 1')
+  if not math.isfinite(number) or number < 0:
+    raise argparse.ArgumentTypeError(f'{value!r} must be a finite number >= 0')
   return number
 
 

@@ -23,7 +23,14 @@ from pipelines.evaluate import evaluate_ranked
 from transforms import evaluation, inference_settings
 from transforms.bm25 import SUPPORTED_STEMMERS, BM25Settings
 from transforms.errors import UserInputError
-from transforms.fusion import AUTO, DEFAULT_RRF_K, METHODS, FusionSpec, parse_fusion_weights
+from transforms.fusion import (
+    AUTO,
+    DEFAULT_RRF_K,
+    METHODS,
+    SIGNALS,
+    FusionSpec,
+    parse_fusion_weights,
+)
 from transforms.inference_settings import InferenceSettings
 from transforms.model_info import inspect_cross_encoder
 from transforms.parquet_input import CheckedInput, check_parquet_input, file_columns
@@ -113,7 +120,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
       '--bm25-k1', type=common.non_negative_float, default=DEFAULT_BM25.k1,
       help='(default: %(default)s)')
   cands.add_argument(
-      '--bm25-b', type=common.unit_float, default=DEFAULT_BM25.b,
+      '--bm25-b', type=common.fraction, default=DEFAULT_BM25.b,
       help='(default: %(default)s)')
   cands.add_argument(
       '--bm25-stemmer', choices=('none',) + SUPPORTED_STEMMERS, default='none',
@@ -400,7 +407,8 @@ def _fusion_lines(fusion: Optional[dict]) -> list[tuple[str, str]]:
   for stage, label in (('first_stage', 'first stage'), ('final', 'final')):
     decision = fusion.get(stage)
     if decision:
-      weights = ', '.join(f'{s}={w:g}' for s, w in decision['weights'].items())
+      weights = ', '.join(f'{s}={decision["weights"][s]:g}' for s in SIGNALS
+                          if s in decision['weights'])
       lines.append((f'fusion, {label}', f"{decision['method']} {weights}"))
       lines.append(('  why', decision['reason']))
   return lines
