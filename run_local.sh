@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The main job on the embedded default, on the DirectRunner:
-#   sample data -> encode corpus + queries -> exact dense top-k -> (default
-#   cross-encoder, built once) -> rerank -> mine training pairs -> evaluate.
+#   sample data -> encode corpus + queries -> hybrid candidates (exact dense
+#   top-k + exact BM25 top-k) -> (default cross-encoder, built once) -> rerank
+#   with guarded auto fusion tuned on the train split -> mine training pairs ->
+#   evaluate on the held-out queries.
 # Creates/reuses .venv and installs what it needs from the project's own files.
 # Extra arguments are passed to every Beam job, e.g.
 #   ./run_local.sh --direct_running_mode multi_processing --direct_num_workers 2
@@ -28,12 +30,14 @@ mapfile -t prev < <(previous "$out/query_embeddings")
 "$py" -m pipelines.encode --input "$out/sample/queries.parquet" --output "$out/query_embeddings" \
   --id-column query_id "${prev[@]}" "$@"
 
-echo "== 4/6 dense top-k -> cross-encoder rerank (+ metrics on the sample's judgments)"
+echo "== 4/6 dense + BM25 top-k -> cross-encoder -> fusion (+ metrics on the held-out queries)"
 echo "   (no --cross-encoder: the product builds its default once, fine-tuned offline from"
-echo "    the packaged all-MiniLM-L6-v2, cached under ${BEAM_RERANK_CACHE:-~/.cache/beam-rerank})"
+echo "    the packaged all-MiniLM-L6-v2, cached under ${BEAM_RERANK_CACHE:-~/.cache/beam-rerank});"
+echo "   fusion weights: auto, tuned on the train split's judgments, guarded"
 "$py" -m pipelines.rerank --queries "$out/sample/queries.parquet" --corpus "$out/sample/corpus.parquet" \
   --doc-title-column title --query-embeddings "$out/query_embeddings" \
-  --corpus-embeddings "$out/corpus_embeddings" --top-k 10 --top-n 5 \
+  --corpus-embeddings "$out/corpus_embeddings" --bm25 --top-k 10 --top-n 5 \
+  --fusion linear --fusion-weights auto --tune-qrels "$out/sample/qrels_train.parquet" \
   --qrels "$out/sample/qrels.parquet" --output "$out/ranked" --trec "$@"
 
 echo "== 5/6 mine training pairs from the ranked candidates"
@@ -41,7 +45,7 @@ echo "== 5/6 mine training pairs from the ranked candidates"
   --corpus "$out/sample/corpus.parquet" --doc-title-column title --qrels "$out/sample/qrels.parquet" \
   --format labeled-pair,pair,triplet --num-negatives 3 --dev-fraction 0.25 --output "$out/pairs" "$@"
 
-echo "== 6/6 evaluate"
+echo "== 6/6 evaluate (the tuning queries are left out)"
 "$py" -m pipelines.evaluate --ranked "$out/ranked" --qrels "$out/sample/qrels.parquet"
 echo
 echo "outputs: $out/corpus_embeddings $out/query_embeddings $out/ranked (ranked lists, candidates/,"

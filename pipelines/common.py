@@ -10,12 +10,13 @@ import math
 import os
 import sys
 import typing
-from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, TypeVar
 
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from transforms.bm25 import SUPPORTED_STEMMERS, BM25Settings
 from transforms.errors import UserInputError
 from transforms.inference_settings import InferenceSettings
 from transforms.inference_settings import positive_int as positive_int  # re-exported for the jobs
@@ -46,6 +47,39 @@ def non_negative_float(value: str) -> float:
   if not math.isfinite(number) or number < 0:
     raise argparse.ArgumentTypeError(f'{value!r} must be a finite number >= 0')
   return number
+
+
+def add_bm25_arguments(group) -> None:
+  """The BM25 candidate options shared by rerank and mine (config fields
+  ``bm25, bm25_k1, bm25_b, bm25_stemmer, bm25_top_k``)."""
+  defaults = BM25Settings()
+  group.add_argument(
+      '--bm25', action='store_true',
+      help='BM25 candidates: exact top-k over the passage texts (title + text with '
+      '--doc-title-column), Unicode letters and digits lowercased.')
+  group.add_argument(
+      '--bm25-k1', type=non_negative_float, default=defaults.k1, help='(default: %(default)s)')
+  group.add_argument(
+      '--bm25-b', type=fraction, default=defaults.b, help='(default: %(default)s)')
+  group.add_argument(
+      '--bm25-stemmer', choices=('none',) + SUPPORTED_STEMMERS, default='none',
+      help='Snowball stemmer for BM25 tokens (default: %(default)s).')
+  group.add_argument(
+      '--bm25-top-k', type=positive_int, default=None,
+      help='BM25 candidates per query (default: --top-k).')
+
+
+def bm25_settings(job: Any) -> Optional[BM25Settings]:
+  """A job config's BM25 options -> settings (None without ``--bm25``)."""
+  if not job.bm25:
+    return None
+  try:
+    return BM25Settings(
+        k1=job.bm25_k1, b=job.bm25_b,
+        stemmer=None if job.bm25_stemmer == 'none' else job.bm25_stemmer,
+        top_k=job.bm25_top_k or job.top_k)
+  except ValueError as error:
+    raise UserInputError(f'BM25: {error}') from None
 
 
 _LOGGED_PACKAGES = ('pipelines', 'transforms', 'benchmarks')

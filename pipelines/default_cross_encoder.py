@@ -27,7 +27,7 @@ from pipelines import encode, mine, rerank, train
 from transforms.errors import UserInputError
 from transforms.mining import NegativeMiningSettings, split_of
 from transforms.model_info import packaged_minilm_path
-from transforms.sample_data import sample_tables
+from transforms.sample_data import DEV_FRACTION, sample_tables
 
 logger = logging.getLogger(__name__)
 ConfigT = TypeVar('ConfigT')
@@ -37,7 +37,7 @@ RECIPE = {
     'version': 1,
     'base_model': 'all-MiniLM-L6-v2 (packaged)',
     'data': 'sample collection: train-split qrels + title pseudo-queries; dense top-10 negatives',
-    'dev_fraction': 0.25,
+    'dev_fraction': DEV_FRACTION,
     'num_negatives': 4,
     'epochs': 4,
     'batch_size': 16,

@@ -16,7 +16,9 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines import common
+from transforms.bm25 import BM25Settings
 from transforms.errors import UserInputError
+from transforms.fusion import AUTO, FusionDecision, parse_fusion_weights
 from transforms.mining import FORMATS, GUARDS, NegativeMiningSettings
 from transforms.parquet_input import check_parquet_files, check_parquet_input, file_columns
 from transforms.parquet_sink import (
@@ -31,6 +33,7 @@ from transforms.retrieval import DEFAULT_MAX_QUERIES_IN_MEMORY
 from transforms.training_pairs import MineConfig, build_mine_pipeline
 
 PROG = 'beam-rerank mine'
+MINE_FUSION_WEIGHTS = 'dense=0.5,bm25=0.5'
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
@@ -55,7 +58,16 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
   io.add_argument('--corpus-embeddings', metavar='DIR', default=None)
   io.add_argument(
       '--top-k', type=common.positive_int, default=100,
-      help='Dense candidates per query (default: %(default)s).')
+      help='Dense (and BM25) candidates per query (default: %(default)s).')
+  common.add_bm25_arguments(io)
+  io.add_argument(
+      '--fusion', choices=('linear', 'rrf'), default='linear',
+      help='With dense and --bm25 together: how their scores are fused into one '
+      'retrieval order, as rerank fuses its first stage (default: %(default)s). For '
+      "weights tuned on judgments, run rerank --cross-encoder none and mine its --ranked.")
+  io.add_argument(
+      '--fusion-weights', default=MINE_FUSION_WEIGHTS,
+      help='Fixed weights of dense and bm25 (default: %(default)s).')
   io.add_argument(
       '--max-queries-in-memory', type=common.positive_int,
       default=DEFAULT_MAX_QUERIES_IN_MEMORY,
@@ -149,6 +161,13 @@ class MineJobConfig:
   query_embeddings: Optional[str] = None
   corpus_embeddings: Optional[str] = None
   top_k: int = 100
+  bm25: bool = False
+  bm25_k1: float = BM25Settings().k1
+  bm25_b: float = BM25Settings().b
+  bm25_stemmer: str = 'none'
+  bm25_top_k: Optional[int] = None
+  fusion: str = 'linear'
+  fusion_weights: str = MINE_FUSION_WEIGHTS
   max_queries_in_memory: int = DEFAULT_MAX_QUERIES_IN_MEMORY
   query_id_column: str = 'query_id'
   query_text_column: str = 'text'
@@ -183,17 +202,28 @@ def parse_config(argv: Sequence[str] | None = None) -> MineJobConfig:
   return common.config_from_args(MineJobConfig, args, beam_args)
 
 
+def _hybrid_fusion(job: MineJobConfig) -> FusionDecision:
+  """Dense + BM25 in mine: the fixed first-stage fusion asked for."""
+  try:
+    weights = parse_fusion_weights(job.fusion_weights)
+    if weights == AUTO or set(weights) - {'dense', 'bm25'}:
+      raise ValueError("mine fuses with fixed weights of 'dense' and 'bm25' only")
+    return FusionDecision(weights, job.fusion, False, 'fixed fusion (mine)')
+  except ValueError as error:
+    raise UserInputError(f'--fusion-weights {job.fusion_weights}: {error}') from None
+
+
 def execute(job: MineJobConfig) -> MineResult:
   """Runs the mine job; its report is also written as report.json."""
   common.quiet_libraries()
   started = time.perf_counter()
   options = common.pipeline_options(job.pipeline_args, PROG)
   mining = job.mining
-  sources = [bool(job.ranked), bool(job.candidates), bool(job.query_embeddings)]
+  sources = [bool(job.ranked), bool(job.candidates), bool(job.query_embeddings or job.bm25)]
   if sum(sources) != 1:
     raise UserInputError(
-        'give exactly one candidate source: --ranked, --candidates, or '
-        '--query-embeddings with --corpus-embeddings')
+        'give exactly one candidate source: --ranked, --candidates, or retrieval here '
+        '(--query-embeddings with --corpus-embeddings, and/or --bm25)')
   if bool(job.query_embeddings) != bool(job.corpus_embeddings):
     raise UserInputError('--query-embeddings and --corpus-embeddings go together')
   label_sources = [bool(job.qrels), bool(job.positives), mining.positive_threshold is not None]
@@ -224,6 +254,7 @@ def execute(job: MineJobConfig) -> MineResult:
   normalize = False
   has_rank = False
   embeddings = None
+  bm25 = fusion = None
   if job.ranked:
     ranked_manifest = common.output_manifest(job.ranked, '--ranked', 'ranked', 'rerank')
     # Every scored candidate when the output has them, else the top-n.
@@ -248,15 +279,20 @@ def execute(job: MineJobConfig) -> MineResult:
       check_parquet_input(job.candidates, '--candidates', {'retrieval_rank': 'int'})
     candidates_pattern, source = checked.pattern, 'candidates'
   else:
-    embeddings, _ = common.check_embedding_pair(job.query_embeddings, job.corpus_embeddings)
-    normalize = not embeddings['normalized'] and embeddings['similarity'] == 'cosine'
-    source = 'dense'
+    if job.query_embeddings:
+      embeddings, _ = common.check_embedding_pair(job.query_embeddings, job.corpus_embeddings)
+      normalize = not embeddings['normalized'] and embeddings['similarity'] == 'cosine'
+    bm25 = common.bm25_settings(job)
+    source = 'hybrid' if bm25 and job.query_embeddings else 'bm25' if bm25 else 'dense'
+    if source == 'hybrid':
+      fusion = _hybrid_fusion(job)
   needs_scores = any(v is not None for v in (
       mining.max_score, mining.min_score, mining.absolute_margin, mining.relative_margin,
       mining.positive_threshold))
   if needs_scores and source == 'candidates' and score_column is None:
     raise UserInputError('score guards/thresholds need a score column in --candidates')
-  rows_in = queries.num_rows + corpus.num_rows + (checked.num_rows if source != 'dense' else 0)
+  retrieved_here = source in ('dense', 'bm25', 'hybrid')
+  rows_in = queries.num_rows + corpus.num_rows + (0 if retrieved_here else checked.num_rows)
   if job.qrels:
     rows_in += check_parquet_input(
         job.qrels, '--qrels', {'query_id': 'id', 'doc_id': 'id', 'relevance': 'int'}).num_rows
@@ -272,7 +308,8 @@ def execute(job: MineJobConfig) -> MineResult:
       candidates_score_column=score_column,
       candidates_have_retrieval_rank=has_rank,
       query_embeddings_dir=job.query_embeddings, corpus_embeddings_dir=job.corpus_embeddings,
-      normalize_embeddings=normalize, top_k=job.top_k, qrels_pattern=job.qrels,
+      normalize_embeddings=normalize, top_k=job.top_k, bm25=bm25, fusion=fusion,
+      qrels_pattern=job.qrels,
       query_groups=common.query_groups(embeddings, job.max_queries_in_memory),
       positives_pattern=job.positives, query_id_column=job.query_id_column,
       query_text_column=job.query_text_column, doc_id_column=job.doc_id_column,
@@ -283,7 +320,9 @@ def execute(job: MineJobConfig) -> MineResult:
       'kind': 'training_pairs',
       'formats': formats,
       'candidate_source': source,
-      'score_column': score_column if source != 'dense' else 'retrieval_score',
+      'score_column': 'retrieval_score' if retrieved_here else score_column,
+      'bm25': dataclasses.asdict(bm25) if bm25 else None,
+      'fusion': fusion.as_dict() if fusion else None,
       'labels': ('pseudo: cross-encoder score thresholds '
                  f'(positive >= {mining.positive_threshold}, '
                  f'negative <= {mining.negative_threshold})'

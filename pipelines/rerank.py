@@ -21,7 +21,7 @@ from pipelines import common, default_cross_encoder
 from pipelines import encode as encode_job
 from pipelines.evaluate import evaluate_ranked
 from transforms import evaluation, inference_settings
-from transforms.bm25 import SUPPORTED_STEMMERS, BM25Settings
+from transforms.bm25 import BM25Settings
 from transforms.errors import UserInputError
 from transforms.fusion import (
     AUTO,
@@ -51,7 +51,6 @@ from transforms.stage_fusion import StagePlan, plan_stages
 
 PROG = 'beam-rerank rerank'
 NO_CROSS_ENCODER = 'none'
-DEFAULT_BM25 = BM25Settings()
 logger = logging.getLogger(__name__)
 _CANDIDATE_STAGES = ('rerank/candidates', 'rerank/join', 'rerank/score')
 
@@ -112,22 +111,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
   cands.add_argument(
       '--candidates-score-column', default='score',
       help='Score column of --candidates, if present (default: %(default)s).')
-  cands.add_argument(
-      '--bm25', action='store_true',
-      help='BM25 candidates: exact top-k over the passage texts (title + text with '
-      '--doc-title-column), Unicode letters and digits lowercased.')
-  cands.add_argument(
-      '--bm25-k1', type=common.non_negative_float, default=DEFAULT_BM25.k1,
-      help='(default: %(default)s)')
-  cands.add_argument(
-      '--bm25-b', type=common.fraction, default=DEFAULT_BM25.b,
-      help='(default: %(default)s)')
-  cands.add_argument(
-      '--bm25-stemmer', choices=('none',) + SUPPORTED_STEMMERS, default='none',
-      help='Snowball stemmer for BM25 tokens (default: %(default)s).')
-  cands.add_argument(
-      '--bm25-top-k', type=common.positive_int, default=None,
-      help='BM25 candidates per query (default: --top-k).')
+  common.add_bm25_arguments(cands)
   cands.add_argument(
       '--top-k', type=common.positive_int, default=100,
       help='Candidates per query from each source, dense and BM25 (default: %(default)s).')
@@ -222,8 +206,8 @@ class RerankJobConfig:
   candidates: Optional[str] = None
   candidates_score_column: str = 'score'
   bm25: bool = False
-  bm25_k1: float = DEFAULT_BM25.k1
-  bm25_b: float = DEFAULT_BM25.b
+  bm25_k1: float = BM25Settings().k1
+  bm25_b: float = BM25Settings().b
   bm25_stemmer: str = 'none'
   bm25_top_k: Optional[int] = None
   top_k: int = 100
@@ -326,18 +310,6 @@ class _CheckedInputs:
   plan: StagePlan
 
 
-def _bm25_settings(job: RerankJobConfig) -> Optional[BM25Settings]:
-  if not job.bm25:
-    return None
-  try:
-    return BM25Settings(
-        k1=job.bm25_k1, b=job.bm25_b,
-        stemmer=None if job.bm25_stemmer == 'none' else job.bm25_stemmer,
-        top_k=job.bm25_top_k or job.top_k)
-  except ValueError as error:
-    raise UserInputError(f'BM25: {error}') from None
-
-
 def _stage_plan(job: RerankJobConfig, score_column: Optional[str]) -> StagePlan:
   sources = [s for s, on in (
       ('dense', bool(job.model or job.query_embeddings)), ('bm25', job.bm25),
@@ -397,7 +369,7 @@ def check_inputs(job: RerankJobConfig) -> _CheckedInputs:
         job.tune_qrels, '--tune-qrels', {'query_id': 'id', 'doc_id': 'id', 'relevance': 'int'})
   return _CheckedInputs(
       options, queries_input, corpus_input, candidates_input, score_column,
-      _bm25_settings(job), _stage_plan(job, score_column))
+      common.bm25_settings(job), _stage_plan(job, score_column))
 
 
 def _fusion_lines(fusion: Optional[dict]) -> list[tuple[str, str]]:

@@ -18,8 +18,9 @@ logger = logging.getLogger(__name__)
 
 def run(argv: Sequence[str] | None = None) -> dict[str, str]:
   parser = argparse.ArgumentParser(
-      prog=PROG, description='Write corpus.parquet, queries.parquet and qrels.parquet '
-      '(36 English/Russian passages, 24 queries) into a folder.')
+      prog=PROG, description='Write corpus.parquet, queries.parquet, qrels.parquet and '
+      'qrels_train.parquet (the train split: tuning queries) (36 English/Russian passages, '
+      '24 queries) into a folder.')
   parser.add_argument('--output', required=True, metavar='DIR', help='Folder to write into.')
   args = parser.parse_args(argv)
   common.configure_logging()

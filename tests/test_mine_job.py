@@ -469,3 +469,58 @@ def test_mined_ids_without_text_are_dead_lettered(tmp_path, collection):
       ('mine/join', 'q9', 'unknown_query_id')]
   assert report['mined_ids_without_text'] == 2
   assert report['dead_letters'] == 2
+
+
+# ---------------------------------------------------------------- BM25 and hybrid pools
+
+
+def _bm25s_top(queries: list[str], corpus: list[str], k: int) -> list[list[int]]:
+  """bm25s (lucene, k1 1.5, b 0.75) top-k doc indexes per query, positive scores only."""
+  import bm25s
+
+  from transforms.bm25 import tokenize
+  retriever = bm25s.BM25(method='lucene', k1=1.5, b=0.75)
+  retriever.index([tokenize(t) for t in corpus], show_progress=False)
+  out = []
+  for text in queries:
+    scores = retriever.get_scores(tokenize(text))
+    order = sorted(range(len(corpus)), key=lambda j: (-scores[j], j))
+    out.append([j for j in order[:k] if scores[j] > 0])
+  return out
+
+
+@pytest.mark.parametrize('dense', [False, True])
+def test_bm25_and_hybrid_pools(tmp_path, dense_inputs, dense):
+  """mine --bm25 draws negatives from BM25's top-k in BM25 order; with dense
+  embeddings too, from the union of both top-k lists."""
+  k = 4
+  out = tmp_path / 'pairs'
+  sources = ['--bm25']
+  if dense:
+    sources += ['--query-embeddings', dense_inputs['emb_queries'],
+                '--corpus-embeddings', dense_inputs['emb_corpus']]
+  quietly(mine.run, [
+      *sources, '--top-k', str(k), '--queries', dense_inputs['queries'],
+      '--corpus', dense_inputs['corpus'], '--qrels', dense_inputs['qrels'],
+      '--output', str(out), '--format', 'triplet', '--num-negatives', '2'])
+  manifest = json.loads((out / 'manifest.json').read_text())
+  assert manifest['candidate_source'] == ('hybrid' if dense else 'bm25')
+  assert manifest['bm25']['k1'] == 1.5 and manifest['bm25']['top_k'] == k
+  bm25_top = _bm25s_top(ST_ANCHORS, ST_CORPUS, k)
+  mined: dict[str, list[str]] = {}
+  for row in read_rows(out / 'triplet' / 'train'):
+    mined.setdefault(row['anchor'], []).append(row['negative'])
+  assert mined
+  for i, anchor in enumerate(ST_ANCHORS):
+    pool = [ST_CORPUS[j] for j in bm25_top[i] if ST_CORPUS[j] != ST_POSITIVES[i]]
+    negatives = mined.get(anchor, [])
+    if not dense:
+      assert negatives == pool[:2], anchor  # BM25 order, positives skipped
+    else:
+      assert len(negatives) == min(2, len(set(negatives)))
+      assert ST_POSITIVES[i] not in negatives
+  if dense:
+    assert manifest['fusion']['weights'] == {'dense': 0.5, 'bm25': 0.5}
+    # Some negative came from outside BM25's list: the pool is the union.
+    assert any(n not in [ST_CORPUS[j] for j in bm25_top[ST_ANCHORS.index(a)]]
+               for a, negs in mined.items() for n in negs)

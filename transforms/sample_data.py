@@ -12,6 +12,8 @@ import os
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from transforms.mining import split_of
+
 # (topic, [(title, text) x 3], [query x 2])
 TOPICS = [
     ('boundary_layer', [
@@ -141,8 +143,14 @@ TOPICS = [
 ]
 
 
+# Queries of the dev split (transforms.mining.split_of) are held out: the
+# default cross-encoder trains on the others, and run_local.sh tunes fusion on
+# them (qrels_train) and reports the dev queries.
+DEV_FRACTION = 0.25
+
+
 def sample_tables() -> dict[str, pa.Table]:
-  """Corpus, queries and qrels as Arrow tables in the product's contracts."""
+  """Corpus, queries, qrels and the train split's qrels as Arrow tables."""
   corpus, queries, qrels = [], [], []
   for topic, passages, topic_queries in TOPICS:
     doc_ids = [f'{topic}-{i}' for i in range(1, len(passages) + 1)]
@@ -154,18 +162,22 @@ def sample_tables() -> dict[str, pa.Table]:
       for rank, doc_id in enumerate(doc_ids):
         qrels.append({
             'query_id': query_id, 'doc_id': doc_id, 'relevance': 2 if rank == 0 else 1})
+  qrels_schema = pa.schema(
+      [('query_id', pa.string()), ('doc_id', pa.string()), ('relevance', pa.int32())])
   return {
       'corpus': pa.Table.from_pylist(corpus, schema=pa.schema(
           [('doc_id', pa.string()), ('title', pa.string()), ('text', pa.string())])),
       'queries': pa.Table.from_pylist(queries, schema=pa.schema(
           [('query_id', pa.string()), ('text', pa.string())])),
-      'qrels': pa.Table.from_pylist(qrels, schema=pa.schema(
-          [('query_id', pa.string()), ('doc_id', pa.string()), ('relevance', pa.int32())])),
+      'qrels': pa.Table.from_pylist(qrels, schema=qrels_schema),
+      'qrels_train': pa.Table.from_pylist(
+          [r for r in qrels if split_of(r['query_id'], DEV_FRACTION) == 'train'],
+          schema=qrels_schema),
   }
 
 
 def write_sample_data(directory: str) -> dict[str, str]:
-  """Writes corpus.parquet, queries.parquet and qrels.parquet; returns their paths."""
+  """Writes corpus, queries, qrels and qrels_train (.parquet); returns their paths."""
   os.makedirs(directory, exist_ok=True)
   paths = {}
   for name, table in sample_tables().items():

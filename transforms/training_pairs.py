@@ -8,7 +8,10 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
+from transforms.bm25 import BM25Settings, BM25TopK
+from transforms.candidates import SOURCE_BM25, SOURCE_DENSE, MergeCandidates
 from transforms.dead_letters import DEAD_LETTER_SCHEMA, DEAD_LETTER_TAG, dead_letter_sort_key
+from transforms.fusion import FusionDecision
 from transforms.mining import (
     AttachMinedTexts,
     CheckQrelFn,
@@ -27,6 +30,7 @@ from transforms.parquet_sink import (
     WriteParquetShards,
 )
 from transforms.retrieval import ExactTopK, ReadEmbeddingTables
+from transforms.stage_fusion import rank_query
 from transforms.texts import ReadTexts
 
 SPLITS = ('train', 'dev')
@@ -69,7 +73,7 @@ class MineConfig:
   output_dir: str
   formats: Sequence[str]
   mining: NegativeMiningSettings
-  candidate_source: str  # 'ranked', 'candidates' or 'dense'
+  candidate_source: str  # 'ranked', 'candidates', 'dense', 'bm25' or 'hybrid' (dense + bm25)
   candidates_pattern: Optional[str] = None  # supplied candidates
   candidates_files: tuple[str, ...] = ()  # a rerank output's files (from its manifest)
   candidates_score_column: Optional[str] = None
@@ -79,6 +83,8 @@ class MineConfig:
   normalize_embeddings: bool = False
   query_groups: int = 1
   top_k: int = 100
+  bm25: Optional[BM25Settings] = None
+  fusion: Optional[FusionDecision] = None  # 'hybrid': how dense and BM25 are fused
   qrels_pattern: Optional[str] = None
   positives_pattern: Optional[str] = None
   query_id_column: str = 'query_id'
@@ -100,6 +106,20 @@ def _keyed_rows(item, fmt: str, num_negatives: int, dev_fraction: float):
     yield beam.pvalue.TaggedOutput(split, (key, text_row, id_row))
 
 
+def _source_row(row: dict, source: str) -> dict:
+  return {'query_id': row['query_id'], 'doc_id': row['doc_id'],
+          'retrieval_rank': row['retrieval_rank'], 'retrieval_score': row['retrieval_score'],
+          'source': source}
+
+
+def _fused_rows(keyed: tuple, fusion: FusionDecision):
+  """One query's merged dense/BM25 rows -> the fused first stage's rows."""
+  query_id, rows = keyed
+  for row in rank_query(query_id, rows, fusion, None):
+    yield {'query_id': query_id, 'doc_id': row['doc_id'],
+           'retrieval_rank': row['retrieval_rank'], 'retrieval_score': row['retrieval_score']}
+
+
 def build_mine_pipeline(pipeline: beam.Pipeline, config: MineConfig, manifest: dict) -> None:
   """Wires the mine job onto ``pipeline``."""
   queries = pipeline | 'ReadQueries' >> ReadTexts(
@@ -109,18 +129,39 @@ def build_mine_pipeline(pipeline: beam.Pipeline, config: MineConfig, manifest: d
       config.corpus_pattern, 'mine/corpus', config.doc_id_column,
       config.doc_text_column, config.doc_title_column, config.title_separator)
 
-  if config.candidate_source == 'dense':
-    candidates = (
-        {'queries': pipeline | 'ReadQueryEmbeddings' >> ReadEmbeddingTables(
-            config.query_embeddings_dir, '--query-embeddings'),
-         'corpus': pipeline | 'ReadCorpusEmbeddings' >> ReadEmbeddingTables(
-             config.corpus_embeddings_dir, '--corpus-embeddings')}
-        | 'ExactDenseTopK' >> ExactTopK(
-            config.top_k, normalize=config.normalize_embeddings,
-            query_groups=config.query_groups)
-        | 'CheckCandidates' >> beam.ParDo(
-            check_candidates('retrieval_score')).with_outputs(
-                DEAD_LETTER_TAG, main='candidates'))
+  if config.candidate_source in ('dense', 'bm25', 'hybrid'):
+    retrieved = []
+    if config.candidate_source in ('dense', 'hybrid'):
+      retrieved.append(
+          {'queries': pipeline | 'ReadQueryEmbeddings' >> ReadEmbeddingTables(
+              config.query_embeddings_dir, '--query-embeddings'),
+           'corpus': pipeline | 'ReadCorpusEmbeddings' >> ReadEmbeddingTables(
+               config.corpus_embeddings_dir, '--corpus-embeddings')}
+          | 'ExactDenseTopK' >> ExactTopK(
+              config.top_k, normalize=config.normalize_embeddings,
+              query_groups=config.query_groups)
+          | 'MarkDense' >> beam.Map(_source_row, SOURCE_DENSE))
+    if config.candidate_source in ('bm25', 'hybrid'):
+      retrieved.append(
+          {'queries': queries['texts'] | 'BM25QueryTexts' >> beam.Map(
+              lambda r: (r['id'], r['text'])),
+           'corpus': corpus['texts'] | 'BM25CorpusTexts' >> beam.Map(
+               lambda r: (r['id'], r['text']))}
+          | 'ExactBM25TopK' >> BM25TopK(config.bm25)
+          | 'MarkBM25' >> beam.Map(_source_row, SOURCE_BM25))
+    if len(retrieved) == 1:
+      pool = retrieved[0]
+    else:
+      # Exact top-k lists hold no duplicate pairs: the merge dead-letters none.
+      merged = (retrieved | 'FlattenSources' >> beam.Flatten()
+                | 'MergeSources' >> MergeCandidates())
+      pool = (
+          merged['candidates']
+          | 'KeyByQuery' >> beam.WithKeys(lambda row: row['query_id'])
+          | 'GroupByQuery' >> beam.GroupByKey()
+          | 'FuseSources' >> beam.FlatMap(_fused_rows, config.fusion))
+    candidates = pool | 'CheckCandidates' >> beam.ParDo(
+        check_candidates('retrieval_score')).with_outputs(DEAD_LETTER_TAG, main='candidates')
   else:
     columns = ['query_id', 'doc_id']
     if config.candidate_source == 'ranked' or config.candidates_have_retrieval_rank:
