@@ -160,13 +160,13 @@ def main() -> None:
     table = {f'{s}/{m}': v for s, m, v in metrics.select('stage', 'measure', 'value').iter_rows()}
     results['dense'] = {'nDCG@10': table['retrieval/nDCG@10'], 'MRR@10': table['retrieval/MRR@10']}
     results[f'dense+{name}_ce'] = {
-        'nDCG@10': table['rerank/nDCG@10'], 'MRR@10': table['rerank/MRR@10']}
+        'nDCG@10': table['ce/nDCG@10'], 'MRR@10': table['ce/MRR@10']}
     if name == 'finetuned':
       fused = ranked.with_columns(
           fused=1 / (60 + pl.col('rank')) + 1 / (60 + pl.col('retrieval_rank'))).with_columns(
           rank=pl.col('fused').rank('ordinal', descending=True).over('query_id'))
       fm = evaluation.evaluate_stages(fused, qrels_s, measures, test_ids)
-      ft = {m: v for s, m, v in fm.select('stage', 'measure', 'value').iter_rows() if s == 'rerank'}
+      ft = {m: v for s, m, v in fm.select('stage', 'measure', 'value').iter_rows() if s == 'final'}
       results['rrf_fusion(dense, finetuned_ce)'] = {
           'nDCG@10': ft['nDCG@10'], 'MRR@10': ft['MRR@10']}
   result = {

@@ -196,7 +196,8 @@ def describe(path: str, info: dict) -> str:
   """The plain statement printed wherever the default is used."""
   metrics = info['held_out_metrics']
   dense = metrics.get('retrieval', {}).get('nDCG@10')
-  ce = metrics.get('rerank', {}).get('nDCG@10')
+  # 'final' ('rerank' in models built before stages were split out).
+  ce = (metrics.get('final') or metrics.get('rerank') or {}).get('nDCG@10')
   return (
       f'NOTE: no --cross-encoder given: using the default, {info["what"]}, at {path}. '
       f'On the sample\'s {info["held_out_queries"]} held-out queries: nDCG@10 '

@@ -3,8 +3,11 @@
     beam-rerank evaluate --ranked out/ranked --qrels qrels.parquet
 
 Writes ``metrics.json``, ``metrics.parquet`` and ``metrics.png`` (into --output,
-default the ranked folder) and prints retrieval and rerank side by side. The
-metrics themselves are ir-measures' (trec_eval); no Beam pipeline is needed
+default the ranked folder) and prints the stages side by side: each first-stage
+source (dense, BM25, supplied), the fused first stage, the cross-encoder alone
+and the final ranking (those the folder has). Queries the rerank job tuned
+fusion weights on (its manifest's ``fusion.tuning_query_ids``) are left out.
+The metrics themselves are ir-measures' (trec_eval); no Beam pipeline is needed
 for a table this size.
 """
 from __future__ import annotations
@@ -15,13 +18,14 @@ import io
 import sys
 from typing import Iterable, Optional, Sequence
 
+import polars as pl
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines import common
 from transforms import evaluation
 from transforms.parquet_input import check_parquet_input
-from transforms.parquet_sink import write_json
+from transforms.parquet_sink import read_manifest, write_json
 
 PROG = 'beam-rerank evaluate'
 
@@ -30,8 +34,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog=prog,
       description='Score a rerank output against relevance judgments: nDCG@10, '
-      'MRR@10, Recall@100 (and any @k asked) for the retrieval stage and the '
-      'reranked stage side by side.')
+      'MRR@10, Recall@100 (and any @k asked) for each stage side by side (dense, '
+      'BM25, supplied, fused first stage, cross-encoder alone, final), leaving '
+      'out the queries fusion weights were tuned on.')
   parser.add_argument(
       '--ranked', required=True, metavar='DIR',
       help='Output folder of the rerank job.')
@@ -57,20 +62,31 @@ def _write_bytes(data: bytes, path: str) -> None:
 def evaluate_ranked(
     ranked_dir: str, qrels_pattern: str, metric_names: Iterable[str],
     output_dir: str, query_ids: Optional[Iterable[str]] = None) -> dict:
-  """Computes, writes and prints the metrics of a rerank output folder."""
+  """Computes, writes and prints the metrics of a rerank output folder.
+
+  Averages over the judged queries among ``query_ids`` (default: those in the
+  folder), less the queries its manifest says fusion weights were tuned on.
+  """
   measures = evaluation.parse_measures(metric_names)
   qrels_input = check_parquet_input(
       qrels_pattern, '--qrels',
       {'query_id': 'id', 'doc_id': 'id', 'relevance': 'int'})
   qrels = evaluation.read_qrels(qrels_input.files)
-  ranked, which = evaluation.read_ranked(ranked_dir)
-  metrics = evaluation.evaluate_stages(ranked, qrels, measures, query_ids)
-  queries = int(metrics['queries'][0]) if metrics.height else 0
+  manifest = read_manifest(ranked_dir, '--ranked')
+  ranked, which = evaluation.read_ranked(ranked_dir, manifest)
+  tuning = set(evaluation.tuning_query_ids(manifest))
+  if query_ids is not None:
+    query_ids = list(query_ids)
+  scope = evaluation.query_scope(ranked, qrels, query_ids, tuning)
+  excluded = len(evaluation.query_scope(ranked, qrels, query_ids)) - len(scope)
+  metrics = evaluation.evaluate_stages(ranked, qrels, measures, scope)
+  queries = len(scope)
   report = {
       'ranked': ranked_dir,
       'rows_evaluated': which,
       'qrels': qrels_pattern,
       'queries_evaluated': queries,
+      'tuning_queries_excluded': excluded,
       'metrics': {
           stage: dict(zip(group['measure'].to_list(), group['value'].to_list()))
           for (stage,), group in metrics.group_by('stage', maintain_order=True)
@@ -80,10 +96,16 @@ def evaluate_ranked(
   buffer = io.BytesIO()
   metrics.write_parquet(buffer)
   _write_bytes(buffer.getvalue(), FileSystems.join(output_dir, 'metrics.parquet'))
+  if tuning:
+    scope_words = (f'{queries:,} held-out queries; '
+                   f'{excluded:,} tuning queries excluded')
+  else:
+    scope_words = f'{queries:,} judged queries'
   png = evaluation.plot_report(
-      metrics, ranked, qrels, f'{ranked_dir} ({queries} judged queries)')
+      metrics, ranked.filter(~pl.col('query_id').is_in(list(tuning))), qrels,
+      f'{ranked_dir} ({scope_words})')
   _write_bytes(png, FileSystems.join(output_dir, 'metrics.png'))
-  print(f'\n== metrics ({queries:,} judged queries, {which} rows; '
+  print(f'\n== metrics ({scope_words}, {which} rows; '
         'linear-gain nDCG, relevance > 0 relevant)')
   print(evaluation.metrics_table(metrics))
   print(f'  written: {FileSystems.join(output_dir, "metrics.json")}, metrics.parquet, metrics.png')
@@ -101,7 +123,9 @@ class EvaluateJobConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EvaluateResult:
-  """``metrics``: ``{stage: {measure: value}}``; ``report`` is metrics.json."""
+  """``metrics``: ``{stage: {measure: value}}`` (stages as in
+  ``evaluation.STAGES``, e.g. ``'retrieval'``, ``'final'``); ``report`` is
+  metrics.json."""
   queries_evaluated: int
   metrics: dict[str, dict[str, float]]
   report: dict

@@ -26,8 +26,8 @@ def test_builds_a_default_cross_encoder_and_reranks_with_it(
 
   assert info['recipe_id'] == dce.recipe_id(recipe) != dce.recipe_id()
   assert info['training_rows'] > 0
-  assert set(info['held_out_metrics']) == {'retrieval', 'rerank'}
-  assert 0 <= info['held_out_metrics']['rerank']['nDCG@10'] <= 1
+  assert set(info['held_out_metrics']) == {'dense', 'retrieval', 'ce', 'final'}
+  assert 0 <= info['held_out_metrics']['final']['nDCG@10'] <= 1
   assert os.path.exists(os.path.join(path, dce.INFO_NAME))
   assert not os.path.exists(path + '.building')
   # The work folder (encodings, pairs, held-out ranking) is removed.
@@ -44,4 +44,4 @@ def test_builds_a_default_cross_encoder_and_reranks_with_it(
   ranked = pl.read_parquet(glob.glob(str(tmp_path / 'ranked' / 'part-*.parquet')))
   assert result.queries_ranked == ranked['query_id'].n_unique() > 0
   assert ranked.height == result.ranked_rows
-  assert result.metrics is not None and 'rerank' in result.metrics
+  assert result.metrics is not None and 'final' in result.metrics

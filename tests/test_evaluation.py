@@ -51,7 +51,7 @@ def _qrels_frame() -> pl.DataFrame:
 
 def _direct(stage: str, measure: str, scope: list[str]) -> float:
   """The mean over ``scope`` of ir-measures' per-query values (0 when absent)."""
-  rank_column = 'rank' if stage == 'rerank' else 'retrieval_rank'
+  rank_column = 'rank' if stage == 'final' else 'retrieval_rank'
   run = [ir_measures.ScoredDoc(r['query_id'], r['doc_id'], -float(r[rank_column]))
          for r in _ranked_rows()]
   qrels = [ir_measures.Qrel(q, d, r) for q, d, r in QRELS]
@@ -74,11 +74,11 @@ def test_evaluate_stages_equals_ir_measures(query_ids, scope):
   metrics = evaluation.evaluate_stages(_ranked_frame(), _qrels_frame(), measures, query_ids)
   assert metrics.columns == ['stage', 'measure', 'value', 'queries']
   assert metrics.select('stage', 'measure').rows() == [
-      (stage, name) for stage in ('retrieval', 'rerank')
+      (stage, name) for stage in ('retrieval', 'final')
       for name in ('nDCG@10', 'MRR@10', 'Recall@100')]
   assert set(metrics['queries'].to_list()) == {len(scope)}
   got = _as_dict(metrics)
-  for stage in ('retrieval', 'rerank'):
+  for stage in ('retrieval', 'final'):
     for measure, name in zip(MEASURES, ('nDCG@10', 'MRR@10', 'Recall@100')):
       assert got[(stage, name)] == pytest.approx(_direct(stage, measure, scope), abs=1e-12)
 
@@ -88,34 +88,34 @@ def test_evaluate_stages_hand_computed():
   all_queries = evaluation.evaluate_stages(
       _ranked_frame(), _qrels_frame(), measures, ['q1', 'q2', 'q3'])
   got = _as_dict(all_queries)
-  # Rerank: the first relevant doc is 2nd for q1 (d01) and 2nd for q2 (d06);
+  # Final: the first relevant doc is 2nd for q1 (d01) and 2nd for q2 (d06);
   # q3 has no results and counts 0.
-  assert got[('rerank', 'MRR@10')] == pytest.approx((1 / 2 + 1 / 2 + 0) / 3)
+  assert got[('final', 'MRR@10')] == pytest.approx((1 / 2 + 1 / 2 + 0) / 3)
   # Retrieval: first for both.
   assert got[('retrieval', 'MRR@10')] == pytest.approx((1 + 1 + 0) / 3)
   # Recall@100: q1 finds both relevant docs, q2 one of two (d05 never found).
-  assert got[('rerank', 'Recall@100')] == pytest.approx((1 + 0.5 + 0) / 3)
-  # Linear-gain nDCG@10 for q1 alone, rerank order d02 (0), d01 (2), d03 (1).
+  assert got[('final', 'Recall@100')] == pytest.approx((1 + 0.5 + 0) / 3)
+  # Linear-gain nDCG@10 for q1 alone, final order d02 (0), d01 (2), d03 (1).
   only_q1 = _as_dict(evaluation.evaluate_stages(
       _ranked_frame(), _qrels_frame(), measures, ['q1']))
   dcg = 0 + 2 / math.log2(3) + 1 / math.log2(4)
   ideal = 2 + 1 / math.log2(3)
-  assert only_q1[('rerank', 'nDCG@10')] == pytest.approx(dcg / ideal, abs=1e-4)
+  assert only_q1[('final', 'nDCG@10')] == pytest.approx(dcg / ideal, abs=1e-4)
   assert only_q1[('retrieval', 'nDCG@10')] == pytest.approx(
       (2 + 0 + 1 / 2) / ideal, abs=1e-4)
 
 
-def test_evaluate_stages_without_retrieval_ranks_has_rerank_only():
+def test_evaluate_stages_without_retrieval_ranks_has_final_only():
   ranked = _ranked_frame().with_columns(retrieval_rank=pl.lit(None, pl.Int32))
   metrics = evaluation.evaluate_stages(
       ranked, _qrels_frame(), evaluation.parse_measures(['RR@10']))
-  assert metrics.rows() == [('rerank', 'MRR@10', 0.5, 2)]
+  assert metrics.rows() == [('final', 'MRR@10', 0.5, 2)]
 
 
 def test_evaluate_stages_no_judged_queries():
   metrics = evaluation.evaluate_stages(
       _ranked_frame(), _qrels_frame(), evaluation.parse_measures(['RR@10']), ['q9'])
-  assert metrics.rows() == [('retrieval', 'MRR@10', 0.0, 0), ('rerank', 'MRR@10', 0.0, 0)]
+  assert metrics.rows() == [('retrieval', 'MRR@10', 0.0, 0), ('final', 'MRR@10', 0.0, 0)]
 
 
 @pytest.mark.parametrize('name, display', [
@@ -141,11 +141,11 @@ def test_parse_measures_rejects_junk(junk):
 def test_metrics_table():
   metrics = pl.DataFrame(
       [('retrieval', 'nDCG@10', 0.5, 2), ('retrieval', 'MRR@10', 1.0, 2),
-       ('rerank', 'nDCG@10', 0.25, 2), ('rerank', 'MRR@10', 1 / 3, 2)],
+       ('final', 'nDCG@10', 0.25, 2), ('final', 'MRR@10', 1 / 3, 2)],
       schema={'stage': pl.String, 'measure': pl.String, 'value': pl.Float64,
               'queries': pl.Int64}, orient='row')
   assert evaluation.metrics_table(metrics).splitlines() == [
-      '  metric         retrieval      rerank',
+      '  metric       first stage       final',
       '  nDCG@10           0.5000      0.2500',
       '  MRR@10            1.0000      0.3333',
   ]
@@ -206,7 +206,7 @@ def test_evaluate_job_prints_and_writes(tmp_path, qrels_file, capsys):
   table = evaluation.metrics_table(expected)
   assert table in out
   assert '== metrics (2 judged queries, candidates rows;' in out
-  assert table.splitlines()[0] == '  metric         retrieval      rerank'
+  assert table.splitlines()[0] == '  metric       first stage       final'
 
   report = json.loads((tmp_path / 'ranked' / 'metrics.json').read_text())
   assert report['rows_evaluated'] == 'candidates'
@@ -214,7 +214,7 @@ def test_evaluate_job_prints_and_writes(tmp_path, qrels_file, capsys):
   assert report['metrics'] == {
       stage: {m: pytest.approx(v) for s, m, v in expected.select(
           'stage', 'measure', 'value').iter_rows() if s == stage}
-      for stage in ('retrieval', 'rerank')}
+      for stage in ('retrieval', 'final')}
   written = pl.read_parquet(tmp_path / 'ranked' / 'metrics.parquet')
   assert written.equals(expected)
   png = (tmp_path / 'ranked' / 'metrics.png').read_bytes()
@@ -234,7 +234,7 @@ def test_evaluate_job_top_n_only_and_output_dir(tmp_path, qrels_file, capsys):
   assert report['rows_evaluated'] == 'ranked'
   # The top 2 of q1 are d02, d01 and of q2 d04, d06: the relevant doc is 2nd
   # after reranking and 1st by retrieval rank in both.
-  assert report['metrics']['rerank'] == {'MRR@10': 0.5, 'P@1': 0.0}
+  assert report['metrics']['final'] == {'MRR@10': 0.5, 'P@1': 0.0}
   assert report['metrics']['retrieval'] == {'MRR@10': 1.0, 'P@1': 1.0}
   assert 'P@1' in capsys.readouterr().out
 

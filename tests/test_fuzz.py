@@ -353,7 +353,7 @@ def test_rerank_supplied_candidates_fuzz(tmp_path, tiny_cross_encoder_dir):
   candidates = read_dir(out / 'candidates')
   got = {(r['query_id'], r['doc_id']): r for r in candidates}
   assert len(got) == len(candidates) == len(scored)
-  assert {k: r['retrieval_score'] for k, r in got.items()} == {
+  assert {k: r['supplied_score'] for k, r in got.items()} == {
       k: f32(v) for k, v in scored.items()}
   assert all(math.isfinite(r['score']) for r in candidates)
   assert all((r['retrieval_rank'] is None) == (r['retrieval_score'] is None)

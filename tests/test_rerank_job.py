@@ -380,7 +380,7 @@ def test_no_candidate_survives(tmp_path, rerank_inputs, tiny_cross_encoder_dir):
               next((output / 'candidates').glob('part-*.parquet')))]
   assert (output / 'run.trec').read_bytes() == b''
   assert report['evaluation']['queries_evaluated'] == len({q for q, _, _ in QRELS})
-  assert set(report['evaluation']['metrics']['rerank'].values()) == {0.0}
+  assert set(report['evaluation']['metrics']['final'].values()) == {0.0}
 
 
 @pytest.fixture(scope='module')

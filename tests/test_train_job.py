@@ -175,7 +175,7 @@ def test_default_cross_encoder_cached_info(tmp_path, monkeypatch):
   from pipelines import default_cross_encoder as dce
   assert dce.cached_info(str(tmp_path)) is None  # nothing built
   info = {'recipe_id': dce.recipe_id(), 'what': 'a local model', 'held_out_queries': 4,
-          'held_out_metrics': {'retrieval': {'nDCG@10': 0.5}, 'rerank': {'nDCG@10': 0.625}}}
+          'held_out_metrics': {'retrieval': {'nDCG@10': 0.5}, 'final': {'nDCG@10': 0.625}}}
   (tmp_path / dce.INFO_NAME).write_text(json.dumps(info))
   assert dce.cached_info(str(tmp_path)) == info
   # A cached model is used as is: nothing is built.
@@ -190,7 +190,7 @@ def test_default_cross_encoder_describe():
   from pipelines import default_cross_encoder as dce
   info = {'what': 'a locally fine-tuned cross-encoder', 'held_out_queries': 7,
           'held_out_metrics': {'retrieval': {'nDCG@10': 0.41234},
-                               'rerank': {'nDCG@10': 0.55555}}}
+                               'final': {'nDCG@10': 0.55555}}}
   assert dce.describe('/cache/ce', info) == (
       'NOTE: no --cross-encoder given: using the default, a locally fine-tuned '
       "cross-encoder, at /cache/ce. On the sample's 7 held-out queries: nDCG@10 "

@@ -1,4 +1,5 @@
-"""Ranking metrics per stage (retrieval vs rerank), with ir-measures doing the math.
+"""Ranking metrics per stage (each signal, fused first stage, cross-encoder, final),
+with ir-measures doing the math.
 
 Metrics are computed per query by ir-measures (trec_eval underneath: linear-gain
 nDCG, relevance > 0 is relevant) and averaged here over an explicit set of
@@ -6,16 +7,38 @@ queries, so a query with judgments but no results counts as 0, not as absent.
 """
 from __future__ import annotations
 
-from typing import Iterable, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import ir_measures
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from transforms.errors import UserInputError
 from transforms.parquet_sink import committed_files, committed_output_exists, read_manifest
 
 DEFAULT_MEASURES = ('nDCG@10', 'RR@10', 'R@100')
 DISPLAY_NAMES = {'RR': 'MRR', 'R': 'Recall'}
+
+# The per-signal score columns of the ranked contract (null where that source
+# did not return the doc, or no cross-encoder ran); folders written before they
+# existed lack them.
+SIGNAL_COLUMNS = ('dense_score', 'bm25_score', 'supplied_score', 'ce_score')
+RANKED_COLUMNS = ('query_id', 'doc_id', 'rank', 'score', 'retrieval_rank', 'retrieval_score')
+# Stage key -> its score column, for the stages ranked by one signal alone.
+SIGNAL_STAGES = {
+    'dense': 'dense_score', 'bm25': 'bm25_score', 'supplied': 'supplied_score',
+    'ce': 'ce_score'}
+# Every stage, in report order, with its column header (at most 11 characters).
+STAGE_LABELS = {
+    'dense': 'dense', 'bm25': 'BM25', 'supplied': 'supplied',
+    'retrieval': 'first stage', 'ce': 'CE alone', 'final': 'final'}
+STAGES = tuple(STAGE_LABELS)
+
+
+def stage_label(stage: str) -> str:
+  """The readable name of a stage key (``'retrieval'`` -> ``'first stage'``)."""
+  return STAGE_LABELS.get(stage, stage)
 
 
 def display_name(measure: str) -> str:
@@ -40,19 +63,42 @@ def parse_measures(names: Iterable[str]) -> list:
   return measures
 
 
+def _by_score(ranked: pl.DataFrame, column: str) -> pl.DataFrame:
+  """Rows with a ``column`` score, ranked per query by it (desc, then doc_id
+  asc), as a run whose score is ``-rank``."""
+  value = pl.col(column).cast(pl.Float64)
+  rows = ranked.with_columns(_value=value).filter(
+      pl.col('_value').is_not_null() & pl.col('_value').is_not_nan())
+  return rows.sort(
+      ['query_id', '_value', 'doc_id'], descending=[False, True, False]).select(
+          'query_id', 'doc_id',
+          score=-pl.int_range(1, pl.len() + 1, dtype=pl.Int64).over('query_id').cast(
+              pl.Float64))
+
+
 def stage_runs(ranked: pl.DataFrame) -> dict[str, pl.DataFrame]:
   """The ranked contract -> one run per stage (``query_id, doc_id, score``).
 
-  Ranks become scores (``-rank``) so trec_eval's own tie-breaking never
-  reorders them.
+  Stages, in order: ``dense``, ``bm25``, ``supplied`` (each source's own
+  score; only the docs it returned), ``retrieval`` (the fused first stage, by
+  ``retrieval_rank``), ``ce`` (the cross-encoder score alone) and ``final``
+  (by ``rank``; always present). A stage whose column is missing (folders
+  written before it existed) or null on every row is left out. Ranks become
+  scores (``-rank``) so trec_eval's own tie-breaking never reorders them.
   """
   runs = {}
-  retrieval = ranked.filter(pl.col('retrieval_rank').is_not_null())
-  if retrieval.height:
-    runs['retrieval'] = retrieval.select(
-        'query_id', 'doc_id', score=-pl.col('retrieval_rank').cast(pl.Float64))
-  runs['rerank'] = ranked.select(
-      'query_id', 'doc_id', score=-pl.col('rank').cast(pl.Float64))
+  for stage in STAGES:
+    if stage == 'final':
+      run = ranked.select('query_id', 'doc_id', score=-pl.col('rank').cast(pl.Float64))
+    elif stage == 'retrieval':
+      run = ranked.filter(pl.col('retrieval_rank').is_not_null()).select(
+          'query_id', 'doc_id', score=-pl.col('retrieval_rank').cast(pl.Float64))
+    elif SIGNAL_STAGES[stage] in ranked.columns:
+      run = _by_score(ranked, SIGNAL_STAGES[stage])
+    else:
+      continue
+    if run.height or stage == 'final':
+      runs[stage] = run
   return runs
 
 
@@ -72,13 +118,31 @@ def per_query_metrics(
       orient='row')
 
 
+def query_scope(
+    ranked: pl.DataFrame,
+    qrels: pl.DataFrame,
+    query_ids: Optional[Iterable[str]] = None,
+    exclude_query_ids: Optional[Iterable[str]] = None,
+) -> list[str]:
+  """The queries metrics are averaged over, sorted: the judged ones among
+  ``query_ids`` (default: among those in ``ranked``), less ``exclude_query_ids``
+  (e.g. the queries fusion weights were tuned on)."""
+  judged = set(qrels['query_id'].unique().to_list())
+  if query_ids is None:
+    scope = judged & set(ranked['query_id'].unique().to_list())
+  else:
+    scope = judged & set(query_ids)
+  return sorted(scope - set(exclude_query_ids or ()))
+
+
 def evaluate_stages(
     ranked: pl.DataFrame,
     qrels: pl.DataFrame,
     measures: Sequence,
     query_ids: Optional[Iterable[str]] = None,
+    exclude_query_ids: Optional[Iterable[str]] = None,
 ) -> pl.DataFrame:
-  """Mean metrics per stage: ``stage, measure, value, queries``.
+  """Mean metrics per stage (``stage_runs`` order): ``stage, measure, value, queries``.
 
   Args:
     ranked: rows of the ranked contract (all scored candidates, ideally).
@@ -86,12 +150,9 @@ def evaluate_stages(
     measures: ir-measures measure objects.
     query_ids: the queries to average over (missing results count 0); by
       default the judged queries that appear in ``ranked``.
+    exclude_query_ids: queries never averaged over (e.g. fusion's tuning queries).
   """
-  judged = set(qrels['query_id'].unique().to_list())
-  if query_ids is None:
-    scope = sorted(judged & set(ranked['query_id'].unique().to_list()))
-  else:
-    scope = sorted(judged & set(query_ids))
+  scope = query_scope(ranked, qrels, query_ids, exclude_query_ids)
   frames = []
   for stage, run in stage_runs(ranked).items():
     values = per_query_metrics(run, qrels, measures)
@@ -108,11 +169,17 @@ def evaluate_stages(
       'queries': pl.Int64})
 
 
+def _ordered_stages(present: Iterable[str]) -> list[str]:
+  """The known stages in report order, then any others as they came."""
+  present = list(present)
+  return [s for s in STAGES if s in present] + [s for s in present if s not in STAGES]
+
+
 def metrics_table(metrics: pl.DataFrame) -> str:
-  """Stages side by side: one line per measure."""
+  """Stages side by side (dense ... final, those present): one line per measure."""
   wide = metrics.pivot(on='stage', index='measure', values='value')
-  stages = [c for c in ('retrieval', 'rerank') if c in wide.columns]
-  lines = [f'  {"metric":<12}' + ''.join(f'{s:>12}' for s in stages)]
+  stages = _ordered_stages(c for c in wide.columns if c != 'measure')
+  lines = [f'  {"metric":<12}' + ''.join(f'{stage_label(s):>12}' for s in stages)]
   for row in wide.iter_rows(named=True):
     lines.append(f'  {row["measure"]:<12}' + ''.join(
         f'{row[s]:>12.4f}' for s in stages))
@@ -122,44 +189,52 @@ def metrics_table(metrics: pl.DataFrame) -> str:
 def plot_report(
     metrics: pl.DataFrame, ranked: pl.DataFrame, qrels: pl.DataFrame,
     title: str) -> bytes:
-  """A PNG: metrics per stage, and score distributions of relevant vs other."""
+  """A PNG: metrics per stage, and score distributions of relevant vs other
+  (cross-encoder scores where the rows have them, else final scores)."""
   import io
 
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
 
-  fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+  fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6))
   measures = metrics['measure'].unique(maintain_order=True).to_list()
-  stages = metrics['stage'].unique(maintain_order=True).to_list()
+  stages = _ordered_stages(metrics['stage'].unique(maintain_order=True).to_list())
   width = 0.8 / max(1, len(stages))
+  many = len(stages) > 3
   for i, stage in enumerate(stages):
     values = [
         metrics.filter((pl.col('stage') == stage) & (pl.col('measure') == m))['value'][0]
         for m in measures]
     positions = [j + i * width for j in range(len(measures))]
-    bars = left.bar(positions, values, width, label=stage)
-    left.bar_label(bars, fmt='%.3f', fontsize=8)
+    bars = left.bar(positions, values, width, label=stage_label(stage))
+    left.bar_label(bars, fmt='%.3f', fontsize=6 if many else 8,
+                   rotation=90 if many else 0, padding=2)
   left.set_xticks([j + width * (len(stages) - 1) / 2 for j in range(len(measures))])
   left.set_xticklabels(measures)
-  left.set_ylim(0, 1.05)
+  left.set_ylim(0, 1.2 if many else 1.05)
   left.set_title('metrics per stage')
-  left.legend()
+  if stages:
+    left.legend(fontsize=7, ncol=min(len(stages), 3), loc='upper center',
+                bbox_to_anchor=(0.5, -0.08), frameon=False)
 
-  judged = ranked.join(
+  column, name = 'score', 'final scores'
+  if 'ce_score' in ranked.columns and ranked['ce_score'].drop_nulls().len():
+    column, name = 'ce_score', 'cross-encoder scores'
+  judged = ranked.filter(pl.col(column).is_not_null()).join(
       qrels.select('query_id', 'doc_id', 'relevance'), on=['query_id', 'doc_id'],
       how='left').with_columns(
           relevant=pl.col('relevance').fill_null(0) > 0)
   plotted = False
   for relevant, label in ((True, 'judged relevant'), (False, 'other candidates')):
-    scores = judged.filter(pl.col('relevant') == relevant)['score'].to_list()
+    scores = judged.filter(pl.col('relevant') == relevant)[column].to_list()
     if scores:
       right.hist(scores, bins=40, alpha=0.6, density=True, label=f'{label} ({len(scores):,})')
       plotted = True
-  right.set_title('cross-encoder scores')
-  right.set_xlabel('score')
+  right.set_title(name)
+  right.set_xlabel(column)
   if plotted:
-    right.legend()
+    right.legend(fontsize=8)
   fig.suptitle(title)
   fig.tight_layout()
   buffer = io.BytesIO()
@@ -168,16 +243,24 @@ def plot_report(
   return buffer.getvalue()
 
 
-def read_parquet_files(files: Sequence[str], columns: Sequence[str]) -> pl.DataFrame:
-  """Parquet files (any Beam filesystem) -> one polars frame."""
+def read_parquet_files(
+    files: Sequence[str], columns: Sequence[str],
+    optional: Sequence[str] = ()) -> pl.DataFrame:
+  """Parquet files (any Beam filesystem) -> one polars frame: ``columns``, and
+  those of ``optional`` that the files have (null in a file without one)."""
   from apache_beam.io.filesystem import CompressionTypes
   from apache_beam.io.filesystems import FileSystems
   frames = []
   for path in files:
     with FileSystems.open(
         path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-      frames.append(pl.read_parquet(handle.read(), columns=list(columns)))
-  return pl.concat(frames, how='vertical_relaxed') if frames else pl.DataFrame()
+      data = handle.read()
+    wanted = list(columns)
+    if optional:
+      names = set(pq.read_schema(pa.BufferReader(data)).names)
+      wanted += [c for c in optional if c in names]
+    frames.append(pl.read_parquet(data, columns=wanted))
+  return pl.concat(frames, how='diagonal_relaxed') if frames else pl.DataFrame()
 
 
 def read_qrels(files: Sequence[str]) -> pl.DataFrame:
@@ -187,15 +270,27 @@ def read_qrels(files: Sequence[str]) -> pl.DataFrame:
       pl.col('relevance').cast(pl.Int64)).drop_nulls()
 
 
-def read_ranked(ranked_dir: str) -> tuple[pl.DataFrame, str]:
+def read_ranked(
+    ranked_dir: str, manifest: Optional[Mapping[str, Any]] = None,
+) -> tuple[pl.DataFrame, str]:
   """A rerank output folder -> its rows: every scored candidate when its
   manifest has the ``candidates`` output (so retrieval Recall@100 sees all
-  100), else the top-n. Reads exactly the files the manifest lists."""
-  columns = ['query_id', 'doc_id', 'rank', 'score', 'retrieval_rank', 'retrieval_score']
-  manifest = read_manifest(ranked_dir, '--ranked')
+  100), else the top-n. Reads exactly the files the manifest lists, and the
+  signal columns (``SIGNAL_COLUMNS``) where its files have them (folders
+  written before they existed do not)."""
+  if manifest is None:
+    manifest = read_manifest(ranked_dir, '--ranked')
   which = ('candidates' if committed_output_exists(
       ranked_dir, 'candidates', '--ranked', manifest) else 'ranked')
   files = committed_files(ranked_dir, which, '--ranked', manifest)
   if not files:
     raise UserInputError(f'--ranked {ranked_dir!r}: its {which!r} output has no files')
-  return read_parquet_files(files, columns), which
+  return read_parquet_files(files, RANKED_COLUMNS, SIGNAL_COLUMNS), which
+
+
+def tuning_query_ids(manifest: Mapping[str, Any]) -> list[str]:
+  """The queries a rerank output's fusion weights were tuned on (its
+  manifest's ``fusion.tuning_query_ids``; none in older folders). Metrics
+  must leave them out."""
+  fusion = manifest.get('fusion') or {}
+  return [str(q) for q in fusion.get('tuning_query_ids') or ()]
