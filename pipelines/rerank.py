@@ -469,7 +469,7 @@ def execute(job: RerankJobConfig) -> RerankResult:
       'retrieval_model_fingerprint': embeddings and embeddings['model_fingerprint'],
       'fusion_requested': checked.plan.as_dict(),
       'tune_qrels': job.tune_qrels,
-      'ranking': 'score desc, then retrieval_score desc, then doc_id asc',
+      'ranking': 'score desc, then retrieval_rank asc, then doc_id asc',
       'backend': settings.backend if ce else None,
       'backend_fidelity': fidelity,
   }

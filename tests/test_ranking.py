@@ -7,12 +7,12 @@ from transforms.ranking import RANKED_SCHEMA, ranked_sort_key, ranking_key
 
 
 def test_ranking_key_orders():
-  assert ranking_key({'score': 1.0, 'retrieval_score': None, 'doc_id': 'a'}) < ranking_key(
-      {'score': 0.9, 'retrieval_score': 5.0, 'doc_id': 'a'})
-  # Equal scores: retrieval score desc, a missing one last, then doc_id.
-  rows = [{'score': 0.5, 'retrieval_score': r, 'doc_id': d}
-          for r, d in ((None, 'a'), (0.3, 'c'), (0.3, 'b'), (0.9, 'z'))]
-  assert [r['doc_id'] for r in sorted(rows, key=ranking_key)] == ['z', 'b', 'c', 'a']
+  assert ranking_key({'score': 1.0, 'retrieval_rank': None, 'doc_id': 'a'}) < ranking_key(
+      {'score': 0.9, 'retrieval_rank': 1, 'doc_id': 'a'})
+  # Equal scores: first-stage rank asc, a missing one last, then doc_id.
+  rows = [{'score': 0.5, 'retrieval_rank': r, 'doc_id': d}
+          for r, d in ((None, 'a'), (3, 'c'), (None, 'b'), (1, 'z'))]
+  assert [r['doc_id'] for r in sorted(rows, key=ranking_key)] == ['z', 'c', 'a', 'b']
   assert ranked_sort_key({'query_id': 'q2', 'rank': 1}) > ranked_sort_key(
       {'query_id': 'q1', 'rank': 10})
 

@@ -188,3 +188,17 @@ def _by_priority(decision):
   assert decision['final']['weights'] == {'ce': 1.0}
   assert 'without tuning queries' in decision['first_stage']['reason']
   assert decision['tuning_queries'] == 0 and decision['tuning_query_ids'] == []
+
+
+def test_final_by_first_stage_alone_is_exactly_the_first_stage():
+  """A doc lacking the first-stage signal gets the query's lowest score; the
+  final ranking by 'retrieval' alone ties it with the lowest doc and must keep
+  the first stage's order (not doc_id's)."""
+  first = FusionDecision({'dense': 1.0}, 'none', False, 'fell back')
+  final = FusionDecision({'retrieval': 1.0}, 'none', True, 'fell back')
+  rows = [_row('a', dense=0.9, ce=0.0), _row('z', dense=0.1, ce=1.0),
+          _row('b', bm25=3.0, ce=2.0)]
+  ranked = rank_query('q', rows, first, final)
+  assert [(r['doc_id'], r['rank'], r['retrieval_rank']) for r in ranked] == [
+      ('a', 1, 1), ('z', 2, 2), ('b', 3, 3)]
+  assert ranked[1]['score'] == ranked[2]['score'] == pytest.approx(0.1)

@@ -22,11 +22,15 @@ RANKED_SCHEMA = pa.schema([
 
 
 def ranking_key(row: dict) -> tuple:
-  """Final score desc, then retrieval score desc, then doc_id asc."""
-  retrieval = row.get('retrieval_score')
+  """Final score desc, then first-stage rank asc (none last), then doc_id asc.
+
+  Ties on the final score keep the first stage's order, so a final ranking
+  by the first stage alone is exactly the first stage.
+  """
+  retrieval_rank = row.get('retrieval_rank')
   return (
       -row['score'],
-      -(retrieval if retrieval is not None else -math.inf),
+      retrieval_rank if retrieval_rank is not None else math.inf,
       row['doc_id'])
 
 

@@ -164,7 +164,7 @@ def rank_query(
   """One query's candidates -> ranked contract rows, rank 1 first.
 
   ``score`` is the final fusion's (the first stage's without a final stage);
-  ties: retrieval score desc, then doc_id asc.
+  ties: first-stage rank, then doc_id asc.
   """
   staged = apply_first_stage(list(rows), first)
   if final is not None and staged:
