@@ -7,7 +7,8 @@ The variant is ``bm25s``'s ``method='lucene'`` (Kamphuis et al., ECIR 2020)::
   score(q, d)  = sum over query tokens t (repeats counted) of
                  idf(t) * tf(t, d) / (tf(t, d) + k1 * (1 - b + b * dl(d) / avgdl))
 
-with ``N`` the number of corpus docs (empty ones included), ``dl`` a doc's
+with ``N`` the number of docs given (empty ones included; the rerank and mine
+jobs dead-letter blank texts and repeated ids before BM25 sees them), ``dl`` a doc's
 token count and ``avgdl`` the mean ``dl`` over the whole corpus. A query token
 that occurs twice adds its term score twice, as in ``bm25s``.
 
