@@ -483,7 +483,7 @@ def main(argv: list[str] | None = None) -> None:
   split = prepare(paths, title)
   settings = {'stemmer': args.stemmer, 'title': title, 'top_k': args.top_k}
   suffix = ''.join(part for part, on in (
-      ('-title', title), (f'-{args.stemmer}', args.stemmer != 'none'),
+      ('-title', title), (f'-{args.stemmer}', args.stemmer not in (None, 'none')),
       (f'-top{args.top_k}', args.top_k != 100)) if on)
   json_path = os.path.join(paths.work, f'hybrid_fusion{suffix}.json')
   previous = {}

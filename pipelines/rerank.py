@@ -38,6 +38,7 @@ from transforms.parquet_sink import (
     DEFAULT_ROWS_PER_SHARD,
     MANIFEST_NAME,
     committed_files,
+    committed_output_exists,
     read_json,
     write_json,
 )
@@ -47,6 +48,7 @@ from transforms.retrieval import (
     DEFAULT_MAX_QUERIES_IN_MEMORY,
     DEFAULT_QUERY_BLOCK_SIZE,
 )
+from transforms.score_cache import QUERY_HASH, reusable_previous
 from transforms.stage_fusion import StagePlan, plan_stages
 
 PROG = 'beam-rerank rerank'
@@ -86,6 +88,12 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
       help='Optional title column put in front of passage texts (default: none).')
   io.add_argument(
       '--title-separator', default='\n', help='What joins title and text (default: newline).')
+  io.add_argument(
+      '--previous', metavar='DIR', default=None,
+      help='A previous rerank output (may equal --output): a pair whose query text and '
+      'passage text are unchanged reuses its cross-encoder score when the model '
+      'fingerprint, max length, activation and backend match; every other pair is scored. '
+      'Candidates are always recomputed.')
   io.add_argument(
       '--trec', action='store_true',
       help='Also write the ranked lists as a TREC run file, OUTPUT/run.trec.')
@@ -197,6 +205,7 @@ class RerankJobConfig:
   doc_text_column: str = 'text'
   doc_title_column: Optional[str] = None
   title_separator: str = '\n'
+  previous: Optional[str] = None
   trec: bool = False
   rows_per_shard: int = DEFAULT_ROWS_PER_SHARD
   max_dead_letter_fraction: float = 1.0
@@ -386,6 +395,33 @@ def _fusion_lines(fusion: Optional[dict]) -> list[tuple[str, str]]:
   return lines
 
 
+def _previous_scores(
+    job: RerankJobConfig, current: dict) -> tuple[tuple[str, ...], Optional[str]]:
+  """--previous -> (its candidates files to reuse scores from, why not reused)."""
+  if not job.previous:
+    return (), None
+  previous = job.previous.rstrip('/')
+  manifest_path = FileSystems.join(previous, MANIFEST_NAME)
+  if not FileSystems.exists(manifest_path):
+    if previous != job.output.rstrip('/'):
+      raise UserInputError(f'--previous {job.previous!r} has no {MANIFEST_NAME}: not a '
+                           'finished rerank output')
+    manifest = None
+  else:
+    manifest = read_json(manifest_path)
+  files: list[str] = []
+  if manifest and manifest.get('kind') == 'ranked' and committed_output_exists(
+      previous, 'candidates', '--previous', manifest):
+    files = committed_files(previous, 'candidates', '--previous', manifest)
+  has_hashes = not files or QUERY_HASH in file_columns(files[0])
+  why = reusable_previous(manifest, current, has_hashes)
+  if why:
+    logger.warning('%s: warning: --previous %r is not reused: %s; scoring every pair',
+                   PROG, job.previous, why)
+    return (), why
+  return tuple(files), None
+
+
 def execute(job: RerankJobConfig) -> RerankResult:
   """Runs the rerank job with ``job.cross_encoder`` (a model, or 'none' for the
   fused first stage alone); its report is also written as report.json."""
@@ -408,6 +444,14 @@ def execute(job: RerankJobConfig) -> RerankResult:
     ce = inspect_cross_encoder(
         job.cross_encoder, job.max_length, settings.trust_remote_code,
         settings.allow_pickle_weights)
+  previous_files, previous_ignored = (), None
+  if ce:
+    previous_files, previous_ignored = _previous_scores(job, {
+        'cross_encoder_fingerprint': ce.fingerprint, 'max_length': ce.max_length,
+        'activation': job.activation, 'backend': settings.backend})
+  elif job.previous:
+    previous_ignored = 'there is no cross-encoder to reuse scores of'
+    logger.warning('%s: warning: --previous is not used: %s', PROG, previous_ignored)
   query_dir, corpus_dir = job.query_embeddings, job.corpus_embeddings
   if job.model:
     query_dir, corpus_dir = _encode_first(job)
@@ -426,6 +470,8 @@ def execute(job: RerankJobConfig) -> RerankResult:
       max_length=ce.max_length if ce else None,
       bm25=checked.bm25,
       tuning_qrels=tuning_qrels,
+      previous_files=previous_files,
+      previous_dir=job.previous.rstrip('/') if job.previous else None,
       query_embeddings_dir=query_dir,
       corpus_embeddings_dir=corpus_dir,
       normalize_embeddings=bool(
@@ -469,6 +515,9 @@ def execute(job: RerankJobConfig) -> RerankResult:
       'retrieval_model_fingerprint': embeddings and embeddings['model_fingerprint'],
       'fusion_requested': checked.plan.as_dict(),
       'tune_qrels': job.tune_qrels,
+      # Replaced by {'path', 'pairs_reused'} when the run reuses scores.
+      'previous': ({'path': job.previous, 'ignored': previous_ignored}
+                   if job.previous else None),
       'ranking': 'score desc, then retrieval_rank asc, then doc_id asc',
       'backend': settings.backend if ce else None,
       'backend_fidelity': fidelity,
@@ -502,6 +551,7 @@ def execute(job: RerankJobConfig) -> RerankResult:
   candidates_in = (counts.get('dense_candidates', 0) + counts.get('bm25_candidates', 0) +
                    counts.get('supplied_candidates_in', 0))
   scored = counts.get('pairs_scored', 0)
+  reused = counts.get('pairs_reused', 0)
   ranked = counts.get('candidates_ranked', 0)
   fusion = written.get('fusion')
   report = {
@@ -515,6 +565,10 @@ def execute(job: RerankJobConfig) -> RerankResult:
       'union_overlap': counts.get('union_overlap', 0),
       'candidates_ranked': ranked,
       'pairs_scored': scored,
+      'pairs_reused': reused,
+      # Scoring work saved, taking every pair to cost the same.
+      'scoring_time_saved': reused / (reused + scored) if reused + scored else 0.0,
+      'previous': written.get('previous'),
       'candidate_dead_letters': candidate_dead,
       'reconciles': candidates_in == ranked + candidate_dead + counts.get('union_overlap', 0),
       'dead_letters': sum(rows for _, _, rows in dead),
@@ -549,6 +603,9 @@ def execute(job: RerankJobConfig) -> RerankResult:
       ('  in more than one source', report['union_overlap']),
       ('candidates ranked', ranked),
       ('  scored by the cross-encoder', scored),
+      *([('  reused from --previous', reused),
+         ('  scoring time saved (est.)', f"{report['scoring_time_saved']:.0%}")]
+        if job.previous else []),
       ('candidates dead-lettered', candidate_dead),
       ('in = ranked + dead + overlap', 'yes' if report['reconciles'] else 'NO'),
       ('all dead letters', report['dead_letters']),

@@ -171,7 +171,7 @@ def test_union_is_one_row_per_pair_with_every_score_and_counts_overlap():
 # ------------------------------------------------------------ JoinTexts
 
 def _text(record_id, text):
-  return {'id': record_id, 'text': text, 'text_sha256': 'unused'}
+  return {'id': record_id, 'text': text, 'text_sha256': f'sha({text})'}
 
 
 def test_join_texts_attaches_texts_and_dead_letters_unknown_ids():
@@ -189,7 +189,9 @@ def test_join_texts_attaches_texts_and_dead_letters_unknown_ids():
   both_unknown = {'query_id': 'qY', 'doc_id': 'dY', 'retrieval_rank': 1,
                   'retrieval_score': 0.9}
   texts = {'q1': 'query one', 'q2': 'query two', 'd1': 'passage one', 'd2': 'passage two'}
-  expected = [dict(c, query_text=texts[c['query_id']], passage_text=texts[c['doc_id']])
+  expected = [dict(c, query_text=texts[c['query_id']], passage_text=texts[c['doc_id']],
+                   query_text_sha256=f"sha({texts[c['query_id']]})",
+                   passage_text_sha256=f"sha({texts[c['doc_id']]})")
               for c in good]
   expected_dead = [
       dead_letter('rerank/join', 'q1\tdX',
@@ -200,7 +202,8 @@ def test_join_texts_attaches_texts_and_dead_letters_unknown_ids():
                   'dead-lettered there)', both_unknown),
       dead_letter('rerank/join', 'qX\td2',
                   "unknown_query_id: query_id 'qX' is not in the input (or was "
-                  'dead-lettered there)', dict(unknown_query, passage_text='passage two')),
+                  'dead-lettered there)', dict(unknown_query, passage_text='passage two',
+                                               passage_text_sha256='sha(passage two)')),
   ]
   p = TestPipeline()
   out = {

@@ -110,7 +110,8 @@ def test_ranked_schema(dense_run):
               ('score', pa.float32()), ('retrieval_rank', pa.int32()),
               ('retrieval_score', pa.float32()), ('dense_score', pa.float32()),
               ('bm25_score', pa.float32()), ('supplied_score', pa.float32()),
-              ('ce_score', pa.float32())]
+              ('ce_score', pa.float32()), ('query_text_sha256', pa.string()),
+              ('passage_text_sha256', pa.string())]
   files = sorted(output.glob('part-*.parquet')) + sorted(
       (output / 'candidates').glob('part-*.parquet'))
   assert len(files) == 2

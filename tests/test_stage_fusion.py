@@ -77,7 +77,8 @@ def test_rank_query_fixed_linear_then_cross_encoder_alone():
     assert ranked[0]['dense_score'] is None and ranked[0]['bm25_score'] == 2.0
     assert set(ranked[0]) == {
         'query_id', 'doc_id', 'rank', 'score', 'retrieval_rank', 'retrieval_score',
-        'dense_score', 'bm25_score', 'supplied_score', 'ce_score'}
+        'dense_score', 'bm25_score', 'supplied_score', 'ce_score', 'query_text_sha256',
+        'passage_text_sha256'}
 
 
 def test_rank_query_final_linear_of_retrieval_and_ce():

@@ -111,7 +111,8 @@ class MergeCandidates(beam.PTransform):
 
 
 class _AttachTextFn(beam.DoFn):
-  """``(id, {'texts': [...], 'candidates': [...]})`` -> candidates with the text."""
+  """``(id, {'texts': [(text, sha256)], 'candidates': [...]})`` -> candidates with
+  the text and its hash (``<text_field>_sha256``)."""
   def __init__(self, id_field: str, text_field: str):
     self._id_field = id_field
     self._text_field = text_field
@@ -131,13 +132,16 @@ class _AttachTextFn(beam.DoFn):
                     self._id_field, record_id,
                     'is not in the input (or was dead-lettered there)'), candidate))
         continue
+      text, sha256 = texts[0]
       joined_candidate = dict(candidate)
-      joined_candidate[self._text_field] = texts[0]
+      joined_candidate[self._text_field] = text
+      joined_candidate[f'{self._text_field}_sha256'] = sha256
       yield joined_candidate
 
 
 class JoinTexts(beam.PTransform):
-  """Candidates + query texts + passage texts -> pairs ready to score.
+  """Candidates + query texts + passage texts -> pairs ready to score (with
+  ``query_text``/``passage_text`` and their ``*_sha256``).
 
   Two ``CoGroupByKey`` joins (by doc_id, then by query_id); a candidate whose
   id has no text is dead-lettered as ``unknown_doc_id``/``unknown_query_id``.
@@ -146,7 +150,7 @@ class JoinTexts(beam.PTransform):
     with_passages = (
         {
             'texts': pcolls['corpus'] | 'CorpusTextsById' >> beam.Map(
-                lambda r: (r['id'], r['text'])),
+                lambda r: (r['id'], (r['text'], r['text_sha256']))),
             'candidates': pcolls['candidates'] | 'CandidatesByDoc' >> beam.WithKeys(
                 lambda c: c['doc_id']),
         }
@@ -157,7 +161,7 @@ class JoinTexts(beam.PTransform):
     with_queries = (
         {
             'texts': pcolls['queries'] | 'QueryTextsById' >> beam.Map(
-                lambda r: (r['id'], r['text'])),
+                lambda r: (r['id'], (r['text'], r['text_sha256']))),
             'candidates': with_passages.pairs | 'PairsByQuery' >> beam.WithKeys(
                 lambda c: c['query_id']),
         }

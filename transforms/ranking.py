@@ -18,6 +18,9 @@ RANKED_SCHEMA = pa.schema([
     pa.field('bm25_score', pa.float32()),
     pa.field('supplied_score', pa.float32()),
     pa.field('ce_score', pa.float32()),
+    # What the cross-encoder saw, for reuse by a later run (rerank --previous).
+    pa.field('query_text_sha256', pa.string()),
+    pa.field('passage_text_sha256', pa.string()),
 ])
 
 

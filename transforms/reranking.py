@@ -33,6 +33,7 @@ from transforms.retrieval import (
     ExactTopK,
     ReadEmbeddingTables,
 )
+from transforms.score_cache import REUSED_TAG, TO_SCORE_TAG, ReuseScores
 from transforms.scoring import ScorePairs
 from transforms.stage_fusion import FuseStages, StagePlan
 from transforms.texts import METRICS_NAMESPACE, ReadTexts
@@ -56,6 +57,10 @@ class RerankConfig:
   bm25: Optional[BM25Settings] = None
   tuning_qrels: Mapping[str, Mapping[str, int]] = dataclasses.field(
       default_factory=dict, hash=False)
+  # A previous rerank output's candidates files whose scores may be reused
+  # (checked by the launcher: same cross-encoder identity).
+  previous_files: tuple[str, ...] = ()
+  previous_dir: Optional[str] = None
   query_embeddings_dir: Optional[str] = None
   corpus_embeddings_dir: Optional[str] = None
   normalize_embeddings: bool = False
@@ -164,13 +169,26 @@ def build_rerank_pipeline(
       'corpus': corpus['texts'],
   } | 'JoinTexts' >> JoinTexts()
   dead_letters += [candidates[DEAD_LETTER_TAG], pairs[DEAD_LETTER_TAG]]
+  extras = {}
   if config.cross_encoder:
+    to_score = pairs['pairs']
+    reused = []
+    if config.previous_files:
+      cache = to_score | 'ReusePreviousScores' >> ReuseScores(config.previous_files)
+      to_score, reused = cache[TO_SCORE_TAG], [cache[REUSED_TAG]]
+      extras['previous'] = (
+          cache[REUSED_TAG]
+          | 'CountReused' >> beam.combiners.Count.Globally()
+          | 'DescribePrevious' >> beam.Map(
+              lambda n, path: {'path': path, 'pairs_reused': n}, config.previous_dir))
     scored = (
-        pairs['pairs']
+        to_score
         | 'SpreadPairs' >> beam.Reshuffle()
         | 'ScorePairs' >> score_pairs(config))
     dead_letters.append(scored[DEAD_LETTER_TAG])
-    to_rank = scored['scored'] | 'CrossEncoderScore' >> beam.Map(_with_ce_score)
+    to_rank = (
+        [scored['scored'], *reused] | 'ScoredAndReused' >> beam.Flatten()
+        | 'CrossEncoderScore' >> beam.Map(_with_ce_score))
   else:
     to_rank = pairs['pairs']
   ranked = to_rank | 'FuseAndRank' >> FuseStages(
@@ -199,4 +217,5 @@ def build_rerank_pipeline(
   }
   _ = pipeline | 'CommitOutputs' >> CommitOutputs(
       outputs, written, FileSystems.join(config.output_dir, MANIFEST_NAME),
-      manifest, row_count_output='ranked', manifest_extras={'fusion': ranked['decisions']})
+      manifest, row_count_output='ranked',
+      manifest_extras={'fusion': ranked['decisions'], **extras})

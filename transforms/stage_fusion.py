@@ -184,6 +184,8 @@ def rank_query(
       'retrieval_rank': row['retrieval_rank'],
       'retrieval_score': row['retrieval_score'],
       **{c: row.get(c) for c in SIGNAL_COLUMNS},
+      'query_text_sha256': row.get('query_text_sha256'),
+      'passage_text_sha256': row.get('passage_text_sha256'),
   } for rank, row in enumerate(ordered, start=1)]
 
 
