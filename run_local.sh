@@ -18,7 +18,7 @@ out="${OUT_DIR:-out}"
 echo "== 1/6 sample data (written by the project) -> $out/sample"
 "$py" -m pipelines.sample_data --output "$out/sample"
 
-# A re-run re-encodes only what changed (incremental mode).
+# A re-run re-encodes only what changed and reuses the scores of unchanged pairs.
 previous() { if [ -f "$1/manifest.json" ]; then printf '%s\n' --previous "$1"; fi; }
 
 echo "== 2/6 encode corpus with the packaged all-MiniLM-L6-v2"
@@ -33,12 +33,14 @@ mapfile -t prev < <(previous "$out/query_embeddings")
 echo "== 4/6 dense + BM25 top-k -> cross-encoder -> fusion (+ metrics on the held-out queries)"
 echo "   (no --cross-encoder: the product builds its default once, fine-tuned offline from"
 echo "    the packaged all-MiniLM-L6-v2, cached under ${BEAM_RERANK_CACHE:-~/.cache/beam-rerank});"
-echo "   fusion weights: auto, tuned on the train split's judgments, guarded"
+echo "   fusion weights: auto, tuned on the train split's judgments, guarded; a re-run reuses"
+echo "   the cross-encoder scores of unchanged pairs (--previous)"
+mapfile -t prev < <(previous "$out/ranked")
 "$py" -m pipelines.rerank --queries "$out/sample/queries.parquet" --corpus "$out/sample/corpus.parquet" \
   --doc-title-column title --query-embeddings "$out/query_embeddings" \
   --corpus-embeddings "$out/corpus_embeddings" --bm25 --top-k 10 --top-n 5 \
   --fusion linear --fusion-weights auto --tune-qrels "$out/sample/qrels_train.parquet" \
-  --qrels "$out/sample/qrels.parquet" --output "$out/ranked" --trec "$@"
+  --qrels "$out/sample/qrels.parquet" --output "$out/ranked" --trec "${prev[@]}" "$@"
 
 echo "== 5/6 mine training pairs from the ranked candidates"
 "$py" -m pipelines.mine --ranked "$out/ranked" --queries "$out/sample/queries.parquet" \
