@@ -2,6 +2,11 @@
 
     beam-rerank mine --ranked out/ranked --queries q.parquet --corpus c.parquet \\
         --qrels qrels.parquet --output out/pairs --format labeled-pair,pair
+
+Without judgments, pseudo-queries made from the corpus (titles, sentences)::
+
+    beam-rerank mine --bm25 --corpus c.parquet --pseudo-queries title,sentence \\
+        --range-min 5 --output out/pairs
 """
 from __future__ import annotations
 
@@ -29,11 +34,20 @@ from transforms.parquet_sink import (
     read_json,
     write_json,
 )
+from transforms.pseudo_queries import PSEUDO_SOURCES, TITLE, PseudoQuerySettings, parse_sources
 from transforms.retrieval import DEFAULT_MAX_QUERIES_IN_MEMORY
 from transforms.training_pairs import MineConfig, build_mine_pipeline
 
 PROG = 'beam-rerank mine'
 MINE_FUSION_WEIGHTS = 'dense=0.5,bm25=0.5'
+
+
+def _pseudo_sources(value: str) -> tuple[str, ...]:
+  """argparse type: ``title,sentence`` -> ``('title', 'sentence')``."""
+  try:
+    return parse_sources(value)
+  except ValueError as error:
+    raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
@@ -74,8 +88,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
       help='Dense: query embeddings one worker holds; more are split into groups '
       '(default: %(default)s).')
   io.add_argument(
-      '--queries', required=True, metavar='GLOB',
-      help='Parquet queries (query_id, text).')
+      '--queries', metavar='GLOB', default=None,
+      help='Parquet queries (query_id, text); optional with --pseudo-queries.')
   io.add_argument(
       '--corpus', required=True, metavar='GLOB',
       help='Parquet corpus (doc_id, text[, title]).')
@@ -108,6 +122,40 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
       '--negative-threshold', type=float, default=None,
       help='No qrels: only candidates scoring <= this may be negatives.')
 
+  pseudo = parser.add_argument_group(
+      'pseudo-queries (no judgments needed)',
+      'Queries made from the corpus: a title -> its text without the title; a sentence '
+      '-> the rest of its document (the inverse cloze task). The positive is the source '
+      'document, shown without the query part; title queries\' negatives are shown '
+      'without their titles too. Negatives come from BM25 (--bm25; with dense embeddings '
+      'too, pseudo-queries still get BM25 candidates only): hard ones past --range-min, '
+      'easy ones with --sampling random from a wide --top-k. With --queries and '
+      '--qrels/--positives they mix with judged queries; without, they are the only '
+      'queries. Ids title:DOC_ID and sentence:DOC_ID:N; the *-ids folders get a source '
+      'column (qrels, positives, title, sentence).')
+  pseudo.add_argument(
+      '--pseudo-queries', dest='sources', type=_pseudo_sources, default=(),
+      metavar='SOURCES',
+      help=f'Comma-separated, of {",".join(PSEUDO_SOURCES)} (default: none).')
+  pseudo.add_argument(
+      '--pseudo-per-doc', dest='per_doc', type=common.positive_int, default=1, metavar='N',
+      help='Sentence queries per document, at most (default: %(default)s).')
+  pseudo.add_argument(
+      '--pseudo-min-chars', dest='min_chars', type=common.positive_int, default=20,
+      metavar='N',
+      help='The least characters of a pseudo-query and of its positive text '
+      '(default: %(default)s).')
+  pseudo.add_argument(
+      '--pseudo-max-docs', dest='max_docs', type=common.positive_int, default=None,
+      metavar='N',
+      help='Make pseudo-queries from at most N documents, a sample by --seed '
+      '(default: all).')
+  pseudo.add_argument(
+      '--pseudo-title-column', dest='title_column', default=None, metavar='COLUMN',
+      help="The corpus's title column (default: --doc-title-column, else 'title' when "
+      'the corpus has it). Title queries need it; sentence queries use it to never '
+      'take the leading title for a sentence.')
+
   guards = parser.add_argument_group(
       'negatives (sentence-transformers mine_hard_negatives semantics)')
   guards.add_argument(
@@ -139,7 +187,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
       help='(default: %(default)s)')
   guards.add_argument(
       '--seed', type=int, default=12,
-      help='For --sampling random (default: %(default)s).')
+      help='For --sampling random, and the sentences and documents --pseudo-queries '
+      'picks (default: %(default)s).')
   guards.add_argument(
       '--score-column', default=None,
       help='Candidate score used by the guards (default: score = cross-encoder for '
@@ -153,9 +202,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 @dataclasses.dataclass(frozen=True)
 class MineJobConfig:
   """The mine job's options (the command line's, one field per option)."""
-  queries: str
   corpus: str
   output: str
+  queries: Optional[str] = None  # optional with --pseudo-queries
   ranked: Optional[str] = None
   candidates: Optional[str] = None
   query_embeddings: Optional[str] = None
@@ -185,6 +234,8 @@ class MineJobConfig:
   mining: NegativeMiningSettings = NegativeMiningSettings()
   score_column: Optional[str] = None
   dev_fraction: float = 0.0
+  # --pseudo-queries, --pseudo-per-doc, ..., --pseudo-title-column (and --seed).
+  pseudo: PseudoQuerySettings = PseudoQuerySettings()
   pipeline_args: tuple[str, ...] = ()
 
 
@@ -213,12 +264,52 @@ def _hybrid_fusion(job: MineJobConfig) -> FusionDecision:
     raise UserInputError(f'--fusion-weights {job.fusion_weights}: {error}') from None
 
 
+def _check_pseudo_sources(job: MineJobConfig, label_sources: int) -> None:
+  """--pseudo-queries: candidates from BM25, labels from the source documents
+  (judged queries mixed in only with both --queries and their labels)."""
+  if not job.bm25 or job.ranked or job.candidates:
+    raise UserInputError(
+        '--pseudo-queries needs --bm25: pseudo-queries have no embeddings and no '
+        'supplied or ranked candidates; their negatives come from BM25')
+  if job.mining.positive_threshold is not None:
+    raise UserInputError(
+        '--pseudo-queries take their positives from the source documents, not '
+        '--positive-threshold')
+  if bool(job.queries) != bool(label_sources):
+    raise UserInputError(
+        'with --pseudo-queries, --queries and their labels (--qrels or --positives) go '
+        'together: give both to mix judged queries in, or neither')
+  if label_sources > 1:
+    raise UserInputError('give at most one label source: --qrels or --positives')
+  if job.query_embeddings and not job.queries:
+    raise UserInputError('--query-embeddings need --queries (and their labels)')
+
+
+def _pseudo_settings(job: MineJobConfig, corpus) -> PseudoQuerySettings:
+  """The pseudo-query settings with their title column resolved and checked."""
+  pseudo = job.pseudo
+  title_column = pseudo.title_column or job.doc_title_column
+  if title_column is None and 'title' in file_columns(corpus.files[0]):
+    title_column = 'title'
+  if title_column is None and TITLE in pseudo.sources:
+    raise UserInputError(
+        '--pseudo-queries title needs a title column: the corpus has no \'title\'; '
+        'name it with --pseudo-title-column')
+  if title_column is not None:
+    check_parquet_input(job.corpus, '--corpus', {title_column: 'string'})
+  return dataclasses.replace(pseudo, title_column=title_column)
+
+
 def execute(job: MineJobConfig) -> MineResult:
   """Runs the mine job; its report is also written as report.json."""
   common.quiet_libraries()
   started = time.perf_counter()
   options = common.pipeline_options(job.pipeline_args, PROG)
   mining = job.mining
+  label_sources = [bool(job.qrels), bool(job.positives), mining.positive_threshold is not None]
+  pseudo = job.pseudo if job.pseudo.sources else None
+  if pseudo is not None:
+    _check_pseudo_sources(job, sum(label_sources))
   sources = [bool(job.ranked), bool(job.candidates), bool(job.query_embeddings or job.bm25)]
   if sum(sources) != 1:
     raise UserInputError(
@@ -226,10 +317,12 @@ def execute(job: MineJobConfig) -> MineResult:
         '(--query-embeddings with --corpus-embeddings, and/or --bm25)')
   if bool(job.query_embeddings) != bool(job.corpus_embeddings):
     raise UserInputError('--query-embeddings and --corpus-embeddings go together')
-  label_sources = [bool(job.qrels), bool(job.positives), mining.positive_threshold is not None]
-  if sum(label_sources) != 1:
-    raise UserInputError(
-        'give exactly one label source: --qrels, --positives, or --positive-threshold')
+  if pseudo is None:
+    if sum(label_sources) != 1:
+      raise UserInputError(
+          'give exactly one label source: --qrels, --positives, or --positive-threshold')
+    if not job.queries:
+      raise UserInputError('--queries is required (unless --pseudo-queries)')
   formats = [f.strip() for f in job.format.split(',') if f.strip()]
   unknown = [f for f in formats if f not in FORMATS]
   if unknown or not formats:
@@ -243,12 +336,16 @@ def execute(job: MineJobConfig) -> MineResult:
   if os.path.isfile(job.output):
     raise UserInputError(f'--output {job.output!r} is a file, not a folder')
 
-  queries = check_parquet_input(job.queries, '--queries', {
-      job.query_id_column: 'id', job.query_text_column: 'string'})
+  queries = None
+  if job.queries:
+    queries = check_parquet_input(job.queries, '--queries', {
+        job.query_id_column: 'id', job.query_text_column: 'string'})
   corpus_columns = {job.doc_id_column: 'id', job.doc_text_column: 'string'}
   if job.doc_title_column:
     corpus_columns[job.doc_title_column] = 'string'
   corpus = check_parquet_input(job.corpus, '--corpus', corpus_columns)
+  if pseudo is not None:
+    pseudo = _pseudo_settings(job, corpus)
   score_column = job.score_column
   candidates_pattern, candidates_files = None, ()
   normalize = False
@@ -292,7 +389,8 @@ def execute(job: MineJobConfig) -> MineResult:
   if needs_scores and source == 'candidates' and score_column is None:
     raise UserInputError('score guards/thresholds need a score column in --candidates')
   retrieved_here = source in ('dense', 'bm25', 'hybrid')
-  rows_in = queries.num_rows + corpus.num_rows + (0 if retrieved_here else checked.num_rows)
+  rows_in = ((queries.num_rows if queries else 0) + corpus.num_rows +
+             (0 if retrieved_here else checked.num_rows))
   if job.qrels:
     rows_in += check_parquet_input(
         job.qrels, '--qrels', {'query_id': 'id', 'doc_id': 'id', 'relevance': 'int'}).num_rows
@@ -302,8 +400,9 @@ def execute(job: MineJobConfig) -> MineResult:
 
   output_dir = job.output.rstrip('/')
   config = MineConfig(
-      queries_pattern=queries.pattern, corpus_pattern=corpus.pattern, output_dir=output_dir,
-      formats=formats, mining=mining, candidate_source=source,
+      queries_pattern=queries.pattern if queries else None,
+      corpus_pattern=corpus.pattern, output_dir=output_dir, formats=formats, mining=mining,
+      candidate_source=source,
       candidates_pattern=candidates_pattern, candidates_files=candidates_files,
       candidates_score_column=score_column,
       candidates_have_retrieval_rank=has_rank,
@@ -315,7 +414,15 @@ def execute(job: MineJobConfig) -> MineResult:
       query_text_column=job.query_text_column, doc_id_column=job.doc_id_column,
       doc_text_column=job.doc_text_column, doc_title_column=job.doc_title_column,
       title_separator=job.title_separator, dev_fraction=job.dev_fraction,
-      rows_per_shard=job.rows_per_shard)
+      rows_per_shard=job.rows_per_shard, pseudo=pseudo)
+  labels = ('pseudo: cross-encoder score thresholds '
+            f'(positive >= {mining.positive_threshold}, '
+            f'negative <= {mining.negative_threshold})'
+            if mining.positive_threshold is not None else
+            'qrels' if job.qrels else 'positives table' if job.positives else None)
+  if pseudo is not None:
+    made = f'pseudo-queries ({", ".join(pseudo.sources)})'
+    labels = f'{labels} + {made}' if labels else made
   manifest = {
       'kind': 'training_pairs',
       'formats': formats,
@@ -323,12 +430,9 @@ def execute(job: MineJobConfig) -> MineResult:
       'score_column': 'retrieval_score' if retrieved_here else score_column,
       'bm25': dataclasses.asdict(bm25) if bm25 else None,
       'fusion': fusion.as_dict() if fusion else None,
-      'labels': ('pseudo: cross-encoder score thresholds '
-                 f'(positive >= {mining.positive_threshold}, '
-                 f'negative <= {mining.negative_threshold})'
-                 if mining.positive_threshold is not None else
-                 'qrels' if job.qrels else 'positives table'),
+      'labels': labels,
       'pseudo_labels': mining.positive_threshold is not None,
+      'pseudo_queries': dataclasses.asdict(pseudo) if pseudo else None,
       'mining': {k: v for k, v in vars(mining).items()},
       'dev_fraction': job.dev_fraction,
       'split': 'dev if blake2b(query_id) % 1e6 < dev_fraction * 1e6',
@@ -369,6 +473,12 @@ def execute(job: MineJobConfig) -> MineResult:
       'dead_letters': written['outputs']['dead_letter']['rows'],
       'rows': rows,
       'pseudo_labels': manifest['pseudo_labels'],
+      # Made per source, from how many documents (None without --pseudo-queries).
+      'pseudo_queries': {
+          'documents': counts.get('pseudo_query_docs', 0),
+          'documents_without_queries': counts.get('pseudo_query_docs_without_queries', 0),
+          **{source: counts.get(f'pseudo_queries_{source}', 0) for source in pseudo.sources},
+      } if pseudo else None,
       'wall_seconds': finished - started,
   }
   write_json(report, FileSystems.join(output_dir, 'report.json'))
@@ -380,6 +490,8 @@ def execute(job: MineJobConfig) -> MineResult:
       ('positives', report['positives']),
       ('negatives kept', report['negatives_kept']),
       *[(f'  dropped: {g}', n) for g, n in report['candidates_dropped'].items() if n],
+      *([(f'pseudo-queries: {k.replace("_", " ")}', n)
+         for k, n in report['pseudo_queries'].items()] if pseudo else []),
       ('mined ids without text (dead letters)', report['mined_ids_without_text']),
       ('candidates in', report['candidates_in']),
       ('  dead-lettered', report['candidates_rejected']),

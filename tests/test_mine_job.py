@@ -524,3 +524,165 @@ def test_bm25_and_hybrid_pools(tmp_path, dense_inputs, dense):
     # Some negative came from outside BM25's list: the pool is the union.
     assert any(n not in [ST_CORPUS[j] for j in bm25_top[ST_ANCHORS.index(a)]]
                for a, negs in mined.items() for n in negs)
+
+
+# ---------------------------------------------------------------- pseudo-queries
+
+# Titles and texts as in Cranfield/CACM (the text begins with its title), one
+# Russian document, one title-only document, one without a title.
+PSEUDO_DOCS: dict[str, tuple[str | None, str]] = {
+    'p01': ('Boundary layer transition on a flat plate',
+            'Boundary layer transition on a flat plate\nThe boundary layer on the flat plate '
+            'turns turbulent at high speed. Heat transfer to the plate rises after transition.'),
+    'p02': ('Heat transfer in laminar flow past a cylinder',
+            'Heat transfer in laminar flow past a cylinder . the heated cylinder sits in a '
+            'laminar stream . the heat transfer follows the square root of the flow speed .'),
+    'p03': ('Shock waves over a swept wing',
+            'Shock waves over a swept wing\nShock waves form over the swept wing in supersonic '
+            'flow. The boundary layer separates behind the shock on the wing.'),
+    'p04': ('Упаковка из крахмала для продуктов',
+            'Упаковка из крахмала для продуктов\nУпаковка из крахмала распадается в земле за '
+            'месяц! Почему пластик остаётся в земле сотни лет?'),
+    'p05': ('Pressure on a delta wing at low speed', 'Pressure on a delta wing at low speed'),
+    'p06': (None, 'Rivers carry sediment to the sea. The sediment builds deltas at low speed.'),
+    'p07': ('Turbulent flow in a heated pipe',
+            'Turbulent flow in a heated pipe\nThe flow in the heated pipe is turbulent. Heat '
+            'transfer in the pipe rises with the flow speed.'),
+}
+PSEUDO_MIN_CHARS = 10
+
+
+def _pseudo_corpus(root: pathlib.Path) -> str:
+  return write_parquet(root / 'pseudo_corpus.parquet', {
+      'doc_id': list(PSEUDO_DOCS), 'title': [t for t, _ in PSEUDO_DOCS.values()],
+      'text': [x for _, x in PSEUDO_DOCS.values()]})
+
+
+def _pseudo_records(sources=('title', 'sentence'), per_doc=1, seed=12) -> list[dict]:
+  from transforms.pseudo_queries import sentence_queries, title_queries
+  records = []
+  for doc_id, (title, text) in PSEUDO_DOCS.items():
+    if 'title' in sources:
+      records += title_queries(doc_id, title, text, PSEUDO_MIN_CHARS)
+    if 'sentence' in sources:
+      records += sentence_queries(doc_id, text, per_doc, PSEUDO_MIN_CHARS, seed, title)
+  return records
+
+
+@pytest.fixture(scope='module')
+def pseudo_run(tmp_path_factory) -> tuple[dict, pathlib.Path]:
+  """--bm25 --pseudo-queries title,sentence, no --queries/--qrels: hard
+  negatives past --range-min 1."""
+  root = tmp_path_factory.mktemp('mine_pseudo')
+  out = root / 'pairs'
+  report = quietly(mine.run, [
+      '--bm25', '--top-k', '10', '--corpus', _pseudo_corpus(root),
+      '--pseudo-queries', 'title,sentence', '--pseudo-min-chars', str(PSEUDO_MIN_CHARS),
+      '--range-min', '1', '--num-negatives', '2', '--output', str(out),
+      '--format', 'labeled-pair,triplet,distill'])
+  return report, out
+
+
+def test_pseudo_queries_rows_ids_and_hard_negatives(pseudo_run):
+  """Each pseudo-query's positive is its source document without the query
+  part; its negatives are BM25's order past the positive and the first one
+  (--range-min 1); title queries' negatives are shown without their titles."""
+  from transforms.pseudo_queries import strip_title
+  report, out = pseudo_run
+  records = _pseudo_records()
+  assert {r['source'] for r in records} == {'title', 'sentence'}
+  assert not any(r['doc_id'] == 'p05' and r['source'] == 'title' for r in records)
+  doc_ids = list(PSEUDO_DOCS)
+  passages = [text for _, text in PSEUDO_DOCS.values()]
+  top = _bm25s_top([r['text'] for r in records], passages, 10)
+  expected_texts, expected_ids = [], []
+  for record, hits in sorted(zip(records, top), key=lambda pair: pair[0]['query_id']):
+    negatives = [doc_ids[j] for j in hits if doc_ids[j] != record['doc_id']][1:3]
+    qid, source = record['query_id'], record['source']
+    expected_texts.append(
+        {'sentence_0': record['text'], 'sentence_1': record['positive'], 'label': 1.0})
+    expected_ids.append({'query_id': qid, 'doc_id': record['doc_id'], 'source': source})
+    for doc_id in negatives:
+      title, text = PSEUDO_DOCS[doc_id]
+      shown = strip_title(text, title) if source == 'title' and title != text else text
+      expected_texts.append({'sentence_0': record['text'], 'sentence_1': shown, 'label': 0.0})
+      expected_ids.append({'query_id': qid, 'doc_id': doc_id, 'source': source})
+  assert read_rows(out / 'labeled-pair' / 'train') == expected_texts
+  assert read_rows(out / 'labeled-pair' / 'train-ids') == expected_ids
+  assert fields(read_schema(out / 'labeled-pair' / 'train-ids')) == [
+      ('query_id', pa.string()), ('doc_id', pa.string()), ('source', pa.string())]
+  assert fields(read_schema(out / 'triplet' / 'train-ids'))[-1] == ('source', pa.string())
+  for text_row, id_row in zip(read_rows(out / 'triplet' / 'train'),
+                              read_rows(out / 'triplet' / 'train-ids')):
+    assert id_row['query_id'].startswith(id_row['source'] + ':')
+    assert ' '.join(text_row['anchor'].split()) != ' '.join(text_row['positive'].split())
+    assert text_row['anchor'] not in text_row['positive']
+  # distill: the positive was scored as the whole document, so only negatives.
+  for id_row in read_rows(out / 'distill' / 'train-ids'):
+    assert id_row['doc_id'] != id_row['query_id'].split(':')[1]
+  by_source = {s: sum(r['source'] == s for r in records) for s in ('title', 'sentence')}
+  assert report['pseudo_queries'] == {
+      'documents': 7, 'documents_without_queries': 1, **by_source}  # p05: a title alone
+  assert report['queries_with_positives'] == len(records)
+  assert report['dead_letters'] == 0 and report['reconciles'] is True
+  manifest = json.loads((out / 'manifest.json').read_text())
+  assert manifest['labels'] == 'pseudo-queries (title, sentence)'
+  assert manifest['pseudo_queries']['title_column'] == 'title'
+  assert manifest['pseudo_queries']['sources'] == ['title', 'sentence']
+
+
+def test_pseudo_queries_mix_with_judged_queries(tmp_path):
+  """With --queries and --qrels the judged queries come too, source 'qrels';
+  --pseudo-max-docs keeps a sample of documents; easy negatives by --sampling random."""
+  corpus = _pseudo_corpus(tmp_path)
+  queries = write_parquet(tmp_path / 'queries.parquet', {
+      'query_id': ['q1', 'q2'], 'text': ['heat transfer cylinder', 'swept wing shock']})
+  qrels = write_parquet(tmp_path / 'qrels.parquet', {
+      'query_id': ['q1', 'q2'], 'doc_id': ['p02', 'p03'], 'relevance': [1, 1]},
+      pa.schema([('query_id', pa.string()), ('doc_id', pa.string()),
+                 ('relevance', pa.int32())]))
+  out = tmp_path / 'pairs'
+  report = quietly(mine.run, [
+      '--bm25', '--top-k', '10', '--corpus', corpus, '--queries', queries, '--qrels', qrels,
+      '--pseudo-queries', 'title', '--pseudo-max-docs', '3', '--sampling', 'random',
+      '--num-negatives', '1', '--output', str(out), '--format', 'pair'])
+  ids = read_rows(out / 'pair' / 'train-ids')
+  judged = [r for r in ids if r['source'] == 'qrels']
+  pseudo = [r for r in ids if r['source'] == 'title']
+  assert judged == [{'query_id': 'q1', 'doc_id': 'p02', 'source': 'qrels'},
+                    {'query_id': 'q2', 'doc_id': 'p03', 'source': 'qrels'}]
+  assert len(pseudo) == report['pseudo_queries']['title'] <= 3
+  assert report['pseudo_queries']['documents'] == 3
+  assert all(r['query_id'] == f"title:{r['doc_id']}" for r in pseudo)
+  assert len(ids) == len(judged) + len(pseudo)
+  assert json.loads((out / 'manifest.json').read_text())['labels'] == (
+      'qrels + pseudo-queries (title)')
+
+
+@pytest.mark.parametrize('case', [
+    'no_bm25', 'ranked', 'queries_without_labels', 'threshold', 'no_title_column'])
+def test_pseudo_query_user_errors(tmp_path, collection, capsys, case):
+  corpus = _pseudo_corpus(tmp_path)
+  base = ['--output', str(tmp_path / 'out'), '--pseudo-queries', 'title']
+  argv, needle = {
+      'no_bm25': (['--corpus', corpus], '--pseudo-queries needs --bm25'),
+      'ranked': (['--corpus', corpus, '--ranked', collection['ranked']],
+                 '--pseudo-queries needs --bm25'),
+      'queries_without_labels': (
+          ['--bm25', '--corpus', corpus, '--queries', collection['queries']],
+          '--queries and their labels'),
+      'threshold': (['--bm25', '--corpus', corpus, '--positive-threshold', '1'],
+                    'not --positive-threshold'),
+      'no_title_column': (['--bm25', '--corpus', collection['corpus']],
+                          'needs a title column'),
+  }[case]
+  assert mine.main(base + argv) == 2
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert len(lines) == 1 and needle in lines[0], lines
+  assert not (tmp_path / 'out').exists()
+
+
+def test_queries_still_required_without_pseudo_queries(tmp_path, collection, capsys):
+  assert mine.main(['--ranked', collection['ranked'], '--corpus', collection['corpus'],
+                    '--qrels', collection['qrels'], '--output', str(tmp_path / 'out')]) == 2
+  assert '--queries is required' in capsys.readouterr().err

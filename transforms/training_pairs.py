@@ -29,9 +29,17 @@ from transforms.parquet_sink import (
     ShardedOutput,
     WriteParquetShards,
 )
+from transforms.pseudo_queries import (
+    TITLE,
+    AttachPseudoTexts,
+    CorpusColumns,
+    DocBodies,
+    PseudoQueries,
+    PseudoQuerySettings,
+)
 from transforms.retrieval import ExactTopK, ReadEmbeddingTables
 from transforms.stage_fusion import rank_query
-from transforms.texts import ReadTexts
+from transforms.texts import PrepareTexts, ReadTexts
 
 SPLITS = ('train', 'dev')
 
@@ -53,22 +61,26 @@ def text_schema(fmt: str, num_negatives: int) -> pa.Schema:
   raise ValueError(fmt)
 
 
-def id_schema(fmt: str) -> pa.Schema:
-  """Ids of each row of a format, aligned row for row with its text files."""
+def id_schema(fmt: str, with_source: bool = False) -> pa.Schema:
+  """Ids of each row of a format, aligned row for row with its text files;
+  ``with_source`` (pseudo-queries): a ``source`` column too, what made the
+  row's query (``qrels``, ``positives``, ``title``, ``sentence``)."""
   s = pa.string()
+  source = [('source', s)] if with_source else []
   if fmt in ('labeled-pair', 'pair', 'distill'):
-    return pa.schema([('query_id', s), ('doc_id', s)])
+    return pa.schema([('query_id', s), ('doc_id', s)] + source)
   if fmt == 'triplet':
-    return pa.schema([('query_id', s), ('positive_id', s), ('negative_id', s)])
+    return pa.schema([('query_id', s), ('positive_id', s), ('negative_id', s)] + source)
   if fmt == 'n-tuple':
-    return pa.schema([('query_id', s), ('positive_id', s), ('negative_ids', pa.list_(s))])
+    return pa.schema(
+        [('query_id', s), ('positive_id', s), ('negative_ids', pa.list_(s))] + source)
   raise ValueError(fmt)
 
 
 @dataclasses.dataclass(frozen=True)
 class MineConfig:
   """Everything the mine job needs, validated by the launcher."""
-  queries_pattern: str
+  queries_pattern: Optional[str]  # None: pseudo-queries only
   corpus_pattern: str
   output_dir: str
   formats: Sequence[str]
@@ -95,13 +107,17 @@ class MineConfig:
   title_separator: str = '\n'
   dev_fraction: float = 0.0
   rows_per_shard: int = DEFAULT_ROWS_PER_SHARD
+  # Pseudo-queries from the corpus (their title column resolved); None: none.
+  pseudo: Optional[PseudoQuerySettings] = None
 
 
 def _keyed_rows(item, fmt: str, num_negatives: int, dev_fraction: float):
-  mined, query_text, doc_texts = item
+  mined, query_text, doc_texts, *source = item
   split = split_of(mined.query_id, dev_fraction)
   for index, (text_row, id_row) in enumerate(
       format_rows(fmt, mined, query_text, doc_texts, num_negatives)):
+    if source:
+      id_row = dict(id_row, source=source[0])
     key = f'{mined.query_id}\t{index:06d}'
     yield beam.pvalue.TaggedOutput(split, (key, text_row, id_row))
 
@@ -120,14 +136,63 @@ def _fused_rows(keyed: tuple, fusion: FusionDecision):
            'retrieval_rank': row['retrieval_rank'], 'retrieval_score': row['retrieval_score']}
 
 
+def _pseudo_query_row(record: dict, id_column: str, text_column: str) -> dict:
+  return {id_column: record['query_id'], text_column: record['text']}
+
+
+def _pseudo_qrel(record: dict, relevance: int) -> dict:
+  return {'query_id': record['query_id'], 'doc_id': record['doc_id'], 'relevance': relevance}
+
+
+def _read_with_pseudo_queries(pipeline: beam.Pipeline, config: MineConfig):
+  """Queries and corpus text records, the pseudo-queries made from the corpus
+  rows (read once) and, for title queries, the corpus's bodies.
+
+  The pseudo-queries join the query rows before their checks, so an id given
+  twice (a judged query named like a pseudo-query) is dead-lettered as usual.
+  """
+  settings = config.pseudo
+  columns = CorpusColumns(
+      config.doc_id_column, config.doc_text_column, config.doc_title_column,
+      config.title_separator)
+  read = [config.doc_id_column, config.doc_text_column]
+  for column in (config.doc_title_column, settings.title_column):
+    if column and column not in read:
+      read.append(column)
+  corpus_rows = pipeline | 'ReadCorpusParquet' >> beam.io.ReadFromParquet(
+      config.corpus_pattern, columns=read)
+  corpus = corpus_rows | 'PrepareCorpus' >> PrepareTexts(
+      'mine/corpus', config.doc_id_column, config.doc_text_column,
+      config.doc_title_column, config.title_separator)
+  pseudo = corpus_rows | 'PseudoQueries' >> PseudoQueries(settings, columns)
+  query_rows = [pseudo | 'PseudoQueryRows' >> beam.Map(
+      _pseudo_query_row, config.query_id_column, config.query_text_column)]
+  if config.queries_pattern:
+    query_rows.append(pipeline | 'ReadQueriesParquet' >> beam.io.ReadFromParquet(
+        config.queries_pattern, columns=[config.query_id_column, config.query_text_column]))
+  queries = (
+      query_rows
+      | 'FlattenQueryRows' >> beam.Flatten()
+      | 'PrepareQueries' >> PrepareTexts(
+          'mine/queries', config.query_id_column, config.query_text_column))
+  bodies = None
+  if TITLE in settings.sources:
+    bodies = corpus_rows | 'DocBodies' >> DocBodies(settings.title_column, columns)
+  return queries, corpus, pseudo, bodies
+
+
 def build_mine_pipeline(pipeline: beam.Pipeline, config: MineConfig, manifest: dict) -> None:
   """Wires the mine job onto ``pipeline``."""
-  queries = pipeline | 'ReadQueries' >> ReadTexts(
-      config.queries_pattern, 'mine/queries', config.query_id_column,
-      config.query_text_column)
-  corpus = pipeline | 'ReadCorpus' >> ReadTexts(
-      config.corpus_pattern, 'mine/corpus', config.doc_id_column,
-      config.doc_text_column, config.doc_title_column, config.title_separator)
+  pseudo = bodies = None
+  if config.pseudo is not None:
+    queries, corpus, pseudo, bodies = _read_with_pseudo_queries(pipeline, config)
+  else:
+    queries = pipeline | 'ReadQueries' >> ReadTexts(
+        config.queries_pattern, 'mine/queries', config.query_id_column,
+        config.query_text_column)
+    corpus = pipeline | 'ReadCorpus' >> ReadTexts(
+        config.corpus_pattern, 'mine/corpus', config.doc_id_column,
+        config.doc_text_column, config.doc_title_column, config.title_separator)
 
   if config.candidate_source in ('dense', 'bm25', 'hybrid'):
     retrieved = []
@@ -207,6 +272,12 @@ def build_mine_pipeline(pipeline: beam.Pipeline, config: MineConfig, manifest: d
     labels = labels.qrels
   else:
     labels = pipeline | 'NoQrels' >> beam.Create([])
+  if pseudo is not None:
+    # A pseudo-query's positive is its source document (relevant whatever
+    # --min-relevance says about the judged grades).
+    pseudo_qrels = pseudo | 'PseudoQrels' >> beam.Map(
+        _pseudo_qrel, max(1, config.mining.min_relevance))
+    labels = (labels, pseudo_qrels) | 'FlattenLabels' >> beam.Flatten()
 
   mined = {
       'candidates': known['candidates'], 'qrels': labels,
@@ -215,6 +286,12 @@ def build_mine_pipeline(pipeline: beam.Pipeline, config: MineConfig, manifest: d
       'mined': mined, 'queries': queries['texts'], 'corpus': corpus['texts'],
   } | 'AttachTexts' >> AttachMinedTexts()
   with_texts = attached.assembled
+  if pseudo is not None:
+    given = 'qrels' if config.qrels_pattern else 'positives'
+    pseudo_texts = {'assembled': with_texts, 'pseudo': pseudo}
+    if bodies is not None:
+      pseudo_texts['bodies'] = bodies
+    with_texts = pseudo_texts | 'AttachPseudoTexts' >> AttachPseudoTexts(given)
 
   outputs, written = [], {}
   for fmt in config.formats:
@@ -224,7 +301,7 @@ def build_mine_pipeline(pipeline: beam.Pipeline, config: MineConfig, manifest: d
             *SPLITS)
     for split in (SPLITS if config.dev_fraction > 0 else ('train',)):
       for kind, schema, index in (('', text_schema(fmt, config.mining.num_negatives), 1),
-                                  ('-ids', id_schema(fmt), 2)):
+                                  ('-ids', id_schema(fmt, pseudo is not None), 2)):
         output = ShardedOutput(
             name=f'{fmt}/{split}{kind}', root=config.output_dir,
             subdirectory=f'{fmt}/{split}{kind}', schema=schema,
