@@ -1,13 +1,19 @@
 """The ``train`` job: mined training pairs -> a fine-tuned model directory.
 
     beam-rerank train --pairs out/pairs --kind cross-encoder \\
-        --base-model all-MiniLM-L6-v2 --output out/my-cross-encoder
+        --base-model all-MiniLM-L6-v2 --output out/my-cross-encoder \\
+        --eval-steps 200 --early-stopping-patience 3
 
 Uses the sentence-transformers trainers: CrossEncoder + BinaryCrossEntropyLoss on
 ``labeled-pair`` rows, SentenceTransformer + MultipleNegativesRankingLoss on
-``triplet``/``pair`` rows. One machine (CPU or GPU); not a Beam pipeline. The
-output loads with ``CrossEncoder(path)``/``SentenceTransformer(path)`` and works as
-the rerank job's ``--cross-encoder``.
+``triplet``/``pair`` rows. With a mined dev split, nDCG@10 on the dev queries
+(CrossEncoderRerankingEvaluator / InformationRetrievalEvaluator) is scored every
+``--eval-steps`` (else once per epoch); the output is the best checkpoint, and
+training can stop early. ``--then-pairs`` continues on further mined folders (a
+curriculum: easy negatives first, then hard). One machine (CPU or GPU; fp16/bf16
+on a GPU); not a Beam pipeline. The output loads with
+``CrossEncoder(path)``/``SentenceTransformer(path)``, works as the rerank job's
+``--cross-encoder``, and holds training_report.json and training_curve.png.
 """
 from __future__ import annotations
 
@@ -20,7 +26,14 @@ from typing import Optional, Sequence
 from pipelines import common
 from transforms.errors import UserInputError
 from transforms.model_info import check_weights_format, resolve_model_dir, resolve_model_name
-from transforms.training import TrainConfig, train
+from transforms.training import (
+    DEV_METRIC,
+    PRECISIONS,
+    TrainConfig,
+    check_evaluation_settings,
+    check_precision,
+    train,
+)
 
 PROG = 'beam-rerank train'
 
@@ -65,6 +78,27 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
       '--allow-pickle-weights', action='store_true',
       help='Allow models whose weights are only pickle files (.bin); off by default: unpickling '
       'can run code.')
+  dev = parser.add_argument_group('dev split, checkpoint selection and curriculum')
+  dev.add_argument(
+      '--eval-steps', type=common.positive_int, default=None, metavar='N',
+      help=f'Score dev {DEV_METRIC} every N steps and keep the best checkpoint (default: '
+      'once per epoch). Needs a dev split (mine --dev-fraction).')
+  dev.add_argument(
+      '--early-stopping-patience', type=common.positive_int, default=None, metavar='N',
+      help=f'Stop after N evaluations without a better dev {DEV_METRIC} (default: off).')
+  dev.add_argument(
+      '--no-dev', action='store_true',
+      help='Ignore the dev split: no evaluation, the last step is the model.')
+  dev.add_argument(
+      '--then-pairs', action='append', default=None, metavar='DIR',
+      help='Curriculum: after --pairs, continue training the same model on this mine output '
+      '(e.g. --pairs EASY --then-pairs HARD); repeatable, in order; --epochs/--max-steps '
+      'apply to each phase. With a dev split, the best checkpoint of all phases is kept '
+      '(dev queries of all phases together).')
+  parser.add_argument(
+      '--precision', choices=PRECISIONS, default='fp32',
+      help='Mixed precision on a CUDA GPU: fp16 or bf16 (default: %(default)s; refused '
+      'without a GPU).')
   parser.add_argument('--no-progress', action='store_true', help='No progress bar.')
   return parser
 
@@ -88,6 +122,11 @@ class TrainJobConfig:
   trust_remote_code: bool = False
   allow_pickle_weights: bool = False
   no_progress: bool = False
+  eval_steps: Optional[int] = None
+  early_stopping_patience: Optional[int] = None
+  no_dev: bool = False
+  then_pairs: Optional[Sequence[str]] = None
+  precision: str = 'fp32'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,19 +150,27 @@ def execute(job: TrainJobConfig) -> TrainResult:
   common.quiet_libraries()
   if job.kind not in ('cross-encoder', 'bi-encoder'):
     raise UserInputError(f'--kind {job.kind!r} is not cross-encoder or bi-encoder')
-  if not os.path.isdir(job.pairs):
-    raise UserInputError(f'--pairs {job.pairs!r} is not a folder')
+  for option, folder in [('--pairs', job.pairs)] + [
+      ('--then-pairs', d) for d in job.then_pairs or ()]:
+    if not os.path.isdir(folder):
+      raise UserInputError(f'{option} {folder!r} is not a folder')
   if job.learning_rate <= 0 or job.epochs <= 0:
     raise UserInputError('--learning-rate and --epochs must be positive')
-  base = resolve_model_dir(resolve_model_name(job.base_model))
-  check_weights_format(base, job.base_model or base, job.allow_pickle_weights)
-  report = train(TrainConfig(
-      pairs_dir=job.pairs, kind=job.kind, base_model=base, output_dir=job.output,
+  config = TrainConfig(
+      pairs_dir=job.pairs, kind=job.kind, base_model='', output_dir=job.output,
       pairs_format=job.format, epochs=job.epochs, batch_size=job.batch_size,
       learning_rate=job.learning_rate, warmup_ratio=job.warmup_ratio,
       max_length=job.max_length, pos_weight=job.pos_weight, seed=job.seed,
       max_steps=job.max_steps, trust_remote_code=job.trust_remote_code,
-      show_progress=not job.no_progress))
+      show_progress=not job.no_progress, then_pairs=tuple(job.then_pairs or ()),
+      dev=not job.no_dev, eval_steps=job.eval_steps,
+      early_stopping_patience=job.early_stopping_patience, precision=job.precision)
+  check_precision(config.precision)  # before any model is loaded
+  check_evaluation_settings(config)
+  base = resolve_model_dir(resolve_model_name(job.base_model))
+  check_weights_format(base, job.base_model or base, job.allow_pickle_weights)
+  report = train(dataclasses.replace(config, base_model=base))
+  best = report['best_dev_score']
   common.print_summary('train summary', [
       ('model', job.output),
       ('kind', report['kind']),
@@ -131,8 +178,13 @@ def execute(job: TrainJobConfig) -> TrainResult:
       ('train rows', report['train_rows']),
       ('dev rows', report['dev_rows']),
       ('steps', report['steps']),
+      *[(f'phase {i}', f"{p['pairs']} ({p['format']}), steps {p['first_step']}-{p['last_step']}")
+        for i, p in enumerate(report['phases'], 1) if len(report['phases']) > 1],
       ('train loss', report['train_loss']),
       *[(f'dev {k}', v) for k, v in report['dev_metrics'].items() if 'loss' in k],
+      *([(f'best dev {report["dev_metric"]}', f'{best:.4f} at step {report["best_step"]}')]
+        if best is not None else []),
+      *([('stopped early', 'yes')] if report['early_stopped'] else []),
       ('train time (s)', report['train_seconds']),
   ])
   return TrainResult(

@@ -1,6 +1,8 @@
 """The train job on pairs written by the mine job, with tiny models: the output
 loads as a CrossEncoder / SentenceTransformer, works as the rerank job's
---cross-encoder, and carries its training_report.json; user errors exit 2.
+--cross-encoder, and carries its training_report.json and training_curve.png;
+the dev split selects the checkpoint (a scripted evaluator checks which one is
+kept, early stopping and curriculum phases); user errors exit 2.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import numpy as np
 import pytest
 
 from pipelines import mine, rerank, train
+from transforms import training
 
 pytest.register_assert_rewrite('tests.mine_fixtures')
 from tests.mine_fixtures import (  # noqa: E402
@@ -81,6 +84,25 @@ def test_cross_encoder_report(cross_encoder_run, mine_bi_encoder_dir):
   assert not (out / 'stale.txt').exists()
 
 
+def test_cross_encoder_dev_selection_report(cross_encoder_run):
+  """By default the dev split is scored once per epoch with the
+  sentence-transformers reranking evaluator, and the best score is kept."""
+  report, out, rows = cross_encoder_run
+  assert report['dev_metric'] == 'nDCG@10'
+  assert report['dev_queries'] >= 1
+  assert 0 <= report['dev_metrics']['eval_dev_ndcg@10'] <= 1
+  curve = report['dev_curve']
+  assert curve and all(0 <= point['nDCG@10'] <= 1 for point in curve)
+  assert report['best_dev_score'] == max(point['nDCG@10'] for point in curve)
+  assert report['best_step'] in [point['step'] for point in curve]
+  assert report['dev_metrics']['eval_dev_ndcg@10'] == report['best_dev_score']
+  assert report['loss_curve'] and report['loss_curve'][-1]['step'] <= report['steps']
+  assert report['early_stopped'] is False
+  assert [p['format'] for p in report['phases']] == ['labeled-pair']
+  assert report['wall_seconds'] >= report['train_seconds'] > 0
+  assert (out / 'training_curve.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
 def test_cross_encoder_loads_and_reranks(cross_encoder_run, collection, tmp_path):
   import torch
   from sentence_transformers import CrossEncoder
@@ -115,7 +137,7 @@ def test_bi_encoder(tmp_path, pairs, mine_bi_encoder_dir, fmt):
   out = tmp_path / 'model'
   report = _train([
       '--pairs', str(pairs_dir), '--kind', 'bi-encoder', '--base-model', mine_bi_encoder_dir,
-      '--output', str(out), '--max-steps', '2', '--batch-size', '4']
+      '--output', str(out), '--max-steps', '2', '--batch-size', '4', '--warmup-ratio', '0']
       + (['--format', fmt] if fmt else []))
   expected_format = fmt or 'triplet'  # triplet when mined, else pair
   assert report['kind'] == 'bi-encoder'
@@ -123,6 +145,10 @@ def test_bi_encoder(tmp_path, pairs, mine_bi_encoder_dir, fmt):
   assert report['train_rows'] == rows[f'{expected_format}/train']
   assert report['steps'] == 2
   assert (out / 'training_report.json').is_file()
+  # InformationRetrievalEvaluator on the dev queries, once per epoch (1 step each here).
+  assert report['dev_metric'] == 'nDCG@10'
+  assert 0 <= report['dev_metrics']['eval_dev_cosine_ndcg@10'] <= 1
+  assert [point['step'] for point in report['dev_curve']] == [1, 2]
   model = SentenceTransformer(str(out), device='cpu')
   embeddings = model.encode(['wing pressure', 'как испечь хлеб'], convert_to_numpy=True)
   assert embeddings.shape == (2, 32)
@@ -195,3 +221,209 @@ def test_default_cross_encoder_describe():
       'NOTE: no --cross-encoder given: using the default, a locally fine-tuned '
       "cross-encoder, at /cache/ce. On the sample's 7 held-out queries: nDCG@10 "
       '0.556 reranked vs 0.412 dense alone. Pass --cross-encoder for a real one.')
+
+
+# ---------------------------------------------------------------- checkpoint selection
+
+
+def _scripted_evaluator(scores: list[float]):
+  """A sentence-transformers evaluator returning ``scores`` in turn as dev
+  nDCG@10 and keeping the model's weights at each call."""
+  from sentence_transformers.base.evaluation import BaseEvaluator
+
+  class Scripted(BaseEvaluator):
+    def __init__(self):
+      super().__init__()
+      self.primary_metric = 'dev_ndcg@10'
+      self.weights: list[dict] = []
+      self.steps: list[int] = []
+
+    def __call__(self, model, output_path=None, epoch=-1, steps=-1):
+      self.weights.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+      self.steps.append(steps)
+      return {'dev_ndcg@10': scores[len(self.weights) - 1]}
+
+  return Scripted()
+
+
+def _same_weights(model, weights: dict) -> bool:
+  import torch
+  state = model.state_dict()
+  assert sorted(state) == sorted(weights)
+  return all(torch.equal(state[k].cpu(), weights[k].cpu()) for k in state)
+
+
+@pytest.fixture
+def scripted(monkeypatch):
+  """Replaces the dev evaluator factory with a scripted score sequence."""
+  def install(scores: list[float]):
+    evaluator = _scripted_evaluator(scores)
+    seen = []
+
+    def factory(kind, model, samples, batch_size):
+      seen.append(samples)
+      return evaluator, 'dev_ndcg@10'
+
+    monkeypatch.setattr(training, 'dev_evaluator', factory)
+    return evaluator, seen
+  return install
+
+
+def test_checkpoint_selection_keeps_best_dev_score(tmp_path, pairs, mine_bi_encoder_dir, scripted):
+  from sentence_transformers import CrossEncoder
+  pairs_dir, _ = pairs
+  evaluator, seen = scripted([0.2, 0.5, 0.4, 0.3, 0.9, 0.9, 0.9, 0.9])
+  out = tmp_path / 'model'
+  report = _train([
+      '--pairs', str(pairs_dir), '--kind', 'cross-encoder', '--base-model', mine_bi_encoder_dir,
+      '--output', str(out), '--max-steps', '8', '--batch-size', '2', '--warmup-ratio', '0',
+      '--learning-rate', '1e-3', '--eval-steps', '1', '--early-stopping-patience', '2'])
+  # One ranking sample per dev query: its positives and negatives.
+  assert seen[0] and all(s['positive'] and s['query'] for s in seen[0])
+  # Patience 2: 0.4 and 0.3 do not beat 0.5, so training stops after the 4th evaluation.
+  assert evaluator.steps == [1, 2, 3, 4]
+  assert report['early_stopped'] is True
+  assert report['steps'] == 4
+  assert [(p['step'], p['nDCG@10']) for p in report['dev_curve']] == [
+      (1, 0.2), (2, 0.5), (3, 0.4), (4, 0.3)]
+  assert report['best_step'] == 2 and report['best_dev_score'] == 0.5
+  assert report['best_phase'] == 1
+  assert report['dev_metrics']['eval_dev_ndcg@10'] == 0.5
+  assert 'eval_loss' in report['dev_metrics']
+  assert [p['step'] for p in report['loss_curve']] == [1, 2, 3, 4]
+  # The saved model is the checkpoint of step 2, not the last one.
+  model = CrossEncoder(str(out), device='cpu')
+  assert _same_weights(model, evaluator.weights[1])
+  assert not _same_weights(model, evaluator.weights[3])
+  assert not _same_weights(model, evaluator.weights[2])
+  saved = json.loads((out / 'training_report.json').read_text())
+  assert saved['best_step'] == 2 and saved['early_stopped'] is True
+  assert (out / 'training_curve.png').read_bytes()[:4] == b'\x89PNG'
+  assert not any(path.name.startswith('checkpoint-') for path in out.iterdir())
+
+
+@pytest.mark.parametrize('scores, best_step, best_phase', [
+    ([0.2, 0.6, 0.4, 0.5], 2, 1),  # the hard phase never beats the easy one: phase 1 kept
+    ([0.2, 0.6, 0.4, 0.7], 4, 2),
+])
+def test_curriculum_keeps_best_over_phases(
+    tmp_path, pairs, mine_bi_encoder_dir, scripted, scores, best_step, best_phase):
+  from sentence_transformers import CrossEncoder
+  pairs_dir, rows = pairs
+  evaluator, seen = scripted(scores)
+  out = tmp_path / 'model'
+  report = _train([
+      '--pairs', str(pairs_dir), '--then-pairs', str(pairs_dir), '--kind', 'cross-encoder',
+      '--base-model', mine_bi_encoder_dir, '--output', str(out), '--max-steps', '2',
+      '--batch-size', '2', '--warmup-ratio', '0', '--learning-rate', '1e-3',
+      '--eval-steps', '1'])
+  assert len(seen) == 1  # one evaluator for all phases: their scores compare
+  assert [(p['first_step'], p['last_step']) for p in report['phases']] == [(1, 2), (3, 4)]
+  assert report['steps'] == 4
+  assert report['train_rows'] == 2 * rows['labeled-pair/train']
+  assert [(p['step'], p['phase']) for p in report['dev_curve']] == [
+      (1, 1), (2, 1), (3, 2), (4, 2)]
+  assert report['best_step'] == best_step and report['best_phase'] == best_phase
+  assert report['best_dev_score'] == max(scores)
+  assert report['early_stopped'] is False
+  model = CrossEncoder(str(out), device='cpu')
+  assert _same_weights(model, evaluator.weights[best_step - 1])
+  assert not _same_weights(model, evaluator.weights[3 if best_step == 2 else 1])
+
+
+def test_no_dev_trains_to_the_last_step(tmp_path, pairs, mine_bi_encoder_dir, scripted):
+  from sentence_transformers import CrossEncoder
+  pairs_dir, _ = pairs
+  evaluator, seen = scripted([])
+  out = tmp_path / 'model'
+  report = _train([
+      '--pairs', str(pairs_dir), '--kind', 'cross-encoder', '--base-model', mine_bi_encoder_dir,
+      '--output', str(out), '--max-steps', '2', '--batch-size', '2', '--no-dev'])
+  assert seen == [] and evaluator.weights == []
+  assert report['dev_metric'] is None and report['dev_curve'] == []
+  assert report['best_step'] is None and report['dev_metrics'] == {}
+  assert report['dev_rows'] == 0 and report['steps'] == 2
+  assert (out / 'training_curve.png').is_file()
+  CrossEncoder(str(out), device='cpu')
+
+
+def test_dev_samples_group_by_query():
+  from datasets import Dataset
+  labeled = Dataset.from_dict({
+      'sentence_0': ['q1', 'q1', 'q1', 'q2', 'q3'],
+      'sentence_1': ['a', 'b', 'a', 'c', 'd'],
+      'label': [1.0, 0.0, 1.0, 0.0, 1.0]})
+  triplets = Dataset.from_dict({
+      'anchor': ['q1', 'q1'], 'positive': ['a', 'e'], 'negative': ['b', 'a']})
+  assert training.dev_samples([labeled, triplets]) == [
+      {'query': 'q1', 'positive': ['a', 'e'], 'negative': ['b']},
+      {'query': 'q2', 'positive': [], 'negative': ['c']},
+      {'query': 'q3', 'positive': ['d'], 'negative': []}]
+
+
+@pytest.mark.parametrize('precision', ['fp16', 'bf16'])
+def test_mixed_precision_without_gpu_exits_2(
+    tmp_path, capsys, monkeypatch, pairs, mine_bi_encoder_dir, precision):
+  import torch
+  monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+  pairs_dir, _ = pairs
+  code = train.main([
+      '--pairs', str(pairs_dir), '--kind', 'cross-encoder', '--precision', precision,
+      '--base-model', mine_bi_encoder_dir, '--output', str(tmp_path / 'model')])
+  assert code == 2
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert len(lines) == 1
+  assert lines[0].startswith(f'beam-rerank train: error: --precision {precision} needs a CUDA GPU')
+  assert not (tmp_path / 'model').exists()
+
+
+@pytest.mark.parametrize('extra', [
+    ['--no-dev', '--early-stopping-patience', '2'],
+    ['--no-dev', '--eval-steps', '5'],
+])
+def test_dev_options_without_dev_exit_2(tmp_path, capsys, pairs, mine_bi_encoder_dir, extra):
+  pairs_dir, _ = pairs
+  code = train.main([
+      '--pairs', str(pairs_dir), '--kind', 'cross-encoder',
+      '--base-model', mine_bi_encoder_dir, '--output', str(tmp_path / 'model')] + extra)
+  assert code == 2
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert len(lines) == 1 and '--no-dev' in lines[0]
+  assert not (tmp_path / 'model').exists()
+
+
+@pytest.fixture
+def pairs_without_dev(tmp_path, pairs) -> pathlib.Path:
+  """The mined folder as mined without --dev-fraction: no dev outputs in its manifest."""
+  import shutil
+  pairs_dir, _ = pairs
+  out = tmp_path / 'pairs_no_dev'
+  shutil.copytree(pairs_dir, out)
+  manifest = json.loads((out / 'manifest.json').read_text())
+  manifest['outputs'] = {name: info for name, info in manifest['outputs'].items()
+                         if not name.endswith(('/dev', '/dev-ids'))}
+  (out / 'manifest.json').write_text(json.dumps(manifest))
+  return out
+
+
+def test_pairs_without_dev_train_without_selection(tmp_path, pairs_without_dev,
+                                                   mine_bi_encoder_dir):
+  report = _train([
+      '--pairs', str(pairs_without_dev), '--kind', 'cross-encoder',
+      '--base-model', mine_bi_encoder_dir, '--output', str(tmp_path / 'model'),
+      '--max-steps', '2', '--batch-size', '4'])
+  assert report['dev_rows'] == 0 and report['dev_metric'] is None
+  assert report['dev_curve'] == [] and report['best_step'] is None
+  assert report['steps'] == 2 and report['loss_curve']
+
+
+def test_early_stopping_without_dev_split_exits_2(tmp_path, capsys, pairs_without_dev,
+                                                  mine_bi_encoder_dir):
+  code = train.main([
+      '--pairs', str(pairs_without_dev), '--kind', 'cross-encoder',
+      '--base-model', mine_bi_encoder_dir, '--output', str(tmp_path / 'model'),
+      '--early-stopping-patience', '2'])
+  assert code == 2
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert len(lines) == 1 and 'need a dev split' in lines[0] and '--dev-fraction' in lines[0]
+  assert not (tmp_path / 'model').exists()

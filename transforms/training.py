@@ -1,20 +1,33 @@
 """Fine-tuning with the sentence-transformers trainers (no hand-written loop).
 
 Not a Beam job: training runs on one machine (CPU or GPU) from the Parquet the
-mine job wrote.
+mine job wrote. With a dev split, the trainer scores nDCG@10 on the dev queries
+with the sentence-transformers evaluators every ``eval_steps`` (else once per
+epoch), keeps the best checkpoint and can stop early; ``then_pairs`` adds
+curriculum phases (e.g. easy negatives first, then hard) on the same model.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import math
 import os
 import shutil
 import tempfile
 import time
-from typing import Literal, Optional
+from typing import Any, Literal, Optional, Sequence
 
 from transforms.errors import UserInputError
 from transforms.parquet_sink import committed_files, committed_output_exists, read_manifest
+
+logger = logging.getLogger(__name__)
+
+DEV_METRIC = 'nDCG@10'
+DEV_AT_K = 10
+PRECISIONS = ('fp32', 'fp16', 'bf16')
+REPORT_NAME = 'training_report.json'
+CURVE_NAME = 'training_curve.png'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,58 +48,220 @@ class TrainConfig:
   max_steps: int = -1
   trust_remote_code: bool = False
   show_progress: bool = True
+  then_pairs: tuple[str, ...] = ()  # curriculum: later phases (e.g. hard negatives), in order
+  dev: bool = True  # False: no dev evaluation nor checkpoint selection
+  eval_steps: Optional[int] = None  # None: once per epoch
+  early_stopping_patience: Optional[int] = None  # evaluations without improvement; None: off
+  precision: Literal['fp32', 'fp16', 'bf16'] = 'fp32'
 
 
-def _split_files(pairs_dir: str, fmt: str, split: str) -> list[str]:
+def _split_files(pairs_dir: str, fmt: str, split: str, option: str = '--pairs') -> list[str]:
   """The files of the mined ``fmt/split`` output, as its manifest lists them
   ([] when the mine job did not write that output)."""
-  manifest = read_manifest(pairs_dir, '--pairs')
+  manifest = read_manifest(pairs_dir, option)
   output = f'{fmt}/{split}'
-  if not committed_output_exists(pairs_dir, output, '--pairs', manifest):
+  if not committed_output_exists(pairs_dir, output, option, manifest):
     return []
-  return committed_files(pairs_dir, output, '--pairs', manifest)
+  return committed_files(pairs_dir, output, option, manifest)
 
 
-def pairs_format(config: TrainConfig) -> str:
+def pairs_format(config: TrainConfig, pairs_dir: Optional[str] = None) -> str:
   """The mined format to train on: labeled-pair for a cross-encoder; triplet
   (else pair) for a bi-encoder, unless one is named."""
   if config.pairs_format:
     return config.pairs_format
   if config.kind == 'cross-encoder':
     return 'labeled-pair'
-  if _split_files(config.pairs_dir, 'triplet', 'train'):
+  if _split_files(pairs_dir or config.pairs_dir, 'triplet', 'train'):
     return 'triplet'
   return 'pair'
 
 
-def load_pairs(config: TrainConfig):
-  """``DatasetDict`` with ``train`` (and ``dev`` when mined) via ``load_dataset``."""
+def load_pairs(config: TrainConfig, pairs_dir: Optional[str] = None, option: str = '--pairs'):
+  """``(format, DatasetDict)`` with ``train`` (and ``dev`` when mined) of
+  ``pairs_dir`` (default: ``config.pairs_dir``) via ``load_dataset``."""
   from datasets import load_dataset
-  fmt = pairs_format(config)
-  files = {split: _split_files(config.pairs_dir, fmt, split) for split in ('train', 'dev')}
+  pairs_dir = pairs_dir or config.pairs_dir
+  fmt = pairs_format(config, pairs_dir)
+  files = {split: _split_files(pairs_dir, fmt, split, option) for split in ('train', 'dev')}
   if not files['train']:
     raise UserInputError(
-        f'--pairs {config.pairs_dir!r} has no {fmt}/train/part-*.parquet '
+        f'{option} {pairs_dir!r} has no {fmt}/train/part-*.parquet '
         f'(run the mine job with --format {fmt})')
   files = {split: paths for split, paths in files.items() if paths}
   data = load_dataset('parquet', data_files=files)
   if 'dev' in data and data['dev'].num_rows == 0:
     del data['dev']
   if data['train'].num_rows == 0:
-    raise UserInputError(f'{fmt}/train in {config.pairs_dir!r} has no rows')
+    raise UserInputError(f'{fmt}/train in {pairs_dir!r} has no rows')
   return fmt, data
+
+
+def check_precision(precision: str) -> None:
+  """Refuses a precision this machine cannot train in: fp16/bf16 need a CUDA GPU
+  (bf16 one that supports it)."""
+  if precision not in PRECISIONS:
+    raise UserInputError(f'--precision {precision!r} is not one of {", ".join(PRECISIONS)}')
+  if precision == 'fp32':
+    return
+  import torch
+  if not torch.cuda.is_available():
+    raise UserInputError(
+        f'--precision {precision} needs a CUDA GPU and there is none here; '
+        'use --precision fp32 on a CPU')
+  if precision == 'bf16' and not torch.cuda.is_bf16_supported():
+    raise UserInputError('--precision bf16: this GPU does not support bfloat16; use fp16')
+
+
+def check_evaluation_settings(config: TrainConfig) -> None:
+  """Refuses evaluation options that cannot apply (without the data: see train)."""
+  if config.eval_steps is not None and config.eval_steps < 1:
+    raise UserInputError('--eval-steps must be a positive number of steps')
+  if config.early_stopping_patience is not None and config.early_stopping_patience < 1:
+    raise UserInputError('--early-stopping-patience must be a positive number of evaluations')
+  if not config.dev and (config.eval_steps or config.early_stopping_patience):
+    raise UserInputError(
+        '--eval-steps and --early-stopping-patience evaluate on the dev split: drop --no-dev')
+
+
+# ---------------------------------------------------------------- dev evaluation
+
+
+def dev_samples(splits: Sequence[Any]) -> list[dict]:
+  """Dev rows (of one or more mined dev splits) -> one ranking sample per query
+  text: ``{'query', 'positive': [...], 'negative': [...]}``, docs deduplicated
+  (a doc positive anywhere is not a negative). ``labeled-pair`` rows by label;
+  ``pair``/``triplet``/``n-tuple`` rows: anchor, positive, negative columns."""
+  positives: dict[str, dict[str, None]] = {}
+  negatives: dict[str, dict[str, None]] = {}
+
+  def add(query: str, doc: Optional[str], positive: bool) -> None:
+    if not query or not doc:
+      return
+    positives.setdefault(query, {})
+    negatives.setdefault(query, {})
+    (positives if positive else negatives)[query][doc] = None
+
+  for rows in splits:
+    columns = list(rows.column_names)
+    if 'label' in columns and len(columns) == 3:
+      query_column, doc_column = (c for c in columns if c != 'label')
+      for query, doc, label in zip(rows[query_column], rows[doc_column], rows['label']):
+        add(query, doc, label is not None and label > 0.5)
+    elif 'score' in columns or len(columns) < 2:
+      logger.warning('dev rows with columns %s cannot be ranked; left out', columns)
+    else:
+      negative_columns = [c for c in columns[2:] if c.startswith('negative')]
+      queries, docs = list(rows[columns[0]]), list(rows[columns[1]])
+      negative_docs = [list(rows[column]) for column in negative_columns]
+      for i, query in enumerate(queries):
+        add(query, docs[i], True)
+        for column_docs in negative_docs:
+          add(query, column_docs[i], False)
+  return [
+      {'query': query,
+       'positive': list(docs),
+       'negative': [doc for doc in negatives[query] if doc not in docs]}
+      for query, docs in positives.items()]
+
+
+def dev_evaluator(kind: str, model, samples: list[dict], batch_size: int):
+  """``(evaluator, key)``: the sentence-transformers evaluator of nDCG@10 on the
+  dev samples and the key of nDCG@10 in its results; None when no dev query can
+  be ranked. Cross-encoder: ``CrossEncoderRerankingEvaluator`` (each query's
+  positives + negatives reranked); bi-encoder: ``InformationRetrievalEvaluator``
+  (each query against every dev document)."""
+  if kind == 'cross-encoder':
+    from sentence_transformers.cross_encoder.evaluation import CrossEncoderRerankingEvaluator
+    usable = [s for s in samples if s['positive'] and s['negative']]
+    if not usable:
+      return None
+    evaluator = CrossEncoderRerankingEvaluator(
+        samples=usable, at_k=DEV_AT_K, name='dev', batch_size=batch_size, write_csv=False)
+    return evaluator, f'dev_ndcg@{DEV_AT_K}'
+  from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+  doc_ids: dict[str, str] = {}
+  for sample in samples:
+    for doc in sample['positive'] + sample['negative']:
+      doc_ids.setdefault(doc, f'd{len(doc_ids)}')
+  usable = [s for s in samples if s['positive']]
+  if not usable or len(doc_ids) < 2:
+    return None
+  queries = {f'q{i}': s['query'] for i, s in enumerate(usable)}
+  relevant = {f'q{i}': {doc_ids[doc] for doc in s['positive']} for i, s in enumerate(usable)}
+  evaluator = InformationRetrievalEvaluator(
+      queries=queries, corpus={i: doc for doc, i in doc_ids.items()}, relevant_docs=relevant,
+      mrr_at_k=[DEV_AT_K], ndcg_at_k=[DEV_AT_K], accuracy_at_k=[1],
+      precision_recall_at_k=[DEV_AT_K], map_at_k=[100], batch_size=batch_size, name='dev',
+      write_csv=False)
+  return evaluator, f'dev_{model.similarity_fn_name}_ndcg@{DEV_AT_K}'
+
+
+def _dev_query_count(evaluator) -> int:
+  samples = getattr(evaluator, 'samples', None)
+  if samples is not None:
+    return len(samples)
+  return len(getattr(evaluator, 'queries', ()) or ())
+
+
+# ---------------------------------------------------------------- training
 
 
 def train(config: TrainConfig) -> dict:
   """Trains and saves the model to ``config.output_dir`` (moved into place at
-  the end, so the folder is either the finished model or absent)."""
-  import torch
+  the end, so the folder is either the finished model or absent). With a dev
+  split the saved model is the checkpoint of best dev nDCG@10 over all phases."""
   from transformers import set_seed
-  fmt, data = load_pairs(config)
+  started = time.perf_counter()
+  check_precision(config.precision)
+  check_evaluation_settings(config)
+  folders = [(config.pairs_dir, '--pairs')] + [(d, '--then-pairs') for d in config.then_pairs]
+  if (config.dev and (config.eval_steps or config.early_stopping_patience) and not any(
+      _split_files(d, pairs_format(config, d), 'dev', option) for d, option in folders)):
+    raise UserInputError(
+        '--eval-steps and --early-stopping-patience need a dev split: run the mine job '
+        'with --dev-fraction')
+  phases = [(d, *load_pairs(config, d, option)) for d, option in folders]
   set_seed(config.seed)
   work = tempfile.mkdtemp(prefix='beam-rerank-train-')
-  common_args = dict(
-      output_dir=os.path.join(work, 'checkpoints'),
+  try:
+    return _train(config, phases, work, started)
+  finally:
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def _model_and_loss(config: TrainConfig):
+  import torch
+  if config.kind == 'cross-encoder':
+    from sentence_transformers.cross_encoder import CrossEncoder
+    from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
+    model = CrossEncoder(
+        config.base_model, num_labels=1, max_length=config.max_length,
+        trust_remote_code=config.trust_remote_code)
+    pos_weight = None if config.pos_weight is None else torch.tensor(config.pos_weight)
+    return model, BinaryCrossEntropyLoss(model, pos_weight=pos_weight)
+  from sentence_transformers import SentenceTransformer
+  from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+  model = SentenceTransformer(config.base_model, trust_remote_code=config.trust_remote_code)
+  if config.max_length:
+    model.max_seq_length = config.max_length
+  return model, MultipleNegativesRankingLoss(model)
+
+
+def _trainer(config: TrainConfig, model, loss, data, evaluator, metric_key: Optional[str],
+             folder: str):
+  """One phase's trainer, and its early-stopping callback (or None)."""
+  import torch
+  from transformers import EarlyStoppingCallback
+  dev = data.get('dev') if config.dev else None
+  evaluating = evaluator is not None or dev is not None
+  selecting = evaluator is not None
+  strategy = ('steps' if config.eval_steps else 'epoch') if evaluating else 'no'
+  logging_steps = max(1, min(50, len(data['train']) // (4 * config.batch_size) or 1))
+  if config.eval_steps:
+    logging_steps = min(logging_steps, config.eval_steps)
+  args = dict(
+      output_dir=os.path.join(folder, 'checkpoints'),
       num_train_epochs=config.epochs,
       max_steps=config.max_steps,
       per_device_train_batch_size=config.batch_size,
@@ -95,77 +270,217 @@ def train(config: TrainConfig) -> dict:
       warmup_ratio=config.warmup_ratio,
       seed=config.seed,
       data_seed=config.seed,
-      save_strategy='no',
-      eval_strategy='epoch' if 'dev' in data else 'no',
-      logging_steps=max(1, min(50, len(data['train']) // (4 * config.batch_size) or 1)),
+      eval_strategy=strategy,
+      save_strategy=strategy if selecting else 'no',
+      save_only_model=True,
+      save_total_limit=1,  # the best one is kept too
+      load_best_model_at_end=selecting,
+      logging_steps=logging_steps,
       report_to='none',
       disable_tqdm=not config.show_progress,
       use_cpu=not torch.cuda.is_available(),
+      fp16=config.precision == 'fp16',
+      bf16=config.precision == 'bf16',
   )
-  try:
-    return _train(config, fmt, data, work, common_args)
-  finally:
-    shutil.rmtree(work, ignore_errors=True)
-
-
-def _train(config: TrainConfig, fmt: str, data, work: str, common_args: dict) -> dict:
-  import torch
-  started = time.perf_counter()
+  if config.eval_steps and evaluating:
+    args.update(eval_steps=config.eval_steps, save_steps=config.eval_steps)
+  if selecting:
+    args.update(metric_for_best_model=f'eval_{metric_key}', greater_is_better=True)
+  stopper = None
+  if selecting and config.early_stopping_patience:
+    stopper = EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience)
+  elif config.early_stopping_patience:
+    logger.warning('early stopping is off: no dev query to rank')
+  common = dict(
+      model=model, train_dataset=data['train'], eval_dataset=dev, loss=loss,
+      evaluator=evaluator, callbacks=[stopper] if stopper else None)
   if config.kind == 'cross-encoder':
     from sentence_transformers.cross_encoder import (
-        CrossEncoder,
         CrossEncoderTrainer,
         CrossEncoderTrainingArguments,
     )
-    from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
-    model = CrossEncoder(
-        config.base_model, num_labels=1, max_length=config.max_length,
-        trust_remote_code=config.trust_remote_code)
-    pos_weight = None if config.pos_weight is None else torch.tensor(config.pos_weight)
-    loss = BinaryCrossEntropyLoss(model, pos_weight=pos_weight)
-    trainer = CrossEncoderTrainer(
-        model=model, args=CrossEncoderTrainingArguments(**common_args),
-        train_dataset=data['train'], eval_dataset=data.get('dev'), loss=loss)
-  else:
-    from sentence_transformers import (
-        SentenceTransformer,
-        SentenceTransformerTrainer,
-        SentenceTransformerTrainingArguments,
-    )
-    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
-    from sentence_transformers.sentence_transformer.training_args import BatchSamplers
-    model = SentenceTransformer(config.base_model, trust_remote_code=config.trust_remote_code)
-    if config.max_length:
-      model.max_seq_length = config.max_length
-    loss = MultipleNegativesRankingLoss(model)
-    trainer = SentenceTransformerTrainer(
-        model=model,
-        args=SentenceTransformerTrainingArguments(
-            batch_sampler=BatchSamplers.NO_DUPLICATES, **common_args),
-        train_dataset=data['train'], eval_dataset=data.get('dev'), loss=loss)
-  output = trainer.train()
-  metrics = trainer.evaluate() if 'dev' in data else {}
-  wall = time.perf_counter() - started
-  staged = os.path.join(work, 'model')
-  model.save(staged)
+    return CrossEncoderTrainer(args=CrossEncoderTrainingArguments(**args), **common), stopper
+  from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+  from sentence_transformers.sentence_transformer.training_args import BatchSamplers
+  trainer = SentenceTransformerTrainer(
+      args=SentenceTransformerTrainingArguments(batch_sampler=BatchSamplers.NO_DUPLICATES, **args),
+      **common)
+  return trainer, stopper
+
+
+def _number(value) -> Optional[float]:
+  """A JSON-safe float (None for NaN/inf or a non-number)."""
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    return None
+  return float(value) if math.isfinite(value) else None
+
+
+def _eval_metrics(entry: dict) -> dict:
+  return {k: v for k, v in ((k, _number(v)) for k, v in entry.items() if k.startswith('eval_'))
+          if v is not None}
+
+
+def _train(config: TrainConfig, phases: list, work: str, started: float) -> dict:
+  model, loss = _model_and_loss(config)
+  built = None
+  if config.dev:
+    samples = dev_samples([data['dev'] for _, _, data in phases if 'dev' in data])
+    if samples:
+      built = dev_evaluator(config.kind, model, samples, config.batch_size)
+      if built is None:
+        logger.warning('no dev query has a positive and a document to rank it against: '
+                       'no checkpoint selection')
+  evaluator, metric_key = built or (None, None)
+  dev_key = f'eval_{metric_key}' if metric_key else None
+  best_dir = os.path.join(work, 'best')
+  best: Optional[dict] = None
+  loss_curve: list[dict] = []
+  dev_curve: list[dict] = []
+  phase_reports: list[dict] = []
+  train_seconds = 0.0
+  offset = 0
+  for index, (pairs_dir, fmt, data) in enumerate(phases, 1):
+    if len(phases) > 1:
+      logger.info('curriculum phase %d/%d: %s (%s)', index, len(phases), pairs_dir, fmt)
+    trainer, stopper = _trainer(
+        config, model, loss, data, evaluator, metric_key, os.path.join(work, f'phase-{index}'))
+    phase_started = time.perf_counter()
+    output = trainer.train()
+    train_seconds += time.perf_counter() - phase_started
+    state = trainer.state
+    last_eval: dict = {}
+    evals_by_step: dict[int, dict] = {}
+    for entry in state.log_history:
+      step = offset + int(entry.get('step', 0))
+      if 'loss' in entry and _number(entry['loss']) is not None:
+        loss_curve.append({'step': step, 'loss': _number(entry['loss']), 'phase': index})
+      if any(k.startswith('eval_') for k in entry):
+        metrics = _eval_metrics(entry)
+        dev_curve.append({
+            'step': step, 'phase': index,
+            DEV_METRIC: metrics.get(dev_key) if dev_key else None,
+            'eval_loss': metrics.get('eval_loss')})
+        evals_by_step[step] = last_eval = metrics
+    early_stopped = bool(
+        stopper is not None
+        and stopper.early_stopping_patience_counter >= stopper.early_stopping_patience
+        and state.global_step < state.max_steps)
+    phase_best_step = (offset + state.best_global_step
+                       if evaluator is not None and state.best_global_step else None)
+    phase_best = _number(state.best_metric) if phase_best_step is not None else None
+    phase_reports.append({
+        'pairs': pairs_dir,
+        'format': fmt,
+        'train_rows': data['train'].num_rows,
+        'dev_rows': data['dev'].num_rows if 'dev' in data else 0,
+        'first_step': offset + 1,
+        'last_step': offset + state.global_step,
+        'steps': int(state.global_step),
+        'train_loss': _number(output.training_loss),
+        'best_step': phase_best_step,
+        'best_dev_score': phase_best,
+        'early_stopped': early_stopped,
+    })
+    # The model now holds this phase's best checkpoint (load_best_model_at_end);
+    # it is kept when it beats every earlier phase (or when nothing is selected).
+    if evaluator is None or (phase_best is not None and (
+        best is None or phase_best > best['score'])):
+      shutil.rmtree(best_dir, ignore_errors=True)
+      model.save(best_dir)
+      best = {
+          'score': phase_best, 'step': phase_best_step, 'phase': index,
+          'metrics': evals_by_step.get(phase_best_step, last_eval)
+          if phase_best_step is not None else last_eval}
+    offset += state.global_step
+  if best is None:  # every phase's evaluations failed to produce a score
+    model.save(best_dir)
+    best = {'score': None, 'step': None, 'phase': len(phases), 'metrics': {}}
+  steps = sum(p['steps'] for p in phase_reports)
+  losses = [(p['train_loss'], p['steps']) for p in phase_reports if p['train_loss'] is not None]
+  train_loss = (sum(v * s for v, s in losses) / max(1, sum(s for _, s in losses))
+                if losses else float('nan'))
   report = {
       'kind': config.kind,
       'base_model': config.base_model,
       'pairs': config.pairs_dir,
-      'format': fmt,
-      'train_rows': data['train'].num_rows,
-      'dev_rows': data['dev'].num_rows if 'dev' in data else 0,
+      'format': phases[0][1],
+      'train_rows': sum(p['train_rows'] for p in phase_reports),
+      'dev_rows': sum(p['dev_rows'] for p in phase_reports) if config.dev else 0,
+      'dev_queries': _dev_query_count(evaluator) if evaluator is not None else 0,
       'settings': {k: v for k, v in dataclasses.asdict(config).items()
                    if k not in ('pairs_dir', 'output_dir', 'show_progress')},
-      'train_loss': float(output.training_loss),
-      'steps': int(output.global_step),
-      'dev_metrics': {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
-      'train_seconds': wall,
+      'train_loss': train_loss,
+      'steps': steps,
+      'dev_metric': DEV_METRIC if evaluator is not None else None,
+      'dev_metrics': best['metrics'],
+      'best_step': best['step'],
+      'best_phase': best['phase'] if evaluator is not None else None,
+      'best_dev_score': best['score'],
+      'early_stopped': any(p['early_stopped'] for p in phase_reports),
+      'phases': phase_reports,
+      'loss_curve': loss_curve,
+      'dev_curve': dev_curve,
+      'train_seconds': train_seconds,
   }
-  with open(os.path.join(staged, 'training_report.json'), 'w') as handle:
+  report['wall_seconds'] = time.perf_counter() - started
+  with open(os.path.join(best_dir, REPORT_NAME), 'w') as handle:
     json.dump(report, handle, indent=2, sort_keys=True)
+  with open(os.path.join(best_dir, CURVE_NAME), 'wb') as handle:
+    handle.write(plot_training_curve(report))
   if os.path.exists(config.output_dir):
     shutil.rmtree(config.output_dir)
   os.makedirs(os.path.dirname(os.path.abspath(config.output_dir)), exist_ok=True)
-  shutil.move(staged, config.output_dir)
+  shutil.move(best_dir, config.output_dir)
   return report
+
+
+def plot_training_curve(report: dict) -> bytes:
+  """A PNG: training loss (left axis) and dev nDCG@10 (right axis) against
+  steps; the best checkpoint starred, curriculum phases split by dotted lines."""
+  import io
+
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+
+  fig, left = plt.subplots(figsize=(8, 4.5))
+  handles = []
+  losses = report.get('loss_curve') or []
+  if losses:
+    handles += left.plot([p['step'] for p in losses], [p['loss'] for p in losses],
+                         color='tab:blue', label='training loss')
+  eval_losses = [p for p in report.get('dev_curve') or [] if p.get('eval_loss') is not None]
+  if eval_losses:
+    handles += left.plot([p['step'] for p in eval_losses], [p['eval_loss'] for p in eval_losses],
+                         color='tab:blue', linestyle='--', marker='.', label='dev loss')
+  left.set_xlabel('step')
+  left.set_ylabel('loss')
+  scores = [p for p in report.get('dev_curve') or [] if p.get(DEV_METRIC) is not None]
+  if scores:
+    right = left.twinx()
+    handles += right.plot([p['step'] for p in scores], [p[DEV_METRIC] for p in scores],
+                          color='tab:orange', marker='o', label=f'dev {DEV_METRIC}')
+    if report.get('best_step') is not None and report.get('best_dev_score') is not None:
+      handles += right.plot([report['best_step']], [report['best_dev_score']], linestyle='none',
+                            marker='*', markersize=14, color='tab:red',
+                            label=f'best (step {report["best_step"]})')
+    right.set_ylabel(f'dev {DEV_METRIC}')
+  phases = report.get('phases') or []
+  for number, phase in enumerate(phases[1:], 2):
+    left.axvline(phase['first_step'] - 0.5, color='grey', linestyle=':')
+    left.annotate(
+        f'phase {number}', (phase['first_step'] - 0.5, 1), xycoords=('data', 'axes fraction'),
+        xytext=(3, -12), textcoords='offset points', fontsize=8, color='grey')
+  if handles:
+    left.legend(handles=handles, fontsize=8, loc='best')
+  else:
+    left.text(0.5, 0.5, 'nothing logged', ha='center', va='center', transform=left.transAxes)
+  title = f'{report.get("kind", "")} training'
+  if report.get('early_stopped'):
+    title += ' (stopped early)'
+  left.set_title(title)
+  fig.tight_layout()
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format='png', dpi=110)
+  plt.close(fig)
+  return buffer.getvalue()
