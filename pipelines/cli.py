@@ -12,6 +12,8 @@ JOBS = {
     'evaluate': ('pipelines.evaluate', 'ranked + qrels -> nDCG/MRR/Recall per stage'),
     'mine': ('pipelines.mine', 'candidates + labels -> training-pair Parquet per format'),
     'train': ('pipelines.train', 'training pairs -> a fine-tuned CrossEncoder or bi-encoder'),
+    'loop': ('pipelines.loop',
+             'split -> mine -> train -> rerank (tuned fusion) -> test metrics, one table'),
     'sample-data': ('pipelines.sample_data', 'write the small bilingual sample collection'),
 }
 

@@ -155,6 +155,8 @@ _MINIMAL_ARGV = {
     'evaluate': (['--ranked', 'r', '--qrels', 'q'], dict(ranked='r', qrels='q')),
     'train': (['--pairs', 'p', '--kind', 'bi-encoder', '--output', 'o'],
               dict(pairs='p', kind='bi-encoder', output='o')),
+    'loop': (['--queries', 'q', '--corpus', 'c', '--qrels', 'r', '--output', 'o'],
+             dict(queries='q', corpus='c', qrels='r', output='o')),
 }
 
 
@@ -171,7 +173,7 @@ def test_command_line_defaults_equal_the_config_defaults(job):
   assert changed != config_type(**required)
 
 
-@pytest.mark.parametrize('job', ['encode', 'rerank'])
+@pytest.mark.parametrize('job', ['encode', 'rerank', 'loop'])
 def test_inference_options_become_one_settings_object(job):
   module = importlib.import_module(f'pipelines.{job}')
   argv = _MINIMAL_ARGV[job][0] + [

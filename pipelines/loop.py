@@ -1,0 +1,603 @@
+"""The ``loop`` job: mine -> train -> rerank with guarded fusion -> evaluate, in one command.
+
+    beam-rerank loop --queries q.parquet --corpus c.parquet --qrels qrels.parquet \\
+        --output out/loop --base-model BASE --kind both --pseudo-queries title,sentence
+
+The judged queries are split by a stable hash of their ids into train, dev and
+test (``--test-fraction``, then ``--dev-fraction`` of the rest); the split
+judgments go to OUTPUT/splits/. Test queries are never mined, trained or tuned
+on. Each step is another job's ``execute``: encode (the first-stage bi-encoder),
+mine (train+dev judgments, dense + BM25 candidates, optional pseudo-queries;
+the mined dev split is exactly the dev queries), train (a cross-encoder on
+labeled pairs and/or a bi-encoder with MNRL on triplets or pairs, the best dev
+checkpoint kept), rerank (fusion weights ``auto``, tuned on train+dev
+judgments, guarded) and its evaluation on the test queries. One table compares
+the first stage, each signal alone, the fine-tuned models and the final
+ranking; OUTPUT/loop_report.json holds every figure, the split sizes and each
+step's folder.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+import time
+from typing import Iterable, Mapping, Optional, Sequence
+
+import polars as pl
+
+from pipelines import common
+from pipelines import encode as encode_job
+from pipelines import mine as mine_job
+from pipelines import rerank as rerank_job
+from pipelines import train as train_job
+from transforms import evaluation, inference_settings
+from transforms.errors import UserInputError
+from transforms.inference_settings import InferenceSettings
+from transforms.mining import NegativeMiningSettings, split_of
+from transforms.parquet_input import check_parquet_input
+from transforms.parquet_sink import MANIFEST_NAME, committed_files, read_json, write_json
+from transforms.pseudo_queries import PseudoQuerySettings, parse_sources
+from transforms.training import PRECISIONS
+
+PROG = 'beam-rerank loop'
+KINDS = ('cross-encoder', 'bi-encoder', 'both')
+SPLITS = ('train', 'dev', 'test')
+REPORT_NAME = 'loop_report.json'
+SPLIT_RULE = (
+    'h = blake2b(query_id) % 1e6: test if h >= (1 - test_fraction) * 1e6; dev if '
+    'h < dev_fraction * (1 - test_fraction) * 1e6 (the mine job\'s own dev split with '
+    'that fraction); else train')
+# Row key -> label of the printed table, in order.
+TABLE_ROWS = {
+    'first_stage': 'first stage (dense + BM25)',
+    'dense': 'dense, base bi-encoder',
+    'bm25': 'BM25',
+    'cross_encoder': 'fine-tuned CE alone',
+    'final': 'final (first stage + CE)',
+    'bi_encoder_dense': 'dense, fine-tuned bi-encoder',
+    'bi_encoder_first_stage': 'fine-tuned dense + BM25',
+}
+logger = logging.getLogger(__name__)
+
+
+def _pseudo_sources(value: str) -> tuple[str, ...]:
+  """argparse type: ``title,sentence`` -> ``('title', 'sentence')``."""
+  try:
+    return parse_sources(value)
+  except ValueError as error:
+    raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog=prog,
+      description='The whole loop on judged queries: split them into train/dev/test '
+      '(by id hash, never leaking), mine training pairs from train+dev, fine-tune a '
+      'cross-encoder and/or a bi-encoder, rerank with fusion tuned on train+dev, and '
+      'print one table of test-query metrics: first stage, each signal alone, the '
+      'fine-tuned models, final.',
+      epilog=common.BEAM_EPILOG)
+  io_group = parser.add_argument_group('input and output')
+  io_group.add_argument(
+      '--queries', required=True, metavar='GLOB', help='Parquet queries (query_id, text).')
+  io_group.add_argument(
+      '--corpus', required=True, metavar='GLOB', help='Parquet corpus (doc_id, text[, title]).')
+  io_group.add_argument(
+      '--qrels', required=True, metavar='GLOB',
+      help='Parquet judgments: query_id, doc_id, relevance (int; >= 1 relevant).')
+  io_group.add_argument(
+      '--output', required=True, metavar='DIR',
+      help='A local folder: splits/, embeddings/, pairs/, models/, rerank/, '
+      f'{REPORT_NAME}.')
+  io_group.add_argument('--query-id-column', default='query_id')
+  io_group.add_argument('--query-text-column', default='text')
+  io_group.add_argument('--doc-id-column', default='doc_id')
+  io_group.add_argument('--doc-text-column', default='text')
+  io_group.add_argument(
+      '--doc-title-column', default=None,
+      help='Optional title column put in front of passage texts (default: none).')
+  io_group.add_argument('--title-separator', default='\n')
+
+  splits = parser.add_argument_group('query splits (by a stable hash of the query id)')
+  splits.add_argument(
+      '--test-fraction', type=common.fraction, default=0.5,
+      help='Share of the judged queries held out for the test metrics (default: '
+      '%(default)s).')
+  splits.add_argument(
+      '--dev-fraction', type=common.fraction, default=0.2,
+      help='Share of the other judged queries used to pick the training checkpoint '
+      '(default: %(default)s; 0: no dev split).')
+
+  models = parser.add_argument_group('models')
+  models.add_argument(
+      '--kind', choices=KINDS, default='cross-encoder',
+      help='What to fine-tune (default: %(default)s).')
+  models.add_argument(
+      '--base-model', default=None, metavar='NAME_OR_PATH',
+      help='The cross-encoder starts from it (a CrossEncoder, or any transformer: a new '
+      'head); default: the packaged all-MiniLM-L6-v2.')
+  models.add_argument(
+      '--bi-encoder', default=None, metavar='NAME_OR_PATH',
+      help='The first-stage sentence-transformers bi-encoder, and where --kind '
+      'bi-encoder starts from (default: --base-model).')
+
+  candidates = parser.add_argument_group('candidates and mining')
+  candidates.add_argument(
+      '--bm25', action=argparse.BooleanOptionalAction, default=True,
+      help='BM25 candidates next to dense ones, in mining and reranking (default: on).')
+  candidates.add_argument(
+      '--top-k', type=common.positive_int, default=100,
+      help='Candidates per query from each source (default: %(default)s).')
+  candidates.add_argument(
+      '--top-n', type=common.positive_int, default=10,
+      help='Ranked rows kept per query (default: %(default)s).')
+  candidates.add_argument(
+      '--pseudo-queries', type=_pseudo_sources, default=(), metavar='SOURCES',
+      help='Also mine pseudo-queries made from the corpus (title,sentence; needs BM25) '
+      '(default: none).')
+  candidates.add_argument(
+      '--pseudo-max-docs', type=common.positive_int, default=None, metavar='N',
+      help='Pseudo-queries from at most N documents (default: all).')
+  candidates.add_argument(
+      '--num-negatives', type=common.positive_int, default=3, help='(default: %(default)s)')
+  candidates.add_argument(
+      '--bi-encoder-format', choices=('triplet', 'pair'), default='triplet',
+      help='Mined rows the bi-encoder trains on with MNRL (default: %(default)s).')
+
+  training = parser.add_argument_group('training')
+  training.add_argument('--epochs', type=float, default=1.0, help='(default: %(default)s)')
+  training.add_argument(
+      '--max-steps', type=int, default=-1, help='Stop after N steps (default: off).')
+  training.add_argument(
+      '--batch-size', type=common.positive_int, default=16, help='(default: %(default)s)')
+  training.add_argument(
+      '--learning-rate', type=float, default=5e-5, help='(default: %(default)s)')
+  training.add_argument(
+      '--max-length', type=common.positive_int, default=None,
+      help="Tokens per input, in training and reranking (default: the model's).")
+  training.add_argument(
+      '--eval-steps', type=common.positive_int, default=None, metavar='N',
+      help='Score dev nDCG@10 every N steps (default: once per epoch).')
+  training.add_argument(
+      '--early-stopping-patience', type=common.positive_int, default=None, metavar='N',
+      help='Stop after N evaluations without a better dev score (default: off).')
+  training.add_argument(
+      '--train-precision', choices=PRECISIONS, default='fp32',
+      help='Mixed precision of training on a CUDA GPU (default: %(default)s).')
+  training.add_argument(
+      '--seed', type=int, default=12, help='Mining and training (default: %(default)s).')
+  training.add_argument('--no-progress', action='store_true', help='No progress bars.')
+
+  parser.add_argument(
+      '--metrics', default=','.join(evaluation.DEFAULT_MEASURES),
+      help='Comma-separated ir-measures names (default: %(default)s).')
+  inference_settings.add_arguments(parser, 'inference and batching (encode and rerank)')
+  return parser
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopJobConfig:
+  """The loop job's options (the command line's, one field per option)."""
+  queries: str
+  corpus: str
+  qrels: str
+  output: str
+  query_id_column: str = 'query_id'
+  query_text_column: str = 'text'
+  doc_id_column: str = 'doc_id'
+  doc_text_column: str = 'text'
+  doc_title_column: Optional[str] = None
+  title_separator: str = '\n'
+  test_fraction: float = 0.5
+  dev_fraction: float = 0.2
+  kind: str = 'cross-encoder'
+  base_model: Optional[str] = None
+  bi_encoder: Optional[str] = None
+  bm25: bool = True
+  top_k: int = 100
+  top_n: int = 10
+  pseudo_queries: tuple[str, ...] = ()
+  pseudo_max_docs: Optional[int] = None
+  num_negatives: int = 3
+  bi_encoder_format: str = 'triplet'
+  epochs: float = 1.0
+  max_steps: int = -1
+  batch_size: int = 16
+  learning_rate: float = 5e-5
+  max_length: Optional[int] = None
+  eval_steps: Optional[int] = None
+  early_stopping_patience: Optional[int] = None
+  train_precision: str = 'fp32'
+  seed: int = 12
+  no_progress: bool = False
+  metrics: str = ','.join(evaluation.DEFAULT_MEASURES)
+  inference: InferenceSettings = InferenceSettings()
+  pipeline_args: tuple[str, ...] = ()
+
+  @property
+  def kinds(self) -> tuple[str, ...]:
+    return ('cross-encoder', 'bi-encoder') if self.kind == 'both' else (self.kind,)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopResult:
+  """What a loop run did.
+
+  ``table``: ``{row: {measure: value}}`` on the test queries (rows of
+  ``TABLE_ROWS`` that the run has); ``splits``: judged queries per split;
+  ``report``: loop_report.json.
+  """
+  output_dir: str
+  splits: dict[str, int]
+  table: dict[str, dict[str, float]]
+  report: dict
+
+
+def parse_config(argv: Sequence[str] | None = None) -> LoopJobConfig:
+  """The command line -> the job's config (Beam's options kept for the runs)."""
+  args, beam_args = build_parser().parse_known_args(argv)
+  return common.config_from_args(LoopJobConfig, args, beam_args)
+
+
+# ---------------------------------------------------------------- splits
+
+def split_query_ids(
+    query_ids: Iterable[str], test_fraction: float,
+    dev_fraction: float) -> dict[str, list[str]]:
+  """Judged query ids -> ``{'train', 'dev', 'test': sorted ids}``, by the id hash.
+
+  Dev is ``split_of(query_id, mine_dev_fraction(...)) == 'dev'``: the mine job,
+  given the train+dev judgments and that fraction, puts exactly these queries
+  in its dev split.
+  """
+  dev_share = mine_dev_fraction(test_fraction, dev_fraction)
+  splits: dict[str, list[str]] = {name: [] for name in SPLITS}
+  for query_id in sorted(set(query_ids)):
+    if split_of(query_id, 1 - test_fraction) == 'train':
+      splits['test'].append(query_id)
+    elif split_of(query_id, dev_share) == 'dev':
+      splits['dev'].append(query_id)
+    else:
+      splits['train'].append(query_id)
+  check_disjoint(splits)
+  return splits
+
+
+def mine_dev_fraction(test_fraction: float, dev_fraction: float) -> float:
+  """The mine job's ``--dev-fraction`` that yields the loop's dev split."""
+  return dev_fraction * (1 - test_fraction)
+
+
+def check_disjoint(splits: Mapping[str, Iterable[str]]) -> None:
+  """Raises if a query id is in two splits (a leak: never expected)."""
+  sets = {name: set(ids) for name, ids in splits.items()}
+  for i, first in enumerate(SPLITS):
+    for second in SPLITS[i + 1:]:
+      shared = sets.get(first, set()) & sets.get(second, set())
+      if shared:
+        raise AssertionError(
+            f'query splits {first} and {second} share {len(shared)} ids, e.g. '
+            f'{sorted(shared)[:3]}')
+
+
+def _write_parquet(frame: pl.DataFrame, path: str) -> str:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  frame.write_parquet(path)
+  return path
+
+
+def _write_splits(job: LoopJobConfig, splits_dir: str) -> tuple[dict, dict[str, list[str]]]:
+  """Split qrels (train, dev, test, tune = train+dev) and the tune queries as
+  Parquet under ``splits_dir``; returns their paths and the split ids."""
+  qrels = evaluation.read_qrels(check_parquet_input(
+      job.qrels, '--qrels', {'query_id': 'id', 'doc_id': 'id', 'relevance': 'int'}).files)
+  queries_input = check_parquet_input(job.queries, '--queries', {
+      job.query_id_column: 'id', job.query_text_column: 'string'})
+  queries = evaluation.read_parquet_files(
+      queries_input.files, [job.query_id_column, job.query_text_column])
+  if qrels.height == 0:
+    raise UserInputError(f'--qrels {job.qrels!r} holds no judgments')
+  splits = split_query_ids(qrels['query_id'].to_list(), job.test_fraction, job.dev_fraction)
+  for name in ('train', 'test'):
+    if not splits[name]:
+      raise UserInputError(
+          f'no judged query falls in the {name} split ({qrels["query_id"].n_unique():,} '
+          'judged queries; change --test-fraction, or judge more queries)')
+  if not splits['dev'] and job.dev_fraction > 0:
+    logger.warning('%s: warning: no judged query falls in the dev split; training '
+                   'keeps its last step', PROG)
+  tune_ids = splits['train'] + splits['dev']
+  paths = {}
+  for name, ids in (*splits.items(), ('tune', tune_ids)):
+    paths[name] = _write_parquet(
+        qrels.filter(pl.col('query_id').is_in(ids)),
+        os.path.join(splits_dir, f'{name}.parquet'))
+  paths['queries_tune'] = _write_parquet(
+      queries.filter(pl.col(job.query_id_column).cast(pl.String).is_in(tune_ids)),
+      os.path.join(splits_dir, 'queries_tune.parquet'))
+  known = set(queries[job.query_id_column].cast(pl.String).to_list())
+  missing = {name: sum(q not in known for q in ids) for name, ids in splits.items()}
+  if missing['test']:
+    logger.warning('%s: warning: %d test queries are judged but not in --queries',
+                   PROG, missing['test'])
+  return {'files': paths, 'judged_not_in_queries': missing}, splits
+
+
+def _mined_query_ids(pairs_dir: str) -> dict[str, set[str]]:
+  """``{split: query ids}`` over every format's ``*-ids`` outputs of a mine run."""
+  manifest = read_json(os.path.join(pairs_dir, MANIFEST_NAME))
+  found: dict[str, set[str]] = {'train': set(), 'dev': set()}
+  for name in manifest['outputs']:
+    if not name.endswith('-ids'):
+      continue
+    split = name.rsplit('/', 1)[1][:-len('-ids')]
+    files = committed_files(pairs_dir, name, '--pairs', manifest)
+    if files:
+      ids = evaluation.read_parquet_files(files, ['query_id'])['query_id']
+      found[split] |= set(ids.cast(pl.String).to_list())
+  return found
+
+
+def check_mined_splits(pairs_dir: str, splits: Mapping[str, Sequence[str]]) -> dict[str, int]:
+  """Raises unless the mined judged queries of each split are the loop's (no
+  test query, dev rows only of dev queries); returns queries mined per split."""
+  mined = _mined_query_ids(pairs_dir)
+  judged = {q: name for name, ids in splits.items() for q in ids}
+  for split, ids in mined.items():
+    wrong = sorted(q for q in ids if q in judged and judged[q] != split)
+    if wrong:
+      raise AssertionError(
+          f'the mined {split} split holds {len(wrong)} queries of other splits, e.g. '
+          f'{[(q, judged[q]) for q in wrong[:3]]}')
+  return {
+      **{f'judged_{split}': sum(q in judged for q in ids) for split, ids in mined.items()},
+      **{f'pseudo_{split}': sum(q not in judged for q in ids) for split, ids in mined.items()},
+  }
+
+
+# ---------------------------------------------------------------- steps
+
+def _encode(job: LoopJobConfig, model: Optional[str], directory: str,
+            queries: Mapping[str, str]) -> dict[str, str]:
+  """Encodes the corpus and each of ``queries`` (name -> pattern) with ``model``
+  into ``directory/NAME`` (reusing what is there when unchanged)."""
+  dirs = {}
+  inputs = [('corpus', job.corpus, job.doc_id_column, job.doc_text_column,
+             job.doc_title_column)]
+  inputs += [(name, pattern, job.query_id_column, job.query_text_column, None)
+             for name, pattern in queries.items()]
+  for name, pattern, id_column, text_column, title in inputs:
+    out = os.path.join(directory, name)
+    previous = out if os.path.exists(os.path.join(out, MANIFEST_NAME)) else None
+    encode_job.execute(encode_job.EncodeJobConfig(
+        input=pattern, output=out, model=model, id_column=id_column,
+        text_column=text_column, title_column=title, title_separator=job.title_separator,
+        previous=previous, inference=job.inference, pipeline_args=job.pipeline_args))
+    dirs[name] = out
+  return dirs
+
+
+def _mine(job: LoopJobConfig, files: Mapping[str, str], embeddings: Mapping[str, str],
+          output: str) -> mine_job.MineResult:
+  formats = []
+  if 'cross-encoder' in job.kinds:
+    formats.append('labeled-pair')
+  if 'bi-encoder' in job.kinds:
+    formats.append(job.bi_encoder_format)
+  return mine_job.execute(mine_job.MineJobConfig(
+      corpus=job.corpus, output=output, queries=files['queries_tune'],
+      query_embeddings=embeddings['queries_tune'], corpus_embeddings=embeddings['corpus'],
+      top_k=job.top_k, bm25=job.bm25, query_id_column=job.query_id_column,
+      query_text_column=job.query_text_column, doc_id_column=job.doc_id_column,
+      doc_text_column=job.doc_text_column, doc_title_column=job.doc_title_column,
+      title_separator=job.title_separator, qrels=files['tune'], format=','.join(formats),
+      mining=NegativeMiningSettings(num_negatives=job.num_negatives, seed=job.seed),
+      dev_fraction=mine_dev_fraction(job.test_fraction, job.dev_fraction),
+      pseudo=PseudoQuerySettings(
+          sources=tuple(job.pseudo_queries), max_docs=job.pseudo_max_docs, seed=job.seed),
+      pipeline_args=job.pipeline_args))
+
+
+def _train(job: LoopJobConfig, kind: str, pairs: str, output: str) -> train_job.TrainResult:
+  base = job.base_model if kind == 'cross-encoder' else job.bi_encoder or job.base_model
+  return train_job.execute(train_job.TrainJobConfig(
+      pairs=pairs, kind=kind, output=output, base_model=base,
+      format='labeled-pair' if kind == 'cross-encoder' else job.bi_encoder_format,
+      epochs=job.epochs, max_steps=job.max_steps, batch_size=job.batch_size,
+      learning_rate=job.learning_rate, max_length=job.max_length, seed=job.seed,
+      trust_remote_code=job.inference.trust_remote_code,
+      allow_pickle_weights=job.inference.allow_pickle_weights, no_progress=job.no_progress,
+      eval_steps=job.eval_steps, early_stopping_patience=job.early_stopping_patience,
+      precision=job.train_precision))
+
+
+def _rerank(job: LoopJobConfig, output: str, cross_encoder: str,
+            embeddings: Mapping[str, str], files: Mapping[str, str]) -> rerank_job.RerankResult:
+  """Ranks every query; fusion tuned on train+dev judgments, metrics on test's."""
+  return rerank_job.execute(rerank_job.RerankJobConfig(
+      queries=job.queries, corpus=job.corpus, output=output, cross_encoder=cross_encoder,
+      query_id_column=job.query_id_column, query_text_column=job.query_text_column,
+      doc_id_column=job.doc_id_column, doc_text_column=job.doc_text_column,
+      doc_title_column=job.doc_title_column, title_separator=job.title_separator,
+      query_embeddings=embeddings['queries'], corpus_embeddings=embeddings['corpus'],
+      bm25=job.bm25, top_k=job.top_k, top_n=job.top_n,
+      max_length=job.max_length if cross_encoder != rerank_job.NO_CROSS_ENCODER else None,
+      qrels=files['test'], metrics=job.metrics, fusion='linear', fusion_weights='auto',
+      tune_qrels=files['tune'], inference=job.inference, pipeline_args=job.pipeline_args))
+
+
+def _check_tuning(result: rerank_job.RerankResult, splits: Mapping[str, Sequence[str]]) -> None:
+  tuned = set(evaluation.tuning_query_ids(read_json(
+      os.path.join(result.output_dir, MANIFEST_NAME))))
+  leaked = tuned & set(splits['test'])
+  if leaked:
+    raise AssertionError(f'fusion was tuned on {len(leaked)} test queries')
+
+
+def _table(runs: Mapping[str, rerank_job.RerankResult]) -> dict[str, dict[str, float]]:
+  """The rows of ``TABLE_ROWS`` the runs have: ``{row: {measure: value}}``."""
+  sources = {
+      'first_stage': ('base', 'retrieval'), 'dense': ('base', 'dense'),
+      'bm25': ('base', 'bm25'), 'cross_encoder': ('cross-encoder', 'ce'),
+      'final': ('cross-encoder', 'final'), 'bi_encoder_dense': ('bi-encoder', 'dense'),
+      'bi_encoder_first_stage': ('bi-encoder', 'retrieval'),
+  }
+  table = {}
+  for row, (run, stage) in sources.items():
+    metrics = (runs[run].metrics or {}) if run in runs else {}
+    if stage in metrics and not (row == 'bi_encoder_first_stage' and 'bm25' not in metrics):
+      table[row] = dict(metrics[stage])
+  return table
+
+
+def row_labels(table: Mapping[str, object]) -> dict[str, str]:
+  """The printed label of each row (the first stage is dense alone without BM25)."""
+  labels = {row: TABLE_ROWS[row] for row in table}
+  if 'first_stage' in labels and 'bm25' not in table:
+    labels['first_stage'] = 'first stage (dense)'
+  return labels
+
+
+def format_table(table: Mapping[str, Mapping[str, float]], title: str) -> str:
+  """The loop's table: one line per row, one column per measure."""
+  measures = list(dict.fromkeys(m for values in table.values() for m in values))
+  labels = row_labels(table)
+  width = max(len(label) for label in labels.values())
+  lines = [f'\n== {title}',
+           f'  {"":<{width}}' + ''.join(
+               f'{evaluation.display_name(m):>12}' for m in measures)]
+  for row, values in table.items():
+    lines.append(f'  {labels[row]:<{width}}' + ''.join(
+        f'{values[m]:>12.4f}' if m in values else f'{"-":>12}' for m in measures))
+  return '\n'.join(lines)
+
+
+def _check(job: LoopJobConfig) -> None:
+  if job.kind not in KINDS:
+    raise UserInputError(f'--kind {job.kind!r} is not one of {", ".join(KINDS)}')
+  if not 0 < job.test_fraction < 1:
+    raise UserInputError('--test-fraction must be between 0 and 1 (both excluded)')
+  if not 0 <= job.dev_fraction < 1:
+    raise UserInputError('--dev-fraction must be in [0, 1)')
+  if job.pseudo_queries and not job.bm25:
+    raise UserInputError('--pseudo-queries needs BM25 candidates: drop --no-bm25')
+  if '://' in job.output:
+    raise UserInputError(
+        f'--output {job.output!r}: the loop trains on this machine and needs a local folder')
+  if os.path.isfile(job.output):
+    raise UserInputError(f'--output {job.output!r} is a file, not a folder')
+  evaluation.parse_measures(job.metrics.split(','))
+  common.pipeline_options(job.pipeline_args, PROG)
+
+
+def execute(job: LoopJobConfig) -> LoopResult:
+  """Runs the loop; its report is also written as OUTPUT/loop_report.json."""
+  common.quiet_libraries()
+  started = time.perf_counter()
+  _check(job)
+  root = os.path.abspath(job.output.rstrip('/'))
+  steps = 5 + len(job.kinds)
+  step = iter(range(1, steps + 1))
+
+  logger.info('[loop] step %d/%d: query splits', next(step), steps)
+  split_info, splits = _write_splits(job, os.path.join(root, 'splits'))
+  files = split_info['files']
+  sizes = {name: len(ids) for name, ids in splits.items()}
+  logger.info('[loop] judged queries: train %d, dev %d, test %d',
+              sizes['train'], sizes['dev'], sizes['test'])
+
+  logger.info('[loop] step %d/%d: encode with the first-stage bi-encoder', next(step), steps)
+  first_stage_model = job.bi_encoder or job.base_model
+  base = _encode(job, first_stage_model, os.path.join(root, 'embeddings', 'base'),
+                 {'queries': job.queries, 'queries_tune': files['queries_tune']})
+
+  logger.info('[loop] step %d/%d: mine train+dev queries', next(step), steps)
+  pairs_dir = os.path.join(root, 'pairs')
+  mined = _mine(job, files, base, pairs_dir)
+  mined_queries = check_mined_splits(pairs_dir, splits)
+
+  models, trained, runs, embedding_dirs = {}, {}, {}, {'base': base}
+  for kind in job.kinds:
+    logger.info('[loop] step %d/%d: train the %s', next(step), steps, kind)
+    models[kind] = os.path.join(root, 'models', kind)
+    trained[kind] = _train(job, kind, pairs_dir, models[kind])
+
+  logger.info('[loop] step %d/%d: rerank and evaluate on the test queries', next(step), steps)
+  rerank_dir = os.path.join(root, 'rerank')
+  if 'cross-encoder' in job.kinds:
+    runs['cross-encoder'] = _rerank(
+        job, os.path.join(rerank_dir, 'cross-encoder'), models['cross-encoder'], base, files)
+    runs['base'] = runs['cross-encoder']
+  else:
+    runs['base'] = _rerank(
+        job, os.path.join(rerank_dir, 'first-stage'), rerank_job.NO_CROSS_ENCODER, base, files)
+  if 'bi-encoder' in job.kinds:
+    tuned = _encode(job, models['bi-encoder'],
+                    os.path.join(root, 'embeddings', 'bi-encoder'), {'queries': job.queries})
+    embedding_dirs['bi-encoder'] = tuned
+    runs['bi-encoder'] = _rerank(
+        job, os.path.join(rerank_dir, 'bi-encoder'), rerank_job.NO_CROSS_ENCODER, tuned, files)
+  for result in runs.values():
+    _check_tuning(result, splits)
+
+  logger.info('[loop] step %d/%d: report', next(step), steps)
+  table = _table(runs)
+  evaluated = runs['base'].report['evaluation']['queries_evaluated']
+  report = {
+      'job': 'loop',
+      'output': root,
+      'kind': job.kind,
+      'splits': {
+          **sizes, 'rule': SPLIT_RULE, 'test_fraction': job.test_fraction,
+          'dev_fraction': job.dev_fraction,
+          'mine_dev_fraction': mine_dev_fraction(job.test_fraction, job.dev_fraction),
+          'judged_not_in_queries': split_info['judged_not_in_queries'],
+          'files': files,
+      },
+      'mined': {'rows': mined.rows, 'queries': mined_queries,
+                'pseudo_queries': mined.report.get('pseudo_queries')},
+      'training': {kind: {
+          'steps': result.steps, 'train_rows': result.train_rows,
+          'dev_rows': result.report.get('dev_rows'),
+          'best_dev_score': result.report.get('best_dev_score'),
+          'dev_metric': result.report.get('dev_metric'),
+          'train_loss': result.train_loss, 'train_seconds': result.train_seconds,
+      } for kind, result in trained.items()},
+      'fusion': {name: result.report.get('fusion') for name, result in runs.items()
+                 if name != 'base' or 'cross-encoder' not in runs},
+      'test_queries_evaluated': evaluated,
+      'table': table,
+      'table_labels': row_labels(table),
+      'steps': {
+          'splits': os.path.join(root, 'splits'),
+          'embeddings': embedding_dirs,
+          'mine': pairs_dir,
+          'train': models,
+          'rerank': {name: result.output_dir for name, result in runs.items()},
+      },
+      'models': {'first_stage': first_stage_model, 'base_model': job.base_model},
+      'wall_seconds': time.perf_counter() - started,
+  }
+  write_json(report, os.path.join(root, REPORT_NAME))
+  print(format_table(table, (
+      f'loop: {evaluated:,} test queries (never mined, trained or tuned on); '
+      f'train {sizes["train"]:,} / dev {sizes["dev"]:,} / test {sizes["test"]:,}')))
+  print(f'  written: {os.path.join(root, REPORT_NAME)}')
+  return LoopResult(output_dir=root, splits=sizes, table=table, report=report)
+
+
+def run(argv: Sequence[str] | None = None) -> dict:
+  """The command line: parses ``argv`` and runs the loop; returns its report."""
+  common.configure_logging()
+  return execute(parse_config(argv)).report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  return common.main_wrapper(run, PROG, argv)
+
+
+if __name__ == '__main__':
+  sys.exit(main())

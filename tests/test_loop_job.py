@@ -1,0 +1,229 @@
+"""The loop job: judged queries split by id hash into train/dev/test without
+leakage; mine -> train (cross-encoder and bi-encoder) -> rerank with tuned
+fusion -> test metrics, end to end on the sample collection with a tiny model.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import pathlib
+
+import polars as pl
+import pytest
+
+from pipelines import cli, loop
+from transforms.mining import split_of
+from transforms.sample_data import write_sample_data
+
+pytest_plugins = ('tests.mine_fixtures',)
+
+
+def _ids(path: pathlib.Path) -> set[str]:
+  return set(pl.read_parquet(path)['query_id'].cast(pl.String).to_list())
+
+
+def _mined_ids(pairs: pathlib.Path, split: str) -> set[str]:
+  ids: set[str] = set()
+  for folder in pairs.glob(f'*/{split}-ids'):
+    for path in folder.glob('part-*.parquet'):
+      ids |= set(pl.read_parquet(path)['query_id'].to_list())
+  return ids
+
+
+# ---------------------------------------------------------------- splits
+
+def test_splits_are_disjoint_cover_and_match_the_mine_jobs_dev_split():
+  ids = [f'query-{i}' for i in range(2000)]
+  splits = loop.split_query_ids(ids + ids[:10], test_fraction=0.4, dev_fraction=0.25)
+  sets = {name: set(v) for name, v in splits.items()}
+  assert sets['train'] | sets['dev'] | sets['test'] == set(ids)
+  assert sum(len(v) for v in splits.values()) == len(ids)
+  assert not (sets['train'] & sets['dev'] or sets['train'] & sets['test']
+              or sets['dev'] & sets['test'])
+  assert 0.35 < len(sets['test']) / len(ids) < 0.45
+  assert 0.2 < len(sets['dev']) / (len(ids) - len(sets['test'])) < 0.3
+  # The mine job, given train+dev queries and the derived fraction, puts
+  # exactly the loop's dev queries in its dev split.
+  fraction = loop.mine_dev_fraction(0.4, 0.25)
+  for query_id in sets['train'] | sets['dev']:
+    assert (split_of(query_id, fraction) == 'dev') == (query_id in sets['dev'])
+  # Stable: the same ids split the same way in any order.
+  assert loop.split_query_ids(list(reversed(ids)), 0.4, 0.25) == splits
+
+
+def test_no_dev_fraction_means_no_dev_split():
+  splits = loop.split_query_ids([f'q{i}' for i in range(200)], 0.5, 0.0)
+  assert splits['dev'] == [] and splits['train'] and splits['test']
+
+
+def test_check_disjoint_refuses_a_shared_id():
+  with pytest.raises(AssertionError, match='train and test share 1 ids'):
+    loop.check_disjoint({'train': ['a', 'b'], 'dev': [], 'test': ['b']})
+
+
+# ---------------------------------------------------------------- command line
+
+def test_listed_in_the_command():
+  assert cli.JOBS['loop'][0] == 'pipelines.loop'
+
+
+@pytest.mark.parametrize('extra, message', [
+    (['--pseudo-queries', 'title', '--no-bm25'], '--pseudo-queries needs BM25'),
+    (['--test-fraction', '0'], '--test-fraction must be between 0 and 1'),
+    (['--metrics', 'nDCG@10,bogus'], "unknown metric 'bogus'"),
+])
+def test_user_errors_exit_2(tmp_path, capsys, extra, message):
+  argv = ['--queries', 'q', '--corpus', 'c', '--qrels', 'r',
+          '--output', str(tmp_path / 'out')] + extra
+  assert loop.main(argv) == 2
+  err = capsys.readouterr().err
+  assert err.startswith('beam-rerank loop: error: ') and message in err
+  assert not (tmp_path / 'out').exists()
+
+
+def test_too_few_judged_queries_for_a_test_split(tmp_path, capsys):
+  data = write_sample_data(str(tmp_path / 'data'))
+  qrels = pl.read_parquet(data['qrels'])
+  one = qrels.filter(pl.col('query_id') == qrels['query_id'][0])
+  one.write_parquet(tmp_path / 'one.parquet')
+  assert loop.main([
+      '--queries', data['queries'], '--corpus', data['corpus'],
+      '--qrels', str(tmp_path / 'one.parquet'), '--output', str(tmp_path / 'out')]) == 2
+  assert 'split (1 judged queries' in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- end to end
+
+@pytest.fixture(scope='module')
+def loop_run(tmp_path_factory, mine_bi_encoder_dir):
+  """The command on the sample collection: both kinds from one tiny model,
+  title pseudo-queries mixed in; two training steps each."""
+  root = tmp_path_factory.mktemp('loop')
+  data = write_sample_data(str(root / 'data'))
+  out = root / 'out'
+  stdout = io.StringIO()
+  with contextlib.redirect_stdout(stdout):
+    code = cli.main([
+        'loop', '--queries', data['queries'], '--corpus', data['corpus'],
+        '--qrels', data['qrels'], '--output', str(out),
+        '--base-model', mine_bi_encoder_dir, '--kind', 'both',
+        '--doc-title-column', 'title', '--pseudo-queries', 'title',
+        '--top-k', '10', '--max-steps', '2', '--batch-size', '4', '--no-progress',
+        '--device', 'cpu'])
+  assert code == 0
+  report = json.loads((out / loop.REPORT_NAME).read_text())
+  return out, data, report, stdout.getvalue()
+
+
+def test_report_structure(loop_run):
+  out, _, report, _ = loop_run
+  assert report['job'] == 'loop' and report['kind'] == 'both'
+  assert set(report['splits']) >= {'train', 'dev', 'test', 'rule', 'files'}
+  assert report['splits']['train'] + report['splits']['dev'] + report['splits']['test'] == 24
+  steps = report['steps']
+  assert set(steps['train']) == {'cross-encoder', 'bi-encoder'}
+  assert set(steps['rerank']) == {'cross-encoder', 'base', 'bi-encoder'}
+  assert set(steps['embeddings']) == {'base', 'bi-encoder'}
+  for folder in [steps['mine'], *steps['train'].values(), *steps['rerank'].values()]:
+    assert pathlib.Path(folder).is_dir(), folder
+  assert (pathlib.Path(steps['train']['cross-encoder']) / 'training_report.json').exists()
+  assert report['training']['cross-encoder']['steps'] == 2
+  assert report['training']['bi-encoder']['steps'] == 2
+  assert report['mined']['rows']['labeled-pair/train'] > 0
+  assert report['mined']['rows']['triplet/train'] > 0
+  assert report['mined']['queries']['pseudo_train'] > 0  # title pseudo-queries mixed in
+  assert set(report['table']) == set(loop.TABLE_ROWS)
+  for values in report['table'].values():
+    assert set(values) == {'nDCG@10', 'MRR@10', 'Recall@100'}
+    assert all(0 <= v <= 1 for v in values.values())
+  # Every metric is on the test queries, all of them.
+  assert report['test_queries_evaluated'] == report['splits']['test']
+  for name, folder in steps['rerank'].items():
+    metrics = json.loads((pathlib.Path(folder) / 'metrics.json').read_text())
+    assert metrics['queries_evaluated'] == report['splits']['test'], name
+  # The bi-encoder's run retrieved with the fine-tuned model's embeddings.
+  fingerprints = {
+      name: json.loads((pathlib.Path(folder) / 'manifest.json').read_text())[
+          'retrieval_model_fingerprint'] for name, folder in steps['rerank'].items()}
+  assert fingerprints['bi-encoder'] != fingerprints['base']
+  stages = {name: json.loads((pathlib.Path(folder) / 'metrics.json').read_text())['metrics']
+            for name, folder in steps['rerank'].items()}
+  assert report['table']['dense'] == stages['base']['dense']
+  assert report['table']['cross_encoder'] == stages['cross-encoder']['ce']
+  assert report['table']['bi_encoder_dense'] == stages['bi-encoder']['dense']
+
+
+def test_splits_are_disjoint_and_cover_the_judged_queries(loop_run):
+  out, data, report, _ = loop_run
+  splits = {name: _ids(out / 'splits' / f'{name}.parquet')
+            for name in ('train', 'dev', 'test', 'tune')}
+  assert not (splits['train'] & splits['dev'] or splits['train'] & splits['test']
+              or splits['dev'] & splits['test'])
+  assert splits['train'] | splits['dev'] | splits['test'] == _ids(pathlib.Path(data['qrels']))
+  assert splits['tune'] == splits['train'] | splits['dev']
+  assert _ids(out / 'splits' / 'queries_tune.parquet') == splits['tune']
+  assert all(splits[name] for name in ('train', 'dev', 'test'))
+  assert {name: len(splits[name]) for name in ('train', 'dev', 'test')} == {
+      name: report['splits'][name] for name in ('train', 'dev', 'test')}
+  # Each split keeps all the judgments of its queries.
+  qrels = pl.read_parquet(data['qrels'])
+  assert pl.read_parquet(out / 'splits' / 'test.parquet').height == qrels.filter(
+      pl.col('query_id').is_in(list(splits['test']))).height
+
+
+def test_test_queries_are_never_mined_nor_tuned_on(loop_run):
+  out, _, report, _ = loop_run
+  test = _ids(out / 'splits' / 'test.parquet')
+  dev = _ids(out / 'splits' / 'dev.parquet')
+  train = _ids(out / 'splits' / 'train.parquet')
+  pairs = out / 'pairs'
+  mined_train, mined_dev = _mined_ids(pairs, 'train'), _mined_ids(pairs, 'dev')
+  assert mined_train and mined_dev
+  assert not (mined_train | mined_dev) & test
+  # The mined dev split holds exactly the dev queries (and pseudo-queries).
+  judged = train | dev | test
+  assert mined_dev & judged == dev
+  assert mined_train & judged == train
+  assert all(q.startswith('title:') for q in (mined_train | mined_dev) - judged)
+  for folder in report['steps']['rerank'].values():
+    manifest = json.loads((pathlib.Path(folder) / 'manifest.json').read_text())
+    tuned = set(manifest['fusion']['tuning_query_ids'])
+    assert tuned == train | dev
+    assert not tuned & test
+    assert manifest['tune_qrels'].endswith('tune.parquet')
+
+
+def test_printed_table_has_the_rows(loop_run):
+  _, _, report, printed = loop_run
+  table = printed[printed.index('== loop:'):]
+  assert f"{report['splits']['test']} test queries" in table
+  for label in loop.TABLE_ROWS.values():
+    assert label in table, label
+  for header in ('nDCG@10', 'MRR@10', 'Recall@100'):
+    assert header in table.splitlines()[1]
+  first_stage = next(line for line in table.splitlines() if 'first stage (dense + BM25)' in line)
+  value = report['table']['first_stage']['nDCG@10']
+  assert f'{value:.4f}' in first_stage
+
+
+def test_bi_encoder_alone_without_bm25_or_dev(tmp_path, mine_bi_encoder_dir, capsys):
+  # The base first stage gets its own run (no cross-encoder); dense alone
+  # is the first stage; no dev split: training keeps its last step.
+  data = write_sample_data(str(tmp_path / 'data'))
+  result = loop.execute(loop.parse_config([
+      '--queries', data['queries'], '--corpus', data['corpus'], '--qrels', data['qrels'],
+      '--output', str(tmp_path / 'out'), '--bi-encoder', mine_bi_encoder_dir,
+      '--kind', 'bi-encoder', '--no-bm25', '--dev-fraction', '0', '--bi-encoder-format',
+      'pair', '--top-k', '10', '--max-steps', '1', '--batch-size', '4', '--no-progress',
+      '--device', 'cpu']))
+  assert result.splits['dev'] == 0 and result.splits['train'] and result.splits['test']
+  assert list(result.table) == ['first_stage', 'dense', 'bi_encoder_dense']
+  assert result.table['first_stage'] == result.table['dense']
+  assert set(result.report['steps']['rerank']) == {'base', 'bi-encoder'}
+  assert result.report['steps']['rerank']['base'].endswith('rerank/first-stage')
+  assert result.report['training']['bi-encoder']['dev_rows'] == 0
+  assert result.report['mined']['rows'].keys() >= {'pair/train'}
+  assert 'pair/dev' not in result.report['mined']['rows']
+  printed = capsys.readouterr().out
+  assert 'first stage (dense)' in printed and 'BM25' not in printed.split('== loop:')[1]
