@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import io
+import logging
 import sys
 from typing import Iterable, Optional, Sequence
 
@@ -28,6 +29,7 @@ from transforms.parquet_input import check_parquet_input
 from transforms.parquet_sink import read_manifest, write_json
 
 PROG = 'beam-rerank evaluate'
+logger = logging.getLogger(__name__)
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
@@ -79,6 +81,10 @@ def evaluate_ranked(
     query_ids = list(query_ids)
   scope = evaluation.query_scope(ranked, qrels, query_ids, tuning)
   excluded = len(evaluation.query_scope(ranked, qrels, query_ids)) - len(scope)
+  if excluded and not scope:
+    logger.warning(
+        'evaluate: warning: every judged query was a tuning query (%d): no held-out '
+        'query is left to report on; the metrics below are empty', excluded)
   metrics = evaluation.evaluate_stages(ranked, qrels, measures, scope)
   queries = len(scope)
   report = {

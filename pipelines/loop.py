@@ -10,10 +10,10 @@ on. Each step is another job's ``execute``: encode (the first-stage bi-encoder),
 mine (train+dev judgments, dense + BM25 candidates, optional pseudo-queries;
 the mined dev split is exactly the dev queries), train (a cross-encoder on
 labeled pairs and/or a bi-encoder with MNRL on triplets or pairs, the best dev
-checkpoint kept), rerank (fusion weights ``auto``, tuned on train+dev
-judgments, guarded) and its evaluation on the test queries. One table compares
-the first stage, each signal alone, the fine-tuned models and the final
-ranking; OUTPUT/loop_report.json holds every figure, the split sizes and each
+checkpoint kept), rerank (fusion weights ``auto``, tuned on the dev judgments,
+which the models never trained on; guarded) and its evaluation on the test
+queries. One table compares the first stage, each signal alone, the fine-tuned
+models and the final ranking; OUTPUT/loop_report.json holds every figure, the split sizes and each
 step's folder.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ from pipelines import encode as encode_job
 from pipelines import mine as mine_job
 from pipelines import rerank as rerank_job
 from pipelines import train as train_job
-from transforms import evaluation, inference_settings
+from transforms import evaluation, inference_settings, training
 from transforms.errors import UserInputError
 from transforms.inference_settings import InferenceSettings
 from transforms.mining import NegativeMiningSettings, split_of
@@ -76,7 +76,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
       prog=prog,
       description='The whole loop on judged queries: split them into train/dev/test '
       '(by id hash, never leaking), mine training pairs from train+dev, fine-tune a '
-      'cross-encoder and/or a bi-encoder, rerank with fusion tuned on train+dev, and '
+      'cross-encoder and/or a bi-encoder, rerank with fusion tuned on the dev split, and '
       'print one table of test-query metrics: first stage, each signal alone, the '
       'fine-tuned models, final.',
       epilog=common.BEAM_EPILOG)
@@ -122,7 +122,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
   models.add_argument(
       '--bi-encoder', default=None, metavar='NAME_OR_PATH',
       help='The first-stage sentence-transformers bi-encoder, and where --kind '
-      'bi-encoder starts from (default: --base-model).')
+      'bi-encoder starts from (default: the packaged all-MiniLM-L6-v2; never --base-model, '
+      'which may be a cross-encoder).')
 
   candidates = parser.add_argument_group('candidates and mining')
   candidates.add_argument(
@@ -402,7 +403,7 @@ def _mine(job: LoopJobConfig, files: Mapping[str, str], embeddings: Mapping[str,
 
 
 def _train(job: LoopJobConfig, kind: str, pairs: str, output: str) -> train_job.TrainResult:
-  base = job.base_model if kind == 'cross-encoder' else job.bi_encoder or job.base_model
+  base = job.base_model if kind == 'cross-encoder' else job.bi_encoder
   return train_job.execute(train_job.TrainJobConfig(
       pairs=pairs, kind=kind, output=output, base_model=base,
       format='labeled-pair' if kind == 'cross-encoder' else job.bi_encoder_format,
@@ -416,7 +417,8 @@ def _train(job: LoopJobConfig, kind: str, pairs: str, output: str) -> train_job.
 
 def _rerank(job: LoopJobConfig, output: str, cross_encoder: str,
             embeddings: Mapping[str, str], files: Mapping[str, str]) -> rerank_job.RerankResult:
-  """Ranks every query; fusion tuned on train+dev judgments, metrics on test's."""
+  """Ranks every query; fusion tuned on the dev judgments (the models were trained on
+  train's, so their scores there are optimistic), metrics on test's."""
   return rerank_job.execute(rerank_job.RerankJobConfig(
       queries=job.queries, corpus=job.corpus, output=output, cross_encoder=cross_encoder,
       query_id_column=job.query_id_column, query_text_column=job.query_text_column,
@@ -426,7 +428,7 @@ def _rerank(job: LoopJobConfig, output: str, cross_encoder: str,
       bm25=job.bm25, top_k=job.top_k, top_n=job.top_n,
       max_length=job.max_length if cross_encoder != rerank_job.NO_CROSS_ENCODER else None,
       qrels=files['test'], metrics=job.metrics, fusion='linear', fusion_weights='auto',
-      tune_qrels=files['tune'], inference=job.inference, pipeline_args=job.pipeline_args))
+      tune_qrels=files['dev'], inference=job.inference, pipeline_args=job.pipeline_args))
 
 
 def _check_tuning(result: rerank_job.RerankResult, splits: Mapping[str, Sequence[str]]) -> None:
@@ -491,6 +493,11 @@ def _check(job: LoopJobConfig) -> None:
     raise UserInputError(f'--output {job.output!r} is a file, not a folder')
   evaluation.parse_measures(job.metrics.split(','))
   common.pipeline_options(job.pipeline_args, PROG)
+  # Checks the train step would make, before minutes of encoding and mining.
+  training.check_precision(job.train_precision)
+  if (job.eval_steps or job.early_stopping_patience) and job.dev_fraction == 0:
+    raise UserInputError(
+        '--eval-steps/--early-stopping-patience need a dev split: give --dev-fraction > 0')
 
 
 def execute(job: LoopJobConfig) -> LoopResult:
@@ -510,7 +517,7 @@ def execute(job: LoopJobConfig) -> LoopResult:
               sizes['train'], sizes['dev'], sizes['test'])
 
   logger.info('[loop] step %d/%d: encode with the first-stage bi-encoder', next(step), steps)
-  first_stage_model = job.bi_encoder or job.base_model
+  first_stage_model = job.bi_encoder  # None: the encode job's packaged default
   base = _encode(job, first_stage_model, os.path.join(root, 'embeddings', 'base'),
                  {'queries': job.queries, 'queries_tune': files['queries_tune']})
 

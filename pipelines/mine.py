@@ -191,8 +191,10 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
       'picks (default: %(default)s).')
   guards.add_argument(
       '--score-column', default=None,
-      help='Candidate score used by the guards (default: score = cross-encoder for '
-      '--ranked/--candidates; retrieval score for dense).')
+      help='Candidate score used by the guards and distill labels (default: the '
+      'cross-encoder score, ce_score, for --ranked; for a --ranked made with '
+      '--cross-encoder none, the fused first stage, retrieval_score; score for '
+      '--candidates; the retrieval score when retrieving here).')
   guards.add_argument(
       '--dev-fraction', type=float, default=0.0,
       help='Share of queries (by id hash) in dev/ (default: %(default)s).')
@@ -300,6 +302,27 @@ def _pseudo_settings(job: MineJobConfig, corpus) -> PseudoQuerySettings:
   return dataclasses.replace(pseudo, title_column=title_column)
 
 
+def _ranked_score_column(manifest: dict, files: Sequence[str], job: MineJobConfig) -> str:
+  """The score a rerank output offers the guards: its cross-encoder's.
+
+  The ranked ``score`` is the final fused score (normalised sums when fusion
+  kept weights), not a model score, so thresholds, margins and distill labels
+  read ``ce_score``; outputs written before it existed have the CE score in
+  ``score``. Without a cross-encoder only the first stage's score exists, and
+  rules that need model scores are refused.
+  """
+  columns = file_columns(files[0]) if files else []
+  # Outputs from before --cross-encoder none always had a cross-encoder.
+  if manifest.get('cross_encoder', True):
+    return 'ce_score' if 'ce_score' in columns else 'score'
+  mining = job.mining
+  if mining.positive_threshold is not None or 'distill' in job.format:
+    raise UserInputError(
+        f'--ranked {job.ranked!r} was ranked without a cross-encoder: pseudo-labels '
+        '(--positive-threshold) and distill labels need cross-encoder scores')
+  return 'retrieval_score'
+
+
 def execute(job: MineJobConfig) -> MineResult:
   """Runs the mine job; its report is also written as report.json."""
   common.quiet_libraries()
@@ -357,9 +380,10 @@ def execute(job: MineJobConfig) -> MineResult:
     # Every scored candidate when the output has them, else the top-n.
     output = 'candidates' if committed_output_exists(
         job.ranked, 'candidates', '--ranked', ranked_manifest) else 'ranked'
-    score_column = score_column or 'score'
+    ranked_files = committed_files(job.ranked, output, '--ranked', ranked_manifest)
+    score_column = score_column or _ranked_score_column(ranked_manifest, ranked_files, job)
     checked = check_parquet_files(
-        committed_files(job.ranked, output, '--ranked', ranked_manifest), '--ranked', {
+        ranked_files, '--ranked', {
             'query_id': 'id', 'doc_id': 'id', 'retrieval_rank': 'int', score_column: 'float'})
     candidates_files, source = checked.files, 'ranked'
   elif job.candidates:

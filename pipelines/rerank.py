@@ -376,9 +376,15 @@ def check_inputs(job: RerankJobConfig) -> _CheckedInputs:
   if job.tune_qrels:
     check_parquet_input(
         job.tune_qrels, '--tune-qrels', {'query_id': 'id', 'doc_id': 'id', 'relevance': 'int'})
+  plan = _stage_plan(job, score_column)
+  if plan.first is None and not job.uses_cross_encoder:
+    raise UserInputError(
+        '--cross-encoder none ranks by the candidates\' scores, and these have none: '
+        f'--candidates has no {job.candidates_score_column!r} column and no dense or BM25 '
+        'source is given')
   return _CheckedInputs(
       options, queries_input, corpus_input, candidates_input, score_column,
-      common.bm25_settings(job), _stage_plan(job, score_column))
+      common.bm25_settings(job), plan)
 
 
 def _fusion_lines(fusion: Optional[dict]) -> list[tuple[str, str]]:

@@ -145,3 +145,16 @@ def test_hybrid_with_cross_encoder_and_tuning_queries(
   # Metrics leave the tuning queries out: q3 and q4 only.
   assert report['evaluation']['queries_evaluated'] == 2
   assert 'tuning queries excluded' in stdout
+
+
+def test_no_cross_encoder_needs_scored_candidates(tmp_path, rerank_inputs, capsys):
+  import polars as pl
+  candidates = tmp_path / 'run.parquet'
+  pl.DataFrame({'query_id': ['q1'], 'doc_id': ['d01']}).write_parquet(candidates)
+  code = rerank.main([
+      '--queries', rerank_inputs['queries'], '--corpus', rerank_inputs['corpus'],
+      '--candidates', str(candidates), '--cross-encoder', 'none',
+      '--output', str(tmp_path / 'out')])
+  assert code == 2
+  errors = [line for line in capsys.readouterr().err.splitlines() if 'error:' in line]
+  assert len(errors) == 1 and 'has no \'score\' column and no dense or BM25' in errors[0]

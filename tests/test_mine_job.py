@@ -686,3 +686,25 @@ def test_queries_still_required_without_pseudo_queries(tmp_path, collection, cap
   assert mine.main(['--ranked', collection['ranked'], '--corpus', collection['corpus'],
                     '--qrels', collection['qrels'], '--output', str(tmp_path / 'out')]) == 2
   assert '--queries is required' in capsys.readouterr().err
+
+
+def test_ranked_score_column_is_the_cross_encoders(tmp_path):
+  """mine --ranked guards read ce_score (the ranked score may be a fused one);
+  without a cross-encoder, the first stage's score, and model-score rules refuse."""
+  import polars as pl
+
+  from transforms.errors import UserInputError
+  path = tmp_path / 'part.parquet'
+  pl.DataFrame({'query_id': ['q'], 'doc_id': ['d'], 'score': [1.0], 'ce_score': [2.0],
+                'retrieval_rank': [1], 'retrieval_score': [0.5]}).write_parquet(path)
+  old = tmp_path / 'old.parquet'
+  pl.DataFrame({'query_id': ['q'], 'doc_id': ['d'], 'score': [1.0]}).write_parquet(old)
+  job = mine.MineJobConfig(queries='q', corpus='c', output='o', ranked='r')
+  assert mine._ranked_score_column({'cross_encoder': 'ce'}, [str(path)], job) == 'ce_score'
+  assert mine._ranked_score_column({'cross_encoder': 'ce'}, [str(old)], job) == 'score'
+  assert mine._ranked_score_column({'cross_encoder': None}, [str(path)], job) == (
+      'retrieval_score')
+  distill = mine.MineJobConfig(queries='q', corpus='c', output='o', ranked='r',
+                               format='distill')
+  with pytest.raises(UserInputError, match='ranked without a cross-encoder'):
+    mine._ranked_score_column({'cross_encoder': None}, [str(path)], distill)

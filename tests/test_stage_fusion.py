@@ -203,3 +203,20 @@ def test_final_by_first_stage_alone_is_exactly_the_first_stage():
   assert [(r['doc_id'], r['rank'], r['retrieval_rank']) for r in ranked] == [
       ('a', 1, 1), ('z', 2, 2), ('b', 3, 3)]
   assert ranked[1]['score'] == ranked[2]['score'] == pytest.approx(0.1)
+
+
+def test_decisions_count_the_tuning_queries_of_either_stage():
+  """One first-stage signal (nothing tuned there) and a tuned final stage: the
+  count is the final stage's."""
+  tuning = [f't{i:02d}' for i in range(25)]
+  rows = [dict(row, bm25_score=None) for q in tuning for row in _query_rows(q)]
+  plan = plan_stages(FusionSpec('linear', 'auto'), ['dense'], cross_encoder=True)
+  with TestPipeline() as p:
+    out = p | beam.Create(rows) | FuseStages(plan, {q: {'r': 1} for q in tuning}, top_n=1)
+    assert_that(out['decisions'], _check(_counted, 25))
+
+
+def _counted(decision, n):
+  assert decision['first_stage']['reason'] == 'one signal (dense): nothing to fuse'
+  assert decision['final']['tuning']['queries'] == n
+  assert decision['tuning_queries'] == n

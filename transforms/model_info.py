@@ -13,7 +13,9 @@ from typing import Any
 from transforms.errors import UserInputError
 
 DEFAULT_BI_ENCODER = 'all-MiniLM-L6-v2 (packaged)'
-_IGNORED_FILES = {'README.md', '.gitattributes'}
+# Files that describe a model without changing what it computes (the training
+# report holds wall times: a retrain with equal weights keeps its fingerprint).
+_IGNORED_FILES = {'README.md', '.gitattributes', 'training_report.json', 'training_curve.png'}
 
 
 def packaged_minilm_path() -> str | None:

@@ -217,10 +217,10 @@ def _decide_final(tuning_rows, first, plan, qrels):
 
 def _decisions(first: Optional[FusionDecision], final: Optional[FusionDecision],
                tuning_query_ids: Sequence[str]) -> dict:
+  counts = [d.tuning.get('queries', 0) for d in (first, final) if d is not None]
   return {'first_stage': first.as_dict() if first else None,
           'final': final.as_dict() if final else None,
-          'tuning_queries': (first or final).tuning.get('queries', 0)
-          if (first or final) else 0,
+          'tuning_queries': max(counts, default=0),
           'tuning_query_ids': list(tuning_query_ids)}
 
 
