@@ -39,7 +39,7 @@ from transforms.inference_settings import InferenceSettings
 from transforms.mining import NegativeMiningSettings, split_of
 from transforms.parquet_input import check_parquet_input
 from transforms.parquet_sink import MANIFEST_NAME, committed_files, read_json, write_json
-from transforms.pseudo_queries import PseudoQuerySettings, parse_sources
+from transforms.pseudo_queries import PseudoQuerySettings
 from transforms.training import PRECISIONS
 
 PROG = 'beam-rerank loop'
@@ -61,14 +61,6 @@ TABLE_ROWS = {
     'bi_encoder_first_stage': 'fine-tuned dense + BM25',
 }
 logger = logging.getLogger(__name__)
-
-
-def _pseudo_sources(value: str) -> tuple[str, ...]:
-  """argparse type: ``title,sentence`` -> ``('title', 'sentence')``."""
-  try:
-    return parse_sources(value)
-  except ValueError as error:
-    raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
@@ -136,7 +128,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
       '--top-n', type=common.positive_int, default=10,
       help='Ranked rows kept per query (default: %(default)s).')
   candidates.add_argument(
-      '--pseudo-queries', type=_pseudo_sources, default=(), metavar='SOURCES',
+      '--pseudo-queries', type=mine_job.pseudo_sources, default=(), metavar='SOURCES',
       help='Also mine pseudo-queries made from the corpus (title,sentence; needs BM25) '
       '(default: none).')
   candidates.add_argument(

@@ -42,7 +42,7 @@ PROG = 'beam-rerank mine'
 MINE_FUSION_WEIGHTS = 'dense=0.5,bm25=0.5'
 
 
-def _pseudo_sources(value: str) -> tuple[str, ...]:
+def pseudo_sources(value: str) -> tuple[str, ...]:
   """argparse type: ``title,sentence`` -> ``('title', 'sentence')``."""
   try:
     return parse_sources(value)
@@ -134,7 +134,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
       'queries. Ids title:DOC_ID and sentence:DOC_ID:N; the *-ids folders get a source '
       'column (qrels, positives, title, sentence).')
   pseudo.add_argument(
-      '--pseudo-queries', dest='sources', type=_pseudo_sources, default=(),
+      '--pseudo-queries', dest='sources', type=pseudo_sources, default=(),
       metavar='SOURCES',
       help=f'Comma-separated, of {",".join(PSEUDO_SOURCES)} (default: none).')
   pseudo.add_argument(
