@@ -20,7 +20,8 @@ def test_ranking_key_orders():
 def test_schema_has_every_signal_nullable():
   names = [f.name for f in RANKED_SCHEMA]
   assert names == ['query_id', 'doc_id', 'rank', 'score', 'retrieval_rank', 'retrieval_score',
-                   'dense_score', 'bm25_score', 'supplied_score', 'ce_score']
+                   'dense_score', 'bm25_score', 'supplied_score', 'ce_score',
+                   'query_text_sha256', 'passage_text_sha256']
   for name in names[4:]:
     assert RANKED_SCHEMA.field(name).nullable
-    assert RANKED_SCHEMA.field(name).type in (pa.int32(), pa.float32())
+    assert RANKED_SCHEMA.field(name).type in (pa.int32(), pa.float32(), pa.string())
