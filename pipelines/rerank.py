@@ -111,8 +111,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
       help='Corpus embedding shards made by the encode job with the same model.')
   cands.add_argument(
       '--model', metavar='NAME_OR_PATH', default=None,
-      help='Bi-encoder: encode queries and corpus first (into OUTPUT/embeddings/, '
-      'reusable with --previous), then retrieve.')
+      help='Bi-encoder: encode queries and corpus first (into OUTPUT/embeddings/; a '
+      're-run into the same output re-encodes only changed texts), then retrieve.')
   cands.add_argument(
       '--candidates', metavar='GLOB', default=None,
       help='Supplied candidates Parquet: query_id, doc_id[, score] (e.g. a BM25 run).')

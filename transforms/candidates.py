@@ -29,6 +29,14 @@ SOURCE_SUPPLIED = 'supplied'
 SOURCES = (SOURCE_DENSE, SOURCE_BM25, SOURCE_SUPPLIED)
 
 
+def source_row(row: dict, source: str) -> dict:
+  """A retrieved row (dense or BM25 top-k) as a candidate of ``source`` for
+  ``MergeCandidates``."""
+  return {'query_id': row['query_id'], 'doc_id': row['doc_id'],
+          'retrieval_rank': row['retrieval_rank'], 'retrieval_score': row['retrieval_score'],
+          'source': source}
+
+
 def _supplied_candidate(
     row: dict, query_id: str, doc_id: str, score: Optional[float]) -> dict:
   return {

@@ -16,6 +16,7 @@ from transforms.candidates import (
     JoinTexts,
     MergeCandidates,
     SuppliedCandidates,
+    source_row,
 )
 from transforms.dead_letters import DEAD_LETTER_SCHEMA, DEAD_LETTER_TAG, dead_letter_sort_key
 from transforms.inference_settings import InferenceSettings
@@ -82,20 +83,14 @@ class RerankConfig:
   inference: InferenceSettings = InferenceSettings()
 
 
-_DENSE_CANDIDATES = Metrics.counter(METRICS_NAMESPACE, 'rerank/dense_candidates')
-_BM25_CANDIDATES = Metrics.counter(METRICS_NAMESPACE, 'rerank/bm25_candidates')
+_SOURCE_COUNTERS = {
+    source: Metrics.counter(METRICS_NAMESPACE, f'rerank/{source}_candidates')
+    for source in (SOURCE_DENSE, SOURCE_BM25)}
 
 
-def _dense_row(row: dict) -> dict:
-  _DENSE_CANDIDATES.inc()
-  return {'query_id': row['query_id'], 'doc_id': row['doc_id'],
-          'retrieval_score': row['retrieval_score'], 'source': SOURCE_DENSE}
-
-
-def _bm25_row(row: dict) -> dict:
-  _BM25_CANDIDATES.inc()
-  return {'query_id': row['query_id'], 'doc_id': row['doc_id'],
-          'retrieval_score': row['retrieval_score'], 'source': SOURCE_BM25}
+def _counted_source_row(row: dict, source: str) -> dict:
+  _SOURCE_COUNTERS[source].inc()
+  return source_row(row, source)
 
 
 def _with_ce_score(row: dict) -> dict:
@@ -134,7 +129,7 @@ def build_rerank_pipeline(
             query_block_size=config.query_block_size,
             normalize=config.normalize_embeddings,
             query_groups=config.query_groups)
-        | 'MarkDense' >> beam.Map(_dense_row))
+        | 'MarkDense' >> beam.Map(_counted_source_row, SOURCE_DENSE))
     candidate_sources.append(dense)
   if config.bm25 is not None:
     bm25 = (
@@ -145,7 +140,7 @@ def build_rerank_pipeline(
                 lambda r: (r['id'], r['text'])),
         }
         | 'ExactBM25TopK' >> BM25TopK(config.bm25)
-        | 'MarkBM25' >> beam.Map(_bm25_row))
+        | 'MarkBM25' >> beam.Map(_counted_source_row, SOURCE_BM25))
     candidate_sources.append(bm25)
   if config.candidates_pattern:
     columns = ['query_id', 'doc_id']

@@ -9,7 +9,7 @@ import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.bm25 import BM25Settings, BM25TopK
-from transforms.candidates import SOURCE_BM25, SOURCE_DENSE, MergeCandidates
+from transforms.candidates import SOURCE_BM25, SOURCE_DENSE, MergeCandidates, source_row
 from transforms.dead_letters import DEAD_LETTER_SCHEMA, DEAD_LETTER_TAG, dead_letter_sort_key
 from transforms.fusion import FusionDecision
 from transforms.mining import (
@@ -122,12 +122,6 @@ def _keyed_rows(item, fmt: str, num_negatives: int, dev_fraction: float):
     yield beam.pvalue.TaggedOutput(split, (key, text_row, id_row))
 
 
-def _source_row(row: dict, source: str) -> dict:
-  return {'query_id': row['query_id'], 'doc_id': row['doc_id'],
-          'retrieval_rank': row['retrieval_rank'], 'retrieval_score': row['retrieval_score'],
-          'source': source}
-
-
 def _fused_rows(keyed: tuple, fusion: FusionDecision):
   """One query's merged dense/BM25 rows -> the fused first stage's rows."""
   query_id, rows = keyed
@@ -205,7 +199,7 @@ def build_mine_pipeline(pipeline: beam.Pipeline, config: MineConfig, manifest: d
           | 'ExactDenseTopK' >> ExactTopK(
               config.top_k, normalize=config.normalize_embeddings,
               query_groups=config.query_groups)
-          | 'MarkDense' >> beam.Map(_source_row, SOURCE_DENSE))
+          | 'MarkDense' >> beam.Map(source_row, SOURCE_DENSE))
     if config.candidate_source in ('bm25', 'hybrid'):
       retrieved.append(
           {'queries': queries['texts'] | 'BM25QueryTexts' >> beam.Map(
@@ -213,7 +207,7 @@ def build_mine_pipeline(pipeline: beam.Pipeline, config: MineConfig, manifest: d
            'corpus': corpus['texts'] | 'BM25CorpusTexts' >> beam.Map(
                lambda r: (r['id'], r['text']))}
           | 'ExactBM25TopK' >> BM25TopK(config.bm25)
-          | 'MarkBM25' >> beam.Map(_source_row, SOURCE_BM25))
+          | 'MarkBM25' >> beam.Map(source_row, SOURCE_BM25))
     if len(retrieved) == 1:
       pool = retrieved[0]
     else:
