@@ -45,6 +45,7 @@ from transforms.training import PRECISIONS
 PROG = 'beam-rerank loop'
 KINDS = ('cross-encoder', 'bi-encoder', 'both')
 SPLITS = ('train', 'dev', 'test')
+NEGATIVE_SAMPLING = ('random', 'top')
 REPORT_NAME = 'loop_report.json'
 SPLIT_RULE = (
     'h = blake2b(query_id) % 1e6: test if h >= (1 - test_fraction) * 1e6; dev if '
@@ -99,6 +100,11 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
       help='Share of the judged queries held out for the test metrics (default: '
       '%(default)s).')
   splits.add_argument(
+      '--test-queries', default=None, metavar='GLOB',
+      help='Parquet whose --query-id-column lists the test queries (a held-out set of '
+      'your own; default: --test-fraction by hash). Dev and train split the other judged '
+      'queries by hash.')
+  splits.add_argument(
       '--dev-fraction', type=common.fraction, default=0.2,
       help='Share of the other judged queries used to pick the training checkpoint '
       '(default: %(default)s; 0: no dev split).')
@@ -123,7 +129,13 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
       help='BM25 candidates next to dense ones, in mining and reranking (default: on).')
   candidates.add_argument(
       '--top-k', type=common.positive_int, default=100,
-      help='Candidates per query from each source (default: %(default)s).')
+      help='Candidates per query from each source that mining draws negatives from '
+      '(default: %(default)s).')
+  candidates.add_argument(
+      '--rerank-top-k', type=common.positive_int, default=20, metavar='N',
+      help='Candidates per query from each source that the fine-tuned cross-encoder '
+      'reranks on the dev and test queries (default: %(default)s; mining draws negatives '
+      'from --top-k).')
   candidates.add_argument(
       '--top-n', type=common.positive_int, default=10,
       help='Ranked rows kept per query (default: %(default)s).')
@@ -135,7 +147,14 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
       '--pseudo-max-docs', type=common.positive_int, default=None, metavar='N',
       help='Pseudo-queries from at most N documents (default: all).')
   candidates.add_argument(
-      '--num-negatives', type=common.positive_int, default=3, help='(default: %(default)s)')
+      '--num-negatives', type=common.positive_int, default=4,
+      help='Negatives per mined query (default: %(default)s).')
+  candidates.add_argument(
+      '--negatives', choices=NEGATIVE_SAMPLING, default='random',
+      help='random: drawn at random from each query\'s top-k candidates (easy ones, '
+      'mostly; what a model trained from a bi-encoder base learns from in a short CPU run); '
+      'top: its highest-ranked non-positives (hard ones; more false negatives where '
+      'judgments are sparse) (default: %(default)s).')
   candidates.add_argument(
       '--bi-encoder-format', choices=('triplet', 'pair'), default='triplet',
       help='Mined rows the bi-encoder trains on with MNRL (default: %(default)s).')
@@ -185,16 +204,19 @@ class LoopJobConfig:
   doc_title_column: Optional[str] = None
   title_separator: str = '\n'
   test_fraction: float = 0.5
+  test_queries: Optional[str] = None
   dev_fraction: float = 0.2
   kind: str = 'cross-encoder'
   base_model: Optional[str] = None
   bi_encoder: Optional[str] = None
   bm25: bool = True
   top_k: int = 100
+  rerank_top_k: int = 20
   top_n: int = 10
   pseudo_queries: tuple[str, ...] = ()
   pseudo_max_docs: Optional[int] = None
-  num_negatives: int = 3
+  num_negatives: int = 4
+  negatives: str = 'random'
   bi_encoder_format: str = 'triplet'
   epochs: float = 1.0
   max_steps: int = -1
@@ -238,18 +260,21 @@ def parse_config(argv: Sequence[str] | None = None) -> LoopJobConfig:
 # ---------------------------------------------------------------- splits
 
 def split_query_ids(
-    query_ids: Iterable[str], test_fraction: float,
-    dev_fraction: float) -> dict[str, list[str]]:
+    query_ids: Iterable[str], test_fraction: float, dev_fraction: float,
+    test_ids: Optional[Iterable[str]] = None) -> dict[str, list[str]]:
   """Judged query ids -> ``{'train', 'dev', 'test': sorted ids}``, by the id hash.
 
-  Dev is ``split_of(query_id, mine_dev_fraction(...)) == 'dev'``: the mine job,
-  given the train+dev judgments and that fraction, puts exactly these queries
-  in its dev split.
+  ``test_ids`` (a held-out set of the user's) replace ``test_fraction``: test is
+  the judged ids among them. Dev is ``split_of(query_id, mine_dev_fraction(...))
+  == 'dev'``: the mine job, given the train+dev judgments and that fraction,
+  puts exactly these queries in its dev split.
   """
-  dev_share = mine_dev_fraction(test_fraction, dev_fraction)
+  held_out = None if test_ids is None else set(test_ids)
+  dev_share = mine_dev_fraction(test_fraction, dev_fraction, held_out is not None)
   splits: dict[str, list[str]] = {name: [] for name in SPLITS}
   for query_id in sorted(set(query_ids)):
-    if split_of(query_id, 1 - test_fraction) == 'train':
+    if (query_id in held_out if held_out is not None
+        else split_of(query_id, 1 - test_fraction) == 'train'):
       splits['test'].append(query_id)
     elif split_of(query_id, dev_share) == 'dev':
       splits['dev'].append(query_id)
@@ -259,9 +284,12 @@ def split_query_ids(
   return splits
 
 
-def mine_dev_fraction(test_fraction: float, dev_fraction: float) -> float:
-  """The mine job's ``--dev-fraction`` that yields the loop's dev split."""
-  return dev_fraction * (1 - test_fraction)
+def mine_dev_fraction(test_fraction: float, dev_fraction: float,
+                      explicit_test: bool = False) -> float:
+  """The mine job's ``--dev-fraction`` that yields the loop's dev split (the
+  hash split's test share is cut out of the same hash range; an explicit test
+  set is not)."""
+  return dev_fraction if explicit_test else dev_fraction * (1 - test_fraction)
 
 
 def check_disjoint(splits: Mapping[str, Iterable[str]]) -> None:
@@ -293,12 +321,19 @@ def _write_splits(job: LoopJobConfig, splits_dir: str) -> tuple[dict, dict[str, 
       queries_input.files, [job.query_id_column, job.query_text_column])
   if qrels.height == 0:
     raise UserInputError(f'--qrels {job.qrels!r} holds no judgments')
-  splits = split_query_ids(qrels['query_id'].to_list(), job.test_fraction, job.dev_fraction)
+  test_ids = None
+  if job.test_queries:
+    test_input = check_parquet_input(
+        job.test_queries, '--test-queries', {job.query_id_column: 'id'})
+    test_ids = evaluation.read_parquet_files(
+        test_input.files, [job.query_id_column])[job.query_id_column].cast(pl.String).to_list()
+  splits = split_query_ids(
+      qrels['query_id'].to_list(), job.test_fraction, job.dev_fraction, test_ids)
   for name in ('train', 'test'):
     if not splits[name]:
       raise UserInputError(
           f'no judged query falls in the {name} split ({qrels["query_id"].n_unique():,} '
-          'judged queries; change --test-fraction, or judge more queries)')
+          'judged queries; change --test-fraction or --test-queries, or judge more queries)')
   if not splits['dev'] and job.dev_fraction > 0:
     logger.warning('%s: warning: no judged query falls in the dev split; training '
                    'keeps its last step', PROG)
@@ -308,9 +343,10 @@ def _write_splits(job: LoopJobConfig, splits_dir: str) -> tuple[dict, dict[str, 
     paths[name] = _write_parquet(
         qrels.filter(pl.col('query_id').is_in(ids)),
         os.path.join(splits_dir, f'{name}.parquet'))
-  paths['queries_tune'] = _write_parquet(
-      queries.filter(pl.col(job.query_id_column).cast(pl.String).is_in(tune_ids)),
-      os.path.join(splits_dir, 'queries_tune.parquet'))
+  for name, ids in (('queries_tune', tune_ids), ('queries_eval', splits['dev'] + splits['test'])):
+    paths[name] = _write_parquet(
+        queries.filter(pl.col(job.query_id_column).cast(pl.String).is_in(ids)),
+        os.path.join(splits_dir, f'{name}.parquet'))
   known = set(queries[job.query_id_column].cast(pl.String).to_list())
   missing = {name: sum(q not in known for q in ids) for name, ids in splits.items()}
   if missing['test']:
@@ -387,8 +423,10 @@ def _mine(job: LoopJobConfig, files: Mapping[str, str], embeddings: Mapping[str,
       query_text_column=job.query_text_column, doc_id_column=job.doc_id_column,
       doc_text_column=job.doc_text_column, doc_title_column=job.doc_title_column,
       title_separator=job.title_separator, qrels=files['tune'], format=','.join(formats),
-      mining=NegativeMiningSettings(num_negatives=job.num_negatives, seed=job.seed),
-      dev_fraction=mine_dev_fraction(job.test_fraction, job.dev_fraction),
+      mining=NegativeMiningSettings(
+          num_negatives=job.num_negatives, sampling_strategy=job.negatives, seed=job.seed),
+      dev_fraction=mine_dev_fraction(
+          job.test_fraction, job.dev_fraction, job.test_queries is not None),
       pseudo=PseudoQuerySettings(
           sources=tuple(job.pseudo_queries), max_docs=job.pseudo_max_docs, seed=job.seed),
       pipeline_args=job.pipeline_args))
@@ -409,15 +447,15 @@ def _train(job: LoopJobConfig, kind: str, pairs: str, output: str) -> train_job.
 
 def _rerank(job: LoopJobConfig, output: str, cross_encoder: str,
             embeddings: Mapping[str, str], files: Mapping[str, str]) -> rerank_job.RerankResult:
-  """Ranks every query; fusion tuned on the dev judgments (the models were trained on
-  train's, so their scores there are optimistic), metrics on test's."""
+  """Ranks the dev and test queries; fusion tuned on the dev judgments (the models
+  were trained on train's, so their scores there are optimistic), metrics on test's."""
   return rerank_job.execute(rerank_job.RerankJobConfig(
-      queries=job.queries, corpus=job.corpus, output=output, cross_encoder=cross_encoder,
+      queries=files['queries_eval'], corpus=job.corpus, output=output, cross_encoder=cross_encoder,
       query_id_column=job.query_id_column, query_text_column=job.query_text_column,
       doc_id_column=job.doc_id_column, doc_text_column=job.doc_text_column,
       doc_title_column=job.doc_title_column, title_separator=job.title_separator,
-      query_embeddings=embeddings['queries'], corpus_embeddings=embeddings['corpus'],
-      bm25=job.bm25, top_k=job.top_k, top_n=job.top_n,
+      query_embeddings=embeddings['queries_eval'], corpus_embeddings=embeddings['corpus'],
+      bm25=job.bm25, top_k=job.rerank_top_k, top_n=job.top_n,
       max_length=job.max_length if cross_encoder != rerank_job.NO_CROSS_ENCODER else None,
       qrels=files['test'], metrics=job.metrics, fusion='linear', fusion_weights='auto',
       tune_qrels=files['dev'], inference=job.inference, pipeline_args=job.pipeline_args))
@@ -476,6 +514,11 @@ def _check(job: LoopJobConfig) -> None:
     raise UserInputError('--test-fraction must be between 0 and 1 (both excluded)')
   if not 0 <= job.dev_fraction < 1:
     raise UserInputError('--dev-fraction must be in [0, 1)')
+  if job.test_queries:
+    check_parquet_input(job.test_queries, '--test-queries', {job.query_id_column: 'id'})
+  if job.negatives not in NEGATIVE_SAMPLING:
+    raise UserInputError(
+        f'--negatives {job.negatives!r} is not one of {", ".join(NEGATIVE_SAMPLING)}')
   if job.pseudo_queries and not job.bm25:
     raise UserInputError('--pseudo-queries needs BM25 candidates: drop --no-bm25')
   if '://' in job.output:
@@ -511,7 +554,8 @@ def execute(job: LoopJobConfig) -> LoopResult:
   logger.info('[loop] step %d/%d: encode with the first-stage bi-encoder', next(step), steps)
   first_stage_model = job.bi_encoder  # None: the encode job's packaged default
   base = _encode(job, first_stage_model, os.path.join(root, 'embeddings', 'base'),
-                 {'queries': job.queries, 'queries_tune': files['queries_tune']})
+                 {'queries_eval': files['queries_eval'],
+                  'queries_tune': files['queries_tune']})
 
   logger.info('[loop] step %d/%d: mine train+dev queries', next(step), steps)
   pairs_dir = os.path.join(root, 'pairs')
@@ -535,7 +579,8 @@ def execute(job: LoopJobConfig) -> LoopResult:
         job, os.path.join(rerank_dir, 'first-stage'), rerank_job.NO_CROSS_ENCODER, base, files)
   if 'bi-encoder' in job.kinds:
     tuned = _encode(job, models['bi-encoder'],
-                    os.path.join(root, 'embeddings', 'bi-encoder'), {'queries': job.queries})
+                    os.path.join(root, 'embeddings', 'bi-encoder'),
+                    {'queries_eval': files['queries_eval']})
     embedding_dirs['bi-encoder'] = tuned
     runs['bi-encoder'] = _rerank(
         job, os.path.join(rerank_dir, 'bi-encoder'), rerank_job.NO_CROSS_ENCODER, tuned, files)
@@ -552,7 +597,9 @@ def execute(job: LoopJobConfig) -> LoopResult:
       'splits': {
           **sizes, 'rule': SPLIT_RULE, 'test_fraction': job.test_fraction,
           'dev_fraction': job.dev_fraction,
-          'mine_dev_fraction': mine_dev_fraction(job.test_fraction, job.dev_fraction),
+          'test_queries': job.test_queries,
+          'mine_dev_fraction': mine_dev_fraction(
+              job.test_fraction, job.dev_fraction, job.test_queries is not None),
           'judged_not_in_queries': split_info['judged_not_in_queries'],
           'files': files,
       },

@@ -197,7 +197,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
       '--candidates; the retrieval score when retrieving here).')
   guards.add_argument(
       '--dev-fraction', type=float, default=0.0,
-      help='Share of queries (by id hash) in dev/ (default: %(default)s).')
+      help='Share of queries (by id hash) in dev/; with --qrels or --positives, of the '
+      'judged queries only: pseudo-queries then all train (default: %(default)s).')
   return parser
 
 
@@ -459,7 +460,9 @@ def execute(job: MineJobConfig) -> MineResult:
       'pseudo_queries': dataclasses.asdict(pseudo) if pseudo else None,
       'mining': {k: v for k, v in vars(mining).items()},
       'dev_fraction': job.dev_fraction,
-      'split': 'dev if blake2b(query_id) % 1e6 < dev_fraction * 1e6',
+      'split': 'dev if blake2b(query_id) % 1e6 < dev_fraction * 1e6' + (
+          ' (judged queries only; pseudo-queries train)'
+          if pseudo and (job.qrels or job.positives) else ''),
   }
   common.limit_dead_letters(options, job.max_dead_letter_fraction, rows_in)
   pipeline = beam.Pipeline(options=options)

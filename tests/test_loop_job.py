@@ -57,6 +57,23 @@ def test_no_dev_fraction_means_no_dev_split():
   assert splits['dev'] == [] and splits['train'] and splits['test']
 
 
+def test_explicit_test_queries_replace_the_hash_test_split():
+  ids = [f'query-{i}' for i in range(1000)]
+  held_out = ids[::2] + ['never-judged']
+  splits = loop.split_query_ids(ids, 0.5, 0.25, test_ids=held_out)
+  assert splits['test'] == sorted(ids[::2])
+  rest = set(ids[1::2])
+  assert set(splits['train']) | set(splits['dev']) == rest
+  assert not set(splits['train']) & set(splits['dev'])
+  # Dev is the hash split of the rest at --dev-fraction itself, which is what
+  # the mine job does with the fraction the loop gives it.
+  fraction = loop.mine_dev_fraction(0.5, 0.25, explicit_test=True)
+  assert fraction == 0.25
+  for query_id in rest:
+    assert (split_of(query_id, fraction) == 'dev') == (query_id in splits['dev'])
+  assert 0.2 < len(splits['dev']) / len(rest) < 0.3
+
+
 def test_check_disjoint_refuses_a_shared_id():
   with pytest.raises(AssertionError, match='train and test share 1 ids'):
     loop.check_disjoint({'train': ['a', 'b'], 'dev': [], 'test': ['b']})
@@ -80,6 +97,18 @@ def test_user_errors_exit_2(tmp_path, capsys, extra, message):
   err = capsys.readouterr().err
   assert err.startswith('beam-rerank loop: error: ') and message in err
   assert not (tmp_path / 'out').exists()
+
+
+def test_test_queries_without_the_id_column_is_a_user_error(tmp_path, capsys):
+  data = write_sample_data(str(tmp_path / 'data'))
+  pl.DataFrame({'id': ['1']}).write_parquet(tmp_path / 'test.parquet')
+  assert loop.main([
+      '--queries', data['queries'], '--corpus', data['corpus'], '--qrels', data['qrels'],
+      '--test-queries', str(tmp_path / 'test.parquet'),
+      '--output', str(tmp_path / 'out')]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith('beam-rerank loop: error: ') and '--test-queries' in err
+  assert 'query_id' in err
 
 
 def test_too_few_judged_queries_for_a_test_split(tmp_path, capsys):
@@ -133,12 +162,19 @@ def test_report_structure(loop_run):
   assert report['mined']['rows']['labeled-pair/train'] > 0
   assert report['mined']['rows']['triplet/train'] > 0
   assert report['mined']['queries']['pseudo_train'] > 0  # title pseudo-queries mixed in
+  mine_manifest = json.loads((pathlib.Path(steps['mine']) / 'manifest.json').read_text())
+  assert mine_manifest['mining']['sampling_strategy'] == 'random'  # --negatives default
+  assert mine_manifest['mining']['num_negatives'] == 4
   assert set(report['table']) == set(loop.TABLE_ROWS)
   for values in report['table'].values():
     assert set(values) == {'nDCG@10', 'MRR@10', 'Recall@100'}
     assert all(0 <= v <= 1 for v in values.values())
   # Every metric is on the test queries, all of them.
   assert report['test_queries_evaluated'] == report['splits']['test']
+  # Only the dev (fusion tuning) and test queries are reranked.
+  ranked = pl.read_parquet(pathlib.Path(steps['rerank']['cross-encoder']) / 'part-*.parquet')
+  splits = {name: _ids(out / 'splits' / f'{name}.parquet') for name in ('dev', 'test')}
+  assert set(ranked['query_id'].to_list()) == splits['dev'] | splits['test']
   for name, folder in steps['rerank'].items():
     metrics = json.loads((pathlib.Path(folder) / 'metrics.json').read_text())
     assert metrics['queries_evaluated'] == report['splits']['test'], name
@@ -211,14 +247,20 @@ def test_printed_table_has_the_rows(loop_run):
 def test_bi_encoder_alone_without_bm25_or_dev(tmp_path, mine_bi_encoder_dir, capsys):
   # The base first stage gets its own run (no cross-encoder); dense alone
   # is the first stage; no dev split: training keeps its last step.
+  # A test set of the user's own replaces the hash split.
   data = write_sample_data(str(tmp_path / 'data'))
+  judged = sorted(_ids(pathlib.Path(data['qrels'])))
+  pl.DataFrame({'query_id': judged[:8] + ['not-judged']}).write_parquet(tmp_path / 'test.parquet')
   result = loop.execute(loop.parse_config([
       '--queries', data['queries'], '--corpus', data['corpus'], '--qrels', data['qrels'],
+      '--test-queries', str(tmp_path / 'test.parquet'),
       '--output', str(tmp_path / 'out'), '--bi-encoder', mine_bi_encoder_dir,
       '--kind', 'bi-encoder', '--no-bm25', '--dev-fraction', '0', '--bi-encoder-format',
       'pair', '--top-k', '10', '--max-steps', '1', '--batch-size', '4', '--no-progress',
       '--device', 'cpu']))
-  assert result.splits['dev'] == 0 and result.splits['train'] and result.splits['test']
+  assert result.splits == {'train': len(judged) - 8, 'dev': 0, 'test': 8}
+  assert _ids(tmp_path / 'out' / 'splits' / 'test.parquet') == set(judged[:8])
+  assert result.report['test_queries_evaluated'] == 8
   assert list(result.table) == ['first_stage', 'dense', 'bi_encoder_dense']
   assert result.table['first_stage'] == result.table['dense']
   assert set(result.report['steps']['rerank']) == {'base', 'bi-encoder'}

@@ -659,6 +659,45 @@ def test_pseudo_queries_mix_with_judged_queries(tmp_path):
       'qrels + pseudo-queries (title)')
 
 
+@pytest.mark.parametrize('judged', [True, False])
+def test_dev_split_holds_judged_queries_only_when_there_are_some(tmp_path, judged):
+  """The dev split selects checkpoints on real queries: with --qrels every
+  pseudo-query trains; with pseudo-queries alone they split by id hash."""
+  from transforms.mining import split_of
+  corpus = _pseudo_corpus(tmp_path)
+  labels = []
+  if judged:
+    labels = [
+        '--queries', write_parquet(tmp_path / 'queries.parquet', {
+            'query_id': ['q1', 'q2', 'q3', 'q4'],
+            'text': ['heat transfer cylinder', 'swept wing shock', 'boundary layer', 'wing']}),
+        '--qrels', write_parquet(tmp_path / 'qrels.parquet', {
+            'query_id': ['q1', 'q2', 'q3', 'q4'], 'doc_id': ['p02', 'p03', 'p01', 'p03'],
+            'relevance': [1, 1, 1, 1]},
+            pa.schema([('query_id', pa.string()), ('doc_id', pa.string()),
+                       ('relevance', pa.int32())]))]
+  out = tmp_path / 'pairs'
+  quietly(mine.run, [
+      '--bm25', '--top-k', '10', '--corpus', corpus, *labels, '--dev-fraction', '0.5',
+      '--pseudo-queries', 'title,sentence', '--pseudo-min-chars', str(PSEUDO_MIN_CHARS),
+      '--sampling', 'random', '--output', str(out), '--format', 'pair'])
+  rows = {split: read_rows(out / 'pair' / f'{split}-ids') if (
+      out / 'pair' / f'{split}-ids').exists() else [] for split in ('train', 'dev')}
+  pseudo = {split: {r['query_id'] for r in split_rows if r['source'] != 'qrels'}
+            for split, split_rows in rows.items()}
+  judged_rows = {split: {r['query_id'] for r in split_rows if r['source'] == 'qrels'}
+                 for split, split_rows in rows.items()}
+  if judged:
+    assert pseudo['dev'] == set() and pseudo['train']
+    assert judged_rows['dev'] == {q for q in ('q1', 'q2', 'q3', 'q4')
+                                  if split_of(q, 0.5) == 'dev'} != set()
+    manifest = json.loads((out / 'manifest.json').read_text())
+    assert 'pseudo-queries train' in manifest['split']
+  else:
+    every = pseudo['train'] | pseudo['dev']
+    assert pseudo['dev'] == {q for q in every if split_of(q, 0.5) == 'dev'} != set()
+
+
 @pytest.mark.parametrize('case', [
     'no_bm25', 'ranked', 'queries_without_labels', 'threshold', 'no_title_column'])
 def test_pseudo_query_user_errors(tmp_path, collection, capsys, case):

@@ -30,6 +30,7 @@ from transforms.parquet_sink import (
     WriteParquetShards,
 )
 from transforms.pseudo_queries import (
+    PSEUDO_SOURCES,
     TITLE,
     AttachPseudoTexts,
     CorpusColumns,
@@ -111,9 +112,15 @@ class MineConfig:
   pseudo: Optional[PseudoQuerySettings] = None
 
 
-def _keyed_rows(item, fmt: str, num_negatives: int, dev_fraction: float):
+def _keyed_rows(item, fmt: str, num_negatives: int, dev_fraction: float,
+                pseudo_in_dev: bool = True):
+  """One mined query -> its rows, tagged with its split. Pseudo-queries go to
+  train only, unless ``pseudo_in_dev`` (no judged queries to select on)."""
   mined, query_text, doc_texts, *source = item
-  split = split_of(mined.query_id, dev_fraction)
+  if source and source[0] in PSEUDO_SOURCES and not pseudo_in_dev:
+    split = 'train'
+  else:
+    split = split_of(mined.query_id, dev_fraction)
   for index, (text_row, id_row) in enumerate(
       format_rows(fmt, mined, query_text, doc_texts, num_negatives)):
     if source:
@@ -287,11 +294,15 @@ def build_mine_pipeline(pipeline: beam.Pipeline, config: MineConfig, manifest: d
       pseudo_texts['bodies'] = bodies
     with_texts = pseudo_texts | 'AttachPseudoTexts' >> AttachPseudoTexts(given)
 
+  # With judged queries, the dev split (checkpoint selection) holds them only:
+  # every pseudo-query trains.
+  pseudo_in_dev = not (config.qrels_pattern or config.positives_pattern)
   outputs, written = [], {}
   for fmt in config.formats:
     label = ''.join(part.title() for part in fmt.split('-'))
     by_split = with_texts | f'Format{label}' >> beam.FlatMap(
-        _keyed_rows, fmt, config.mining.num_negatives, config.dev_fraction).with_outputs(
+        _keyed_rows, fmt, config.mining.num_negatives, config.dev_fraction,
+        pseudo_in_dev).with_outputs(
             *SPLITS)
     for split in (SPLITS if config.dev_fraction > 0 else ('train',)):
       for kind, schema, index in (('', text_schema(fmt, config.mining.num_negatives), 1),

@@ -1,0 +1,131 @@
+"""The product's ``loop`` on a test collection, odd query ids to train/dev, even ids reported.
+
+Runs ``beam-rerank loop`` (mine pseudo-queries + judged train queries -> train
+-> rerank with fusion tuned on the dev queries -> test metrics) with the test
+split given as the even query ids (``--test-queries``), then scores the same
+test candidates with an untrained head on the same base (the control: what
+the fine-tuning added). Nothing here is tuned per collection: the loop's
+defaults, plus the CPU budget (``--max-length``, ``--max-steps``).
+
+    .venv/bin/python benchmarks/loop_quality.py --collection cranfield [--kind both]
+        [--no-title] [--seed 12] [--max-length 160] [--max-steps 1000]
+
+``--no-title`` cuts the title from each text and drops the title column: only
+sentence pseudo-queries can be made. Results go to
+benchmarks/results/loop_quality-COLLECTION[-notitle]-seedN.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks._common import REPO, write_result  # noqa: E402
+
+DATASETS = os.path.join(REPO, '..', 'shared', 'datasets')
+
+
+def prepare(collection: str, no_title: bool, work: str) -> dict[str, str]:
+  """Writes the corpus (titles cut when ``no_title``), queries, qrels and the
+  even-id test queries under ``work``; returns their paths."""
+  import polars as pl
+  source = os.path.join(DATASETS, collection)
+  corpus = pl.read_parquet(os.path.join(source, 'corpus.parquet'))
+  if no_title:
+    corpus = corpus.with_columns(text=pl.struct('title', 'text').map_elements(
+        lambda r: (r['text'][len(r['title']):].strip() if r['text'].startswith(r['title'])
+                   else r['text']), return_dtype=pl.String)).filter(
+        pl.col('text') != '').select('doc_id', 'text')
+  queries = pl.read_parquet(os.path.join(source, 'queries.parquet'))
+  even = pl.col('query_id').cast(pl.Int64) % 2 == 0
+  paths = {name: os.path.join(work, f'{name}.parquet')
+           for name in ('corpus', 'queries', 'qrels', 'test_queries')}
+  corpus.write_parquet(paths['corpus'])
+  queries.write_parquet(paths['queries'])
+  pl.read_parquet(os.path.join(source, 'qrels.parquet')).write_parquet(paths['qrels'])
+  queries.filter(even).select('query_id').write_parquet(paths['test_queries'])
+  return paths
+
+
+def control_metrics(loop_dir: str, paths: dict, args) -> dict:
+  """The test queries' candidates scored by an untrained head on the base model."""
+  import torch
+  from sentence_transformers import CrossEncoder
+
+  from pipelines import rerank
+  from transforms.model_info import packaged_minilm_path
+  control = os.path.join(loop_dir, 'models', 'control')
+  torch.manual_seed(args.seed)
+  CrossEncoder(args.base_model or packaged_minilm_path(), num_labels=1,
+               max_length=args.max_length).save(control)
+  splits = os.path.join(loop_dir, 'splits')
+  result = rerank.execute(rerank.RerankJobConfig(
+      queries=os.path.join(splits, 'queries_eval.parquet'), corpus=paths['corpus'],
+      output=os.path.join(loop_dir, 'rerank', 'control'), cross_encoder=control,
+      query_embeddings=os.path.join(loop_dir, 'embeddings', 'base', 'queries_eval'),
+      corpus_embeddings=os.path.join(loop_dir, 'embeddings', 'base', 'corpus'),
+      bm25=True, top_k=args.rerank_top_k, max_length=args.max_length,
+      qrels=os.path.join(splits, 'test.parquet'),
+      tune_qrels=os.path.join(splits, 'dev.parquet')))
+  return dict(result.metrics['ce'])
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--collection', choices=('cranfield', 'cacm'), default='cranfield')
+  parser.add_argument('--no-title', action='store_true')
+  parser.add_argument('--kind', choices=('cross-encoder', 'bi-encoder', 'both'),
+                      default='cross-encoder')
+  parser.add_argument('--seed', type=int, default=12)
+  parser.add_argument('--max-length', type=int, default=160)
+  parser.add_argument('--max-steps', type=int, default=-1)
+  parser.add_argument('--epochs', type=float, default=1.0)
+  parser.add_argument('--rerank-top-k', type=int, default=20)
+  parser.add_argument('--eval-steps', type=int, default=100)
+  parser.add_argument('--base-model', default=None)
+  parser.add_argument('--pseudo-queries', default=None,
+                      help='default: title,sentence (sentence with --no-title)')
+  parser.add_argument('--no-control', action='store_true')
+  parser.add_argument('--workdir', default=None)
+  args = parser.parse_args()
+  os.environ.setdefault('HF_HUB_OFFLINE', '1')
+  from pipelines import loop
+  from pipelines.common import configure_logging
+  configure_logging()
+  name = f'loop_quality-{args.collection}{"-notitle" if args.no_title else ""}-seed{args.seed}'
+  work = args.workdir or os.path.join('/tmp', name)
+  os.makedirs(work, exist_ok=True)
+  paths = prepare(args.collection, args.no_title, work)
+  pseudo = args.pseudo_queries or ('sentence' if args.no_title else 'title,sentence')
+  argv = [
+      '--queries', paths['queries'], '--corpus', paths['corpus'], '--qrels', paths['qrels'],
+      '--test-queries', paths['test_queries'], '--output', os.path.join(work, 'loop'),
+      '--kind', args.kind, '--pseudo-queries', pseudo, '--seed', str(args.seed),
+      '--max-length', str(args.max_length), '--max-steps', str(args.max_steps),
+      '--epochs', str(args.epochs), '--rerank-top-k', str(args.rerank_top_k),
+      '--eval-steps', str(args.eval_steps), '--bi-encoder-format', 'pair', '--no-progress']
+  if args.base_model:
+    argv += ['--base-model', args.base_model]
+  started = time.perf_counter()
+  result = loop.execute(loop.parse_config(argv))
+  wall = time.perf_counter() - started
+  table = dict(result.table)
+  if not args.no_control and args.kind != 'bi-encoder':
+    table['control'] = control_metrics(result.output_dir, paths, args)
+  output = {
+      'collection': args.collection, 'no_title': args.no_title, 'seed': args.seed,
+      'command': 'beam-rerank loop ' + ' '.join(argv), 'settings': vars(args),
+      'splits': result.splits, 'table': table, 'loop_wall_seconds': wall,
+      'training': result.report['training'], 'fusion': result.report['fusion'],
+      'mined': result.report['mined'],
+  }
+  print(json.dumps({'table': table, 'training': output['training']}, indent=2))
+  print('->', write_result(name, output))
+
+
+if __name__ == '__main__':
+  main()
