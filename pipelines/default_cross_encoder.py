@@ -1,11 +1,14 @@
 """The offline default cross-encoder: fine-tuned here, from the packaged model.
 
 No pretrained cross-encoder can be installed offline, so the product makes its
-own the way the seed models were made: mine ``labeled-pair`` rows from the
-sample collection's judgments (train-split queries only) plus each passage's
-title as a pseudo-query, fine-tune all-MiniLM-L6-v2 as a 1-label CrossEncoder
-with BinaryCrossEntropyLoss, and measure it on the held-out (dev-split) queries.
-The result is cached and reused while the recipe is unchanged.
+own with the loop's recipe (the way the seed models were made): mine
+``labeled-pair`` rows from the sample collection's judgments (train-split
+queries only) plus title and sentence pseudo-queries, negatives drawn at random
+from each query's dense + BM25 candidates; fine-tune all-MiniLM-L6-v2 as a
+1-label CrossEncoder with BinaryCrossEntropyLoss, keeping the epoch of best
+nDCG@10 on a few judged selection queries (never the held-out ones); measure
+it on the held-out (dev-split) queries. The result is cached and reused while
+the recipe is unchanged.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from pipelines import encode, mine, rerank, train
 from transforms.errors import UserInputError
 from transforms.mining import NegativeMiningSettings, split_of
 from transforms.model_info import packaged_minilm_path
+from transforms.pseudo_queries import PseudoQuerySettings
 from transforms.sample_data import DEV_FRACTION, sample_tables
 
 logger = logging.getLogger(__name__)
@@ -34,10 +38,15 @@ ConfigT = TypeVar('ConfigT')
 ResultT = TypeVar('ResultT')
 
 RECIPE = {
-    'version': 1,
+    'version': 2,
     'base_model': 'all-MiniLM-L6-v2 (packaged)',
-    'data': 'sample collection: train-split qrels + title pseudo-queries; dense top-10 negatives',
+    'data': 'sample collection: train-split qrels + title and sentence pseudo-queries; '
+            'negatives at random from the dense + BM25 top-10',
     'dev_fraction': DEV_FRACTION,
+    # Judged queries with dev_fraction <= hash < selection_fraction pick the
+    # checkpoint: train-split queries, disjoint from the held-out ones.
+    'selection_fraction': 0.45,
+    'pseudo_queries': ['title', 'sentence'],
     'num_negatives': 4,
     'epochs': 4,
     'batch_size': 16,
@@ -78,19 +87,16 @@ def _quietly(fn: Callable[[ConfigT], ResultT], config: ConfigT) -> ResultT:
 
 
 def _write_training_inputs(work: str, dev_fraction: float) -> tuple[dict[str, str], set[str]]:
-  """The sample collection split for the build: train-split queries plus every
-  title as a pseudo-query whose one positive is its own passage; dev queries.
-  Returns the files written into ``work`` and the dev query ids."""
+  """The sample collection split for the build: train-split queries (the mine
+  job adds pseudo-queries) and the held-out (dev-split) queries. Returns the
+  files written into ``work`` and the held-out query ids."""
   tables = sample_tables()
   queries = tables['queries'].to_pylist()
   dev_ids = {q['query_id'] for q in queries if split_of(q['query_id'], dev_fraction) == 'dev'}
   qrels = tables['qrels'].to_pylist()
   corpus = tables['corpus'].to_pylist()
-  train_queries = [q for q in queries if q['query_id'] not in dev_ids] + [
-      {'query_id': f'title:{d["doc_id"]}', 'text': d['title']} for d in corpus]
-  train_qrels = [r for r in qrels if r['query_id'] not in dev_ids] + [
-      {'query_id': f'title:{d["doc_id"]}', 'doc_id': d['doc_id'], 'relevance': 1}
-      for d in corpus]
+  train_queries = [q for q in queries if q['query_id'] not in dev_ids]
+  train_qrels = [r for r in qrels if r['query_id'] not in dev_ids]
   files = {}
   for name, rows, schema in (
       ('corpus', corpus, tables['corpus'].schema),
@@ -124,10 +130,15 @@ def build_default_cross_encoder(
     logger.info('[default cross-encoder] encoded the sample collection; mining labeled pairs')
     mined = _quietly(mine.execute, mine.MineJobConfig(
         query_embeddings=emb['train_queries'], corpus_embeddings=emb['corpus'], top_k=10,
-        queries=files['train_queries'], corpus=files['corpus'], doc_title_column='title',
-        qrels=files['train_qrels'], output=os.path.join(work, 'pairs'),
-        format='labeled-pair',
-        mining=NegativeMiningSettings(num_negatives=recipe['num_negatives'])))
+        bm25=True, queries=files['train_queries'], corpus=files['corpus'],
+        doc_title_column='title', qrels=files['train_qrels'],
+        output=os.path.join(work, 'pairs'), format='labeled-pair',
+        dev_fraction=recipe['selection_fraction'],
+        pseudo=PseudoQuerySettings(
+            sources=tuple(recipe['pseudo_queries']), seed=recipe['seed']),
+        mining=NegativeMiningSettings(
+            num_negatives=recipe['num_negatives'], sampling_strategy='random',
+            seed=recipe['seed'])))
     logger.info(
         '[default cross-encoder] %d labeled pairs; fine-tuning (sentence-transformers '
         'CrossEncoderTrainer, BinaryCrossEntropyLoss)', mined.rows.get('labeled-pair/train', 0))
@@ -147,6 +158,8 @@ def build_default_cross_encoder(
         output=os.path.join(work, 'ranked_dev')))
   info = {
       'recipe_id': recipe_id(recipe),
+      'best_dev_score': trained.report.get('best_dev_score'),
+      'selection_queries': trained.report.get('dev_queries'),
       'recipe': dict(recipe),
       'what': 'a locally fine-tuned cross-encoder (all-MiniLM-L6-v2 + a 1-label head '
               'trained on the sample collection), not a pretrained one',
