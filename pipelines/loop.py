@@ -4,17 +4,20 @@
         --output out/loop --base-model BASE --kind both --pseudo-queries title,sentence
 
 The judged queries are split by a stable hash of their ids into train, dev and
-test (``--test-fraction``, then ``--dev-fraction`` of the rest); the split
-judgments go to OUTPUT/splits/. Test queries are never mined, trained or tuned
-on. Each step is another job's ``execute``: encode (the first-stage bi-encoder),
-mine (train+dev judgments, dense + BM25 candidates, optional pseudo-queries;
-the mined dev split is exactly the dev queries), train (a cross-encoder on
-labeled pairs and/or a bi-encoder with MNRL on triplets or pairs, the best dev
-checkpoint kept), rerank (fusion weights ``auto``, tuned on the dev judgments,
-which the models never trained on; guarded) and its evaluation on the test
-queries. One table compares the first stage, each signal alone, the fine-tuned
-models and the final ranking; OUTPUT/loop_report.json holds every figure, the split sizes and each
-step's folder.
+test (``--test-fraction``, or the ``--test-queries`` given, then ``--dev-fraction``
+of the rest); the split judgments go to OUTPUT/splits/. Test queries are never
+mined, trained or tuned on. Each step is another job's ``execute``: encode (the
+first-stage bi-encoder), mine (train+dev judgments, dense + BM25 candidates,
+optional pseudo-queries, negatives at random from the top-k by default; the
+mined dev split is exactly the dev queries), train (a cross-encoder on labeled
+pairs and/or a bi-encoder with MNRL on triplets or pairs, the best dev
+checkpoint kept), rerank of the dev and test queries (fusion weights ``auto``,
+tuned on the dev judgments, which the models never trained on; guarded; with
+both models the cross-encoder reranks the fine-tuned bi-encoder's first stage)
+and its evaluation on the test queries. One table compares the first stage,
+each signal alone, the fine-tuned models and the final ranking;
+OUTPUT/loop_report.json holds every figure, the split sizes and each step's
+folder.
 """
 from __future__ import annotations
 
@@ -56,10 +59,10 @@ TABLE_ROWS = {
     'first_stage': 'first stage (dense + BM25)',
     'dense': 'dense, base bi-encoder',
     'bm25': 'BM25',
-    'cross_encoder': 'fine-tuned CE alone',
-    'final': 'final (first stage + CE)',
     'bi_encoder_dense': 'dense, fine-tuned bi-encoder',
     'bi_encoder_first_stage': 'fine-tuned dense + BM25',
+    'cross_encoder': 'fine-tuned CE alone',
+    'final': 'final (first stage + CE)',
 }
 logger = logging.getLogger(__name__)
 
@@ -473,9 +476,9 @@ def _table(runs: Mapping[str, rerank_job.RerankResult]) -> dict[str, dict[str, f
   """The rows of ``TABLE_ROWS`` the runs have: ``{row: {measure: value}}``."""
   sources = {
       'first_stage': ('base', 'retrieval'), 'dense': ('base', 'dense'),
-      'bm25': ('base', 'bm25'), 'cross_encoder': ('cross-encoder', 'ce'),
-      'final': ('cross-encoder', 'final'), 'bi_encoder_dense': ('bi-encoder', 'dense'),
+      'bm25': ('base', 'bm25'), 'bi_encoder_dense': ('bi-encoder', 'dense'),
       'bi_encoder_first_stage': ('bi-encoder', 'retrieval'),
+      'cross_encoder': ('cross-encoder', 'ce'), 'final': ('cross-encoder', 'final'),
   }
   table = {}
   for row, (run, stage) in sources.items():
@@ -486,10 +489,19 @@ def _table(runs: Mapping[str, rerank_job.RerankResult]) -> dict[str, dict[str, f
 
 
 def row_labels(table: Mapping[str, object]) -> dict[str, str]:
-  """The printed label of each row (the first stage is dense alone without BM25)."""
+  """The printed label of each row (the first stage is dense alone without BM25;
+  with both models the cross-encoder reranks the fine-tuned bi-encoder's)."""
   labels = {row: TABLE_ROWS[row] for row in table}
   if 'first_stage' in labels and 'bm25' not in table:
     labels['first_stage'] = 'first stage (dense)'
+  if 'bi_encoder_dense' in table:
+    first = 'fine-tuned dense + BM25' if 'bm25' in table else 'fine-tuned dense'
+    if 'bi_encoder_first_stage' in labels:
+      labels['bi_encoder_first_stage'] = first
+    for row, label in (('cross_encoder', 'fine-tuned CE alone (on {})'),
+                       ('final', 'final ({} + CE)')):
+      if row in labels:
+        labels[row] = label.format(first)
   return labels
 
 
@@ -570,20 +582,26 @@ def execute(job: LoopJobConfig) -> LoopResult:
 
   logger.info('[loop] step %d/%d: rerank and evaluate on the test queries', next(step), steps)
   rerank_dir = os.path.join(root, 'rerank')
+  # The cross-encoder reranks the best first stage the run has: the fine-tuned
+  # bi-encoder's (+ BM25) when both are trained, as they would be deployed.
+  ce_first_stage = base
+  if 'bi-encoder' in job.kinds:
+    ce_first_stage = _encode(job, models['bi-encoder'],
+                             os.path.join(root, 'embeddings', 'bi-encoder'),
+                             {'queries_eval': files['queries_eval']})
+    embedding_dirs['bi-encoder'] = ce_first_stage
+    runs['bi-encoder'] = _rerank(
+        job, os.path.join(rerank_dir, 'bi-encoder'), rerank_job.NO_CROSS_ENCODER,
+        ce_first_stage, files)
   if 'cross-encoder' in job.kinds:
     runs['cross-encoder'] = _rerank(
-        job, os.path.join(rerank_dir, 'cross-encoder'), models['cross-encoder'], base, files)
+        job, os.path.join(rerank_dir, 'cross-encoder'), models['cross-encoder'],
+        ce_first_stage, files)
+  if 'cross-encoder' in job.kinds and 'bi-encoder' not in job.kinds:
     runs['base'] = runs['cross-encoder']
   else:
     runs['base'] = _rerank(
         job, os.path.join(rerank_dir, 'first-stage'), rerank_job.NO_CROSS_ENCODER, base, files)
-  if 'bi-encoder' in job.kinds:
-    tuned = _encode(job, models['bi-encoder'],
-                    os.path.join(root, 'embeddings', 'bi-encoder'),
-                    {'queries_eval': files['queries_eval']})
-    embedding_dirs['bi-encoder'] = tuned
-    runs['bi-encoder'] = _rerank(
-        job, os.path.join(rerank_dir, 'bi-encoder'), rerank_job.NO_CROSS_ENCODER, tuned, files)
   for result in runs.values():
     _check_tuning(result, splits)
 
@@ -613,7 +631,7 @@ def execute(job: LoopJobConfig) -> LoopResult:
           'train_loss': result.train_loss, 'train_seconds': result.train_seconds,
       } for kind, result in trained.items()},
       'fusion': {name: result.report.get('fusion') for name, result in runs.items()
-                 if name != 'base' or 'cross-encoder' not in runs},
+                 if name != 'base' or result is not runs.get('cross-encoder')},
       'test_queries_evaluated': evaluated,
       'table': table,
       'table_labels': row_labels(table),

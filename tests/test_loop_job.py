@@ -153,6 +153,7 @@ def test_report_structure(loop_run):
   steps = report['steps']
   assert set(steps['train']) == {'cross-encoder', 'bi-encoder'}
   assert set(steps['rerank']) == {'cross-encoder', 'base', 'bi-encoder'}
+  assert steps['rerank']['base'].endswith('rerank/first-stage')
   assert set(steps['embeddings']) == {'base', 'bi-encoder'}
   for folder in [steps['mine'], *steps['train'].values(), *steps['rerank'].values()]:
     assert pathlib.Path(folder).is_dir(), folder
@@ -183,11 +184,13 @@ def test_report_structure(loop_run):
       name: json.loads((pathlib.Path(folder) / 'manifest.json').read_text())[
           'retrieval_model_fingerprint'] for name, folder in steps['rerank'].items()}
   assert fingerprints['bi-encoder'] != fingerprints['base']
+  assert fingerprints['cross-encoder'] == fingerprints['bi-encoder']
   stages = {name: json.loads((pathlib.Path(folder) / 'metrics.json').read_text())['metrics']
             for name, folder in steps['rerank'].items()}
   assert report['table']['dense'] == stages['base']['dense']
   assert report['table']['cross_encoder'] == stages['cross-encoder']['ce']
   assert report['table']['bi_encoder_dense'] == stages['bi-encoder']['dense']
+  assert report['table']['bi_encoder_first_stage'] == stages['cross-encoder']['retrieval']
 
 
 def test_splits_are_disjoint_and_cover_the_judged_queries(loop_run):
@@ -235,8 +238,11 @@ def test_printed_table_has_the_rows(loop_run):
   _, _, report, printed = loop_run
   table = printed[printed.index('== loop:'):]
   assert f"{report['splits']['test']} test queries" in table
-  for label in loop.TABLE_ROWS.values():
-    assert label in table, label
+  labels = [report['table_labels'][row] for row in loop.TABLE_ROWS]
+  positions = [table.index(label) for label in labels]  # each printed, in this order
+  assert positions == sorted(positions)
+  # Both trained: the cross-encoder reranks the fine-tuned bi-encoder's first stage.
+  assert report['table_labels']['final'] == 'final (fine-tuned dense + BM25 + CE)'
   for header in ('nDCG@10', 'MRR@10', 'Recall@100'):
     assert header in table.splitlines()[1]
   first_stage = next(line for line in table.splitlines() if 'first stage (dense + BM25)' in line)
