@@ -54,6 +54,10 @@ SPLIT_RULE = (
     'h = blake2b(query_id) % 1e6: test if h >= (1 - test_fraction) * 1e6; dev if '
     'h < dev_fraction * (1 - test_fraction) * 1e6 (the mine job\'s own dev split with '
     'that fraction); else train')
+EXPLICIT_TEST_RULE = (
+    'test: the judged ids listed in --test-queries; of the rest, h = blake2b(query_id) '
+    '% 1e6: dev if h < dev_fraction * 1e6 (the mine job\'s own dev split with that '
+    'fraction); else train')
 # Row key -> label of the printed table, in order.
 TABLE_ROWS = {
     'first_stage': 'first stage (dense + BM25)',
@@ -613,7 +617,8 @@ def execute(job: LoopJobConfig) -> LoopResult:
       'output': root,
       'kind': job.kind,
       'splits': {
-          **sizes, 'rule': SPLIT_RULE, 'test_fraction': job.test_fraction,
+          **sizes, 'rule': EXPLICIT_TEST_RULE if job.test_queries else SPLIT_RULE,
+          'test_fraction': None if job.test_queries else job.test_fraction,
           'dev_fraction': job.dev_fraction,
           'test_queries': job.test_queries,
           'mine_dev_fraction': mine_dev_fraction(

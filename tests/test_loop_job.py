@@ -265,6 +265,8 @@ def test_bi_encoder_alone_without_bm25_or_dev(tmp_path, mine_bi_encoder_dir, cap
       'pair', '--top-k', '10', '--max-steps', '1', '--batch-size', '4', '--no-progress',
       '--device', 'cpu']))
   assert result.splits == {'train': len(judged) - 8, 'dev': 0, 'test': 8}
+  assert result.report['splits']['rule'] == loop.EXPLICIT_TEST_RULE
+  assert result.report['splits']['test_fraction'] is None
   assert _ids(tmp_path / 'out' / 'splits' / 'test.parquet') == set(judged[:8])
   assert result.report['test_queries_evaluated'] == 8
   assert list(result.table) == ['first_stage', 'dense', 'bi_encoder_dense']
