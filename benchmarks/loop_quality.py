@@ -84,6 +84,8 @@ def main() -> None:
   parser.add_argument('--max-length', type=int, default=160)
   parser.add_argument('--max-steps', type=int, default=-1)
   parser.add_argument('--epochs', type=float, default=1.0)
+  parser.add_argument('--learning-rate', type=float, default=None,
+                      help="default: the loop's (5e-5)")
   parser.add_argument('--rerank-top-k', type=int, default=20)
   parser.add_argument('--eval-steps', type=int, default=100)
   parser.add_argument('--base-model', default=None)
@@ -97,6 +99,8 @@ def main() -> None:
   from pipelines.common import configure_logging
   configure_logging()
   name = f'loop_quality-{args.collection}{"-notitle" if args.no_title else ""}-seed{args.seed}'
+  if args.learning_rate is not None:
+    name += f'-lr{args.learning_rate:g}'
   work = args.workdir or os.path.join('/tmp', name)
   os.makedirs(work, exist_ok=True)
   paths = prepare(args.collection, args.no_title, work)
@@ -110,6 +114,8 @@ def main() -> None:
       '--eval-steps', str(args.eval_steps), '--bi-encoder-format', 'pair', '--no-progress']
   if args.base_model:
     argv += ['--base-model', args.base_model]
+  if args.learning_rate is not None:
+    argv += ['--learning-rate', str(args.learning_rate)]
   started = time.perf_counter()
   result = loop.execute(loop.parse_config(argv))
   wall = time.perf_counter() - started
