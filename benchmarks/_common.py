@@ -181,3 +181,12 @@ def make_corpus(size: int, directory: str, seed: int = 0) -> str:
                        schema=real.schema)
   pq.write_table(pa.concat_tables([real, synthetic]), path)
   return path
+
+
+def text_without_title():
+  """A polars expression: ``text`` without its leading ``title`` (stripped), or
+  ``text`` unchanged when it does not begin with it."""
+  import polars as pl
+  text, title = pl.col('text'), pl.col('title')
+  return pl.when(text.str.starts_with(title)).then(
+      text.str.slice(title.str.len_chars()).str.strip_chars()).otherwise(text)

@@ -23,7 +23,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks._common import REPO, write_result  # noqa: E402
+from benchmarks._common import REPO, text_without_title, write_result  # noqa: E402
 
 DATASETS = os.path.join(REPO, '..', 'shared', 'datasets')
 
@@ -35,9 +35,7 @@ def prepare(collection: str, no_title: bool, work: str) -> dict[str, str]:
   source = os.path.join(DATASETS, collection)
   corpus = pl.read_parquet(os.path.join(source, 'corpus.parquet'))
   if no_title:
-    corpus = corpus.with_columns(text=pl.struct('title', 'text').map_elements(
-        lambda r: (r['text'][len(r['title']):].strip() if r['text'].startswith(r['title'])
-                   else r['text']), return_dtype=pl.String)).filter(
+    corpus = corpus.with_columns(text=text_without_title()).filter(
         pl.col('text') != '').select('doc_id', 'text')
   queries = pl.read_parquet(os.path.join(source, 'queries.parquet'))
   even = pl.col('query_id').cast(pl.Int64) % 2 == 0

@@ -29,7 +29,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks._common import require_cranfield, write_result  # noqa: E402
+from benchmarks._common import require_cranfield, text_without_title, write_result  # noqa: E402
 
 
 def main() -> None:
@@ -79,10 +79,7 @@ def main() -> None:
   # Pseudo-queries: title -> abstract without its leading title.
   titled = corpus.filter(
       (pl.col('title').str.strip_chars() != '') & (pl.col('text').str.strip_chars() != ''))
-  stripped = titled.with_columns(text=pl.struct('title', 'text').map_elements(
-      lambda r: (r['text'][len(r['title']):].strip() if r['text'].startswith(r['title'])
-                 else r['text']),
-      return_dtype=pl.String)).filter(pl.col('text') != '')
+  stripped = titled.with_columns(text=text_without_title()).filter(pl.col('text') != '')
   stripped.select('doc_id', 'text').write_parquet(path('corpus_untitled.parquet'))
   stripped.select(query_id='t' + pl.col('doc_id'), text='title').write_parquet(
       path('title_queries.parquet'))
