@@ -49,6 +49,17 @@ def non_negative_float(value: str) -> float:
   return number
 
 
+def non_negative_int(value: str) -> int:
+  """argparse type: a whole number >= 0."""
+  try:
+    number = int(value)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f'{value!r} is not a whole number') from None
+  if number < 0:
+    raise argparse.ArgumentTypeError(f'{value!r} must be 0 or more')
+  return number
+
+
 def add_bm25_arguments(group) -> None:
   """The BM25 candidate options shared by rerank and mine (config fields
   ``bm25, bm25_k1, bm25_b, bm25_stemmer, bm25_top_k``)."""

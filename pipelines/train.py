@@ -32,6 +32,7 @@ from transforms.training import (
     TrainConfig,
     check_evaluation_settings,
     check_precision,
+    check_teacher,
     train,
 )
 
@@ -95,6 +96,16 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
       '(e.g. --pairs EASY --then-pairs HARD); repeatable, in order; --epochs/--max-steps '
       'apply to each phase. With a dev split, the best checkpoint of all phases is kept '
       '(dev queries of all phases together).')
+  warm = parser.add_argument_group('cross-encoder warm start')
+  warm.add_argument(
+      '--distill-steps', type=common.non_negative_int, default=0, metavar='N',
+      help='First train N steps to reproduce a bi-encoder\'s cosine similarities of the same '
+      'training pairs (MSELoss on standardised scores), then on the labels. A head freshly '
+      'put on a bi-encoder otherwise sits at the class prior for hundreds of steps (default: '
+      '%(default)s = off).')
+  warm.add_argument(
+      '--teacher', default=None, metavar='NAME_OR_PATH',
+      help='The bi-encoder of --distill-steps (default: --base-model, when it is one).')
   parser.add_argument(
       '--precision', choices=PRECISIONS, default='fp32',
       help='Mixed precision on a CUDA GPU: fp16 or bf16 (default: %(default)s; refused '
@@ -127,6 +138,8 @@ class TrainJobConfig:
   no_dev: bool = False
   then_pairs: Optional[Sequence[str]] = None
   precision: str = 'fp32'
+  distill_steps: int = 0
+  teacher: Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,12 +177,21 @@ def execute(job: TrainJobConfig) -> TrainResult:
       max_steps=job.max_steps, trust_remote_code=job.trust_remote_code,
       show_progress=not job.no_progress, then_pairs=tuple(job.then_pairs or ()),
       dev=not job.no_dev, eval_steps=job.eval_steps,
-      early_stopping_patience=job.early_stopping_patience, precision=job.precision)
+      early_stopping_patience=job.early_stopping_patience, precision=job.precision,
+      distill_steps=job.distill_steps)
   check_precision(config.precision)  # before any model is loaded
   check_evaluation_settings(config)
+  if job.teacher and not job.distill_steps:
+    raise UserInputError('--teacher is the bi-encoder of --distill-steps: add --distill-steps N')
   base = resolve_model_dir(resolve_model_name(job.base_model))
   check_weights_format(base, job.base_model or base, job.allow_pickle_weights)
-  report = train(dataclasses.replace(config, base_model=base))
+  teacher = None
+  if job.distill_steps:
+    teacher = resolve_model_dir(job.teacher) if job.teacher else base
+    check_weights_format(teacher, job.teacher or teacher, job.allow_pickle_weights)
+    check_teacher(teacher)
+  report = train(dataclasses.replace(config, base_model=base, teacher_model=teacher))
+  distilled = report.get('distill')
   best = report['best_dev_score']
   common.print_summary('train summary', [
       ('model', job.output),
@@ -177,6 +199,8 @@ def execute(job: TrainJobConfig) -> TrainResult:
       ('format', report['format']),
       ('train rows', report['train_rows']),
       ('dev rows', report['dev_rows']),
+      *([('warm start', f"{distilled['steps']} steps on {distilled['teacher']}'s "
+                        f"similarities, loss {distilled['loss']:.4f}")] if distilled else []),
       ('steps', report['steps']),
       *[(f'phase {i}', f"{p['pairs']} ({p['format']}), steps {p['first_step']}-{p['last_step']}")
         for i, p in enumerate(report['phases'], 1) if len(report['phases']) > 1],

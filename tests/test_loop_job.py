@@ -13,6 +13,7 @@ import polars as pl
 import pytest
 
 from pipelines import cli, loop
+from transforms import model_info
 from transforms.mining import split_of
 from transforms.sample_data import write_sample_data
 
@@ -138,8 +139,8 @@ def loop_run(tmp_path_factory, mine_bi_encoder_dir):
         '--qrels', data['qrels'], '--output', str(out),
         '--base-model', mine_bi_encoder_dir, '--kind', 'both',
         '--doc-title-column', 'title', '--pseudo-queries', 'title',
-        '--top-k', '10', '--max-steps', '2', '--batch-size', '4', '--no-progress',
-        '--device', 'cpu'])
+        '--top-k', '10', '--max-steps', '2', '--distill-steps', '2', '--batch-size', '4',
+        '--no-progress', '--device', 'cpu'])
   assert code == 0
   report = json.loads((out / loop.REPORT_NAME).read_text())
   return out, data, report, stdout.getvalue()
@@ -160,6 +161,10 @@ def test_report_structure(loop_run):
   assert (pathlib.Path(steps['train']['cross-encoder']) / 'training_report.json').exists()
   assert report['training']['cross-encoder']['steps'] == 2
   assert report['training']['bi-encoder']['steps'] == 2
+  # The cross-encoder's warm start learned the first-stage bi-encoder's similarities.
+  warm = report['training']['cross-encoder']['warm_start']
+  assert warm['steps'] == 2 and warm['teacher'] == model_info.packaged_minilm_path()
+  assert report['training']['bi-encoder']['warm_start'] is None
   assert report['mined']['rows']['labeled-pair/train'] > 0
   assert report['mined']['rows']['triplet/train'] > 0
   assert report['mined']['queries']['pseudo_train'] > 0  # title pseudo-queries mixed in

@@ -427,3 +427,101 @@ def test_early_stopping_without_dev_split_exits_2(tmp_path, capsys, pairs_withou
   lines = capsys.readouterr().err.strip().splitlines()
   assert len(lines) == 1 and 'need a dev split' in lines[0] and '--dev-fraction' in lines[0]
   assert not (tmp_path / 'model').exists()
+
+
+# ---------------------------------------------------------------- warm start (distillation)
+
+
+def test_teacher_similarities_are_standardised_cosines(mine_bi_encoder_dir):
+  from sentence_transformers import SentenceTransformer
+  first = ['what is lift', 'what is lift', 'boundary layers', 'drag of a cone']
+  second = ['lift of a wing', 'a cone in flow', 'lift of a wing', 'boundary layers']
+  got = training.teacher_similarities(mine_bi_encoder_dir, first, second, batch_size=2)
+  model = SentenceTransformer(mine_bi_encoder_dir, device='cpu')
+  a = model.encode(first, normalize_embeddings=True)
+  b = model.encode(second, normalize_embeddings=True)
+  cosine = (a * b).sum(axis=1)
+  want = (cosine - cosine.mean()) / cosine.std()
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+  assert abs(np.mean(got)) < 1e-6 and abs(np.std(got) - 1) < 1e-5
+  # A text shared by both sides (or repeated) is one encoding with one score.
+  assert got[1] != got[0]
+
+
+def test_warm_start_then_labels(tmp_path, pairs, mine_bi_encoder_dir, scripted):
+  """--distill-steps: MSE steps on the teacher's similarities, evaluated as a
+  candidate (step 0, phase 0), then the label phase; the best of all is kept."""
+  from sentence_transformers import CrossEncoder
+  pairs_dir, rows = pairs
+  evaluator, _ = scripted([0.7, 0.5, 0.6])
+  out = tmp_path / 'model'
+  report = _train([
+      '--pairs', str(pairs_dir), '--kind', 'cross-encoder', '--base-model', mine_bi_encoder_dir,
+      '--output', str(out), '--max-steps', '2', '--batch-size', '2', '--warmup-ratio', '0',
+      '--learning-rate', '1e-3', '--eval-steps', '1', '--distill-steps', '3'])
+  distilled = report['distill']
+  assert distilled['teacher'] == mine_bi_encoder_dir
+  assert distilled['steps'] == 3 and distilled['pairs'] == rows['labeled-pair/train']
+  assert distilled['loss'] > 0 and distilled['dev_score'] == 0.7
+  assert report['settings']['distill_steps'] == 3
+  # The warm start's evaluation is step 0; the label steps count from 1.
+  assert [(p['step'], p['phase']) for p in report['dev_curve']] == [(0, 0), (1, 1), (2, 1)]
+  assert report['steps'] == 2
+  assert report['best_step'] == 0 and report['best_phase'] == 0
+  assert report['best_dev_score'] == 0.7
+  model = CrossEncoder(str(out), device='cpu')
+  assert _same_weights(model, evaluator.weights[0])
+  assert not _same_weights(model, evaluator.weights[2])
+
+
+def test_warm_start_changes_the_model(tmp_path, pairs, mine_bi_encoder_dir):
+  """Without a dev split the last label step is kept; warm-started or not from
+  the same seed, the models differ (the warm start trained the head)."""
+  from sentence_transformers import CrossEncoder
+  pairs_dir, _ = pairs
+  common = ['--pairs', str(pairs_dir), '--kind', 'cross-encoder',
+            '--base-model', mine_bi_encoder_dir, '--max-steps', '1', '--batch-size', '2',
+            '--no-dev', '--learning-rate', '1e-3', '--warmup-ratio', '0']
+  plain = _train(common + ['--output', str(tmp_path / 'plain')])
+  warm = _train(common + ['--output', str(tmp_path / 'warm'), '--distill-steps', '2'])
+  assert plain['distill'] is None and warm['distill']['steps'] == 2
+  assert 'dev_score' not in warm['distill']
+  a = CrossEncoder(str(tmp_path / 'plain'), device='cpu')
+  b = CrossEncoder(str(tmp_path / 'warm'), device='cpu')
+  assert not _same_weights(a, b.state_dict())
+
+
+@pytest.mark.parametrize('extra, message', [
+    (['--kind', 'bi-encoder', '--distill-steps', '2'], 'warms up a cross-encoder'),
+    (['--kind', 'cross-encoder', '--teacher', 'TEACHER'], 'add --distill-steps'),
+    (['--kind', 'cross-encoder', '--distill-steps', '2', '--teacher', 'CROSS'],
+     'is not a sentence-transformers bi-encoder'),
+])
+def test_warm_start_user_errors_exit_2(tmp_path, capsys, pairs, mine_bi_encoder_dir,
+                                       mine_cross_encoder_dir, extra, message):
+  pairs_dir, _ = pairs
+  extra = [{'TEACHER': mine_bi_encoder_dir, 'CROSS': mine_cross_encoder_dir}.get(a, a)
+           for a in extra]
+  code = train.main([
+      '--pairs', str(pairs_dir), '--base-model', mine_bi_encoder_dir,
+      '--output', str(tmp_path / 'model')] + extra)
+  assert code == 2
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert len(lines) == 1 and message in lines[0], lines
+  assert not (tmp_path / 'model').exists()
+
+
+def test_negative_distill_steps_exit_2(tmp_path, capsys, pairs, mine_bi_encoder_dir):
+  pairs_dir, _ = pairs
+  with pytest.raises(SystemExit) as exited:
+    train.main([
+        '--pairs', str(pairs_dir), '--kind', 'cross-encoder', '--base-model',
+        mine_bi_encoder_dir, '--output', str(tmp_path / 'model'), '--distill-steps', '-1'])
+  assert exited.value.code == 2
+  assert 'must be 0 or more' in capsys.readouterr().err
+
+
+def test_is_cross_encoder(mine_bi_encoder_dir, mine_cross_encoder_dir, tmp_path):
+  assert training.is_cross_encoder(mine_cross_encoder_dir)
+  assert not training.is_cross_encoder(mine_bi_encoder_dir)
+  assert not training.is_cross_encoder(str(tmp_path))  # no config at all

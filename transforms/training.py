@@ -5,6 +5,8 @@ mine job wrote. With a dev split, the trainer scores nDCG@10 on the dev queries
 with the sentence-transformers evaluators every ``eval_steps`` (else once per
 epoch), keeps the best checkpoint and can stop early; ``then_pairs`` adds
 curriculum phases (e.g. easy negatives first, then hard) on the same model.
+A cross-encoder can first be warmed up on a bi-encoder's similarities of the
+same pairs (``distill_steps``) before it learns from the labels.
 """
 from __future__ import annotations
 
@@ -53,6 +55,8 @@ class TrainConfig:
   eval_steps: Optional[int] = None  # None: once per epoch
   early_stopping_patience: Optional[int] = None  # evaluations without improvement; None: off
   precision: Literal['fp32', 'fp16', 'bf16'] = 'fp32'
+  distill_steps: int = 0  # cross-encoder warm start on teacher similarities; 0: off
+  teacher_model: Optional[str] = None  # the bi-encoder of the warm start (default: base_model)
 
 
 def _split_files(pairs_dir: str, fmt: str, split: str, option: str = '--pairs') -> list[str]:
@@ -122,6 +126,37 @@ def check_evaluation_settings(config: TrainConfig) -> None:
   if not config.dev and (config.eval_steps or config.early_stopping_patience):
     raise UserInputError(
         '--eval-steps and --early-stopping-patience evaluate on the dev split: drop --no-dev')
+  if config.distill_steps < 0:
+    raise UserInputError('--distill-steps must be 0 (off) or a positive number of steps')
+  if config.distill_steps and config.kind != 'cross-encoder':
+    raise UserInputError('--distill-steps warms up a cross-encoder; a bi-encoder needs none')
+
+
+def is_cross_encoder(path: str) -> bool:
+  """Whether the model folder holds a cross-encoder (sentence-transformers says
+  so, or its transformers architecture is a sequence classifier)."""
+  def read(name: str) -> dict:
+    try:
+      with open(os.path.join(path, name)) as handle:
+        value = json.load(handle)
+      return value if isinstance(value, dict) else {}
+    except (OSError, ValueError):
+      return {}
+  if read('config_sentence_transformers.json').get('model_type') == 'CrossEncoder':
+    return True
+  architectures = read('config.json').get('architectures') or []
+  return any(str(a).endswith('ForSequenceClassification') for a in architectures)
+
+
+def check_teacher(path: str) -> None:
+  """Refuses a warm-start teacher that is not a sentence-transformers bi-encoder
+  (a local folder; a hub name is checked when it loads)."""
+  if not os.path.isdir(path):
+    return
+  if is_cross_encoder(path) or not os.path.exists(os.path.join(path, 'modules.json')):
+    raise UserInputError(
+        f'--teacher {path!r} is not a sentence-transformers bi-encoder (the warm start needs '
+        'its embeddings); name one with --teacher')
 
 
 # ---------------------------------------------------------------- dev evaluation
@@ -320,6 +355,69 @@ def _eval_metrics(entry: dict) -> dict:
           if v is not None}
 
 
+def teacher_similarities(
+    teacher: str, first: Sequence[str], second: Sequence[str], *,
+    max_length: Optional[int] = None, batch_size: int = 32, trust_remote_code: bool = False,
+    show_progress: bool = False) -> list[float]:
+  """The teacher bi-encoder's cosine similarity of each ``(first[i], second[i])``
+  pair, standardised over all pairs (mean 0, standard deviation 1): regression
+  targets on the scale of a fresh head's logits. Each distinct text is encoded once."""
+  import numpy as np
+  from sentence_transformers import SentenceTransformer
+  model = SentenceTransformer(teacher, trust_remote_code=trust_remote_code)
+  if max_length:
+    model.max_seq_length = max_length
+  texts = list(dict.fromkeys([*first, *second]))
+  embeddings = model.encode(
+      texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
+      show_progress_bar=show_progress)
+  row = {text: i for i, text in enumerate(texts)}
+  cosine = np.einsum(
+      'ij,ij->i', embeddings[[row[t] for t in first]], embeddings[[row[t] for t in second]])
+  spread = float(cosine.std())
+  return ((cosine - cosine.mean()) / (spread if spread > 0 else 1.0)).astype(float).tolist()
+
+
+def _distill(config: TrainConfig, model, data, work: str) -> dict:
+  """The cross-encoder warm start: ``config.distill_steps`` steps of MSELoss on the
+  teacher's standardised similarities of the first phase's training pairs (their
+  labels unused). A head freshly put on a bi-encoder sits at the class prior for
+  hundreds of label steps; this gives it the teacher's notion of relevance first."""
+  from datasets import Dataset
+  from sentence_transformers.cross_encoder.losses import MSELoss
+  teacher = config.teacher_model or config.base_model
+  rows = data['train']
+  first_column, second_column = rows.column_names[:2]
+  first, second = list(rows[first_column]), list(rows[second_column])
+  started = time.perf_counter()
+  logger.info('warm start: the teacher %s scores %d training pairs', teacher, len(first))
+  targets = teacher_similarities(
+      teacher, first, second, max_length=config.max_length, batch_size=2 * config.batch_size,
+      trust_remote_code=config.trust_remote_code, show_progress=config.show_progress)
+  teacher_seconds = time.perf_counter() - started
+  logger.info('warm start: %d steps of MSELoss on the teacher similarities',
+              config.distill_steps)
+  settings = dataclasses.replace(
+      config, max_steps=config.distill_steps, dev=False, eval_steps=None,
+      early_stopping_patience=None)
+  pairs = Dataset.from_dict(
+      {'sentence_0': first, 'sentence_1': second, 'label': targets})
+  trainer, _ = _trainer(settings, model, MSELoss(model), {'train': pairs}, None, None,
+                        os.path.join(work, 'distill'))
+  output = trainer.train()
+  return {
+      'teacher': teacher,
+      'pairs': len(first),
+      'steps': int(trainer.state.global_step),
+      'loss': _number(output.training_loss),
+      'loss_curve': [
+          {'step': int(e['step']), 'loss': _number(e['loss'])}
+          for e in trainer.state.log_history if _number(e.get('loss')) is not None],
+      'teacher_seconds': teacher_seconds,
+      'seconds': time.perf_counter() - started,
+  }
+
+
 def _train(config: TrainConfig, phases: list, work: str, started: float) -> dict:
   model, loss = _model_and_loss(config)
   built = None
@@ -339,6 +437,18 @@ def _train(config: TrainConfig, phases: list, work: str, started: float) -> dict
   phase_reports: list[dict] = []
   train_seconds = 0.0
   offset = 0
+  distilled = None
+  if config.distill_steps:
+    distilled = _distill(config, model, phases[0][2], work)
+    train_seconds += distilled['seconds']
+    if evaluator is not None:  # the warm start is a candidate too (step 0)
+      metrics = _eval_metrics({f'eval_{k}': v for k, v in evaluator(model).items()})
+      score = metrics.get(dev_key)
+      distilled['dev_score'] = score
+      dev_curve.append({'step': 0, 'phase': 0, DEV_METRIC: score, 'eval_loss': None})
+      if score is not None:
+        model.save(best_dir)
+        best = {'score': score, 'step': 0, 'phase': 0, 'metrics': metrics}
   for index, (pairs_dir, fmt, data) in enumerate(phases, 1):
     if len(phases) > 1:
       logger.info('curriculum phase %d/%d: %s (%s)', index, len(phases), pairs_dir, fmt)
@@ -418,6 +528,7 @@ def _train(config: TrainConfig, phases: list, work: str, started: float) -> dict
       'best_dev_score': best['score'],
       'early_stopped': any(p['early_stopped'] for p in phase_reports),
       'phases': phase_reports,
+      'distill': distilled,
       'loss_curve': loss_curve,
       'dev_curve': dev_curve,
       'train_seconds': train_seconds,
