@@ -8,7 +8,7 @@ the fine-tuning added). Nothing here is tuned per collection: the loop's
 defaults, plus the CPU budget (``--max-length``, ``--max-steps``).
 
     .venv/bin/python benchmarks/loop_quality.py --collection cranfield [--kind both]
-        [--no-title] [--seed 12] [--max-length 160] [--max-steps 1000]
+        [--no-title] [--seed 12] [--max-length 160] [--max-steps 640] [--distill-steps 300]
 
 ``--no-title`` cuts the title from each text and drops the title column: only
 sentence pseudo-queries can be made. Results go to
@@ -84,6 +84,8 @@ def main() -> None:
   parser.add_argument('--epochs', type=float, default=1.0)
   parser.add_argument('--learning-rate', type=float, default=None,
                       help="default: the loop's (5e-5)")
+  parser.add_argument('--distill-steps', type=int, default=None,
+                      help="cross-encoder warm-start steps (default: the loop's)")
   parser.add_argument('--rerank-top-k', type=int, default=20)
   parser.add_argument('--eval-steps', type=int, default=100)
   parser.add_argument('--base-model', default=None)
@@ -99,6 +101,8 @@ def main() -> None:
   name = f'loop_quality-{args.collection}{"-notitle" if args.no_title else ""}-seed{args.seed}'
   if args.learning_rate is not None:
     name += f'-lr{args.learning_rate:g}'
+  if args.distill_steps is not None:
+    name += f'-distill{args.distill_steps}'
   work = args.workdir or os.path.join('/tmp', name)
   os.makedirs(work, exist_ok=True)
   paths = prepare(args.collection, args.no_title, work)
@@ -114,6 +118,8 @@ def main() -> None:
     argv += ['--base-model', args.base_model]
   if args.learning_rate is not None:
     argv += ['--learning-rate', str(args.learning_rate)]
+  if args.distill_steps is not None:
+    argv += ['--distill-steps', str(args.distill_steps)]
   started = time.perf_counter()
   result = loop.execute(loop.parse_config(argv))
   wall = time.perf_counter() - started

@@ -468,13 +468,6 @@ def _train(job: LoopJobConfig, kind: str, pairs: str, output: str) -> train_job.
       teacher=resolve_model_name(job.bi_encoder) if distill_steps else None))
 
 
-def _warm_start_summary(distilled: Optional[dict]) -> Optional[dict]:
-  """The training report's warm start, without its loss curve (None: none)."""
-  if not distilled:
-    return None
-  return {k: v for k, v in distilled.items() if k != 'loss_curve'}
-
-
 def _rerank(job: LoopJobConfig, output: str, cross_encoder: str,
             embeddings: Mapping[str, str], files: Mapping[str, str]) -> rerank_job.RerankResult:
   """Ranks the dev and test queries; fusion tuned on the dev judgments (the models
@@ -657,7 +650,7 @@ def execute(job: LoopJobConfig) -> LoopResult:
           'best_dev_score': result.report.get('best_dev_score'),
           'dev_metric': result.report.get('dev_metric'),
           'train_loss': result.train_loss, 'train_seconds': result.train_seconds,
-          'warm_start': _warm_start_summary(result.report.get('distill')),
+          'warm_start': training.warm_start_summary(result.report),
       } for kind, result in trained.items()},
       'fusion': {name: result.report.get('fusion') for name, result in runs.items()
                  if name != 'base' or result is not runs.get('cross-encoder')},

@@ -26,6 +26,8 @@ def test_builds_a_default_cross_encoder_and_reranks_with_it(
 
   assert info['recipe_id'] == dce.recipe_id(recipe) != dce.recipe_id()
   assert info['training_rows'] > 0
+  assert info['warm_start']['steps'] == dce.RECIPE['distill_steps'] > 0
+  assert info['warm_start']['teacher'] == tiny_model_dir
   assert set(info['held_out_metrics']) == {'dense', 'retrieval', 'ce', 'final'}
   assert 0 <= info['held_out_metrics']['final']['nDCG@10'] <= 1
   assert os.path.exists(os.path.join(path, dce.INFO_NAME))

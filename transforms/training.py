@@ -418,6 +418,14 @@ def _distill(config: TrainConfig, model, data, work: str) -> dict:
   }
 
 
+def warm_start_summary(report: dict) -> Optional[dict]:
+  """A training report's warm start without its loss curve (None: there was none)."""
+  distilled = report.get('distill')
+  if not distilled:
+    return None
+  return {k: v for k, v in distilled.items() if k != 'loss_curve'}
+
+
 def _train(config: TrainConfig, phases: list, work: str, started: float) -> dict:
   model, loss = _model_and_loss(config)
   built = None
