@@ -12,7 +12,7 @@ defaults, plus the CPU budget (``--max-length``, ``--max-steps``).
 
 ``--no-title`` cuts the title from each text and drops the title column: only
 sentence pseudo-queries can be made. Results go to
-benchmarks/results/loop_quality-COLLECTION[-notitle]-seedN.json.
+benchmarks/results/loop_quality-COLLECTION[-notitle]-seedN[-lrX][-distillN].json.
 """
 from __future__ import annotations
 

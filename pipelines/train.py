@@ -10,8 +10,9 @@ Uses the sentence-transformers trainers: CrossEncoder + BinaryCrossEntropyLoss o
 (CrossEncoderRerankingEvaluator / InformationRetrievalEvaluator) is scored every
 ``--eval-steps`` (else once per epoch); the output is the best checkpoint, and
 training can stop early. ``--then-pairs`` continues on further mined folders (a
-curriculum: easy negatives first, then hard). One machine (CPU or GPU; fp16/bf16
-on a GPU); not a Beam pipeline. The output loads with
+curriculum: easy negatives first, then hard). ``--distill-steps N`` first warms a
+cross-encoder up on a bi-encoder's similarities of the pairs (MSELoss). One
+machine (CPU or GPU; fp16/bf16 on a GPU); not a Beam pipeline. The output loads with
 ``CrossEncoder(path)``/``SentenceTransformer(path)``, works as the rerank job's
 ``--cross-encoder``, and holds training_report.json and training_curve.png.
 """
@@ -99,10 +100,10 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
   warm = parser.add_argument_group('cross-encoder warm start')
   warm.add_argument(
       '--distill-steps', type=common.non_negative_int, default=0, metavar='N',
-      help='First train N steps to reproduce a bi-encoder\'s cosine similarities of the same '
-      'training pairs (MSELoss on standardised scores), then on the labels. A head freshly '
-      'put on a bi-encoder otherwise sits at the class prior for hundreds of steps (default: '
-      '%(default)s = off).')
+      help='First train N steps to reproduce a bi-encoder\'s cosine similarities of the '
+      '--pairs training pairs (MSELoss on standardised scores), then on the labels; the warmed '
+      'model is a dev candidate too (step 0). A head freshly put on a bi-encoder otherwise '
+      'sits at the class prior for hundreds of steps (default: %(default)s = off).')
   warm.add_argument(
       '--teacher', default=None, metavar='NAME_OR_PATH',
       help='The bi-encoder of --distill-steps (default: --base-model, when it is one).')
@@ -181,17 +182,26 @@ def execute(job: TrainJobConfig) -> TrainResult:
       distill_steps=job.distill_steps)
   check_precision(config.precision)  # before any model is loaded
   check_evaluation_settings(config)
+  if job.teacher and job.kind != 'cross-encoder':
+    raise UserInputError('--teacher warms up a cross-encoder; a bi-encoder needs none')
   if job.teacher and not job.distill_steps:
     raise UserInputError('--teacher is the bi-encoder of --distill-steps: add --distill-steps N')
   base = resolve_model_dir(resolve_model_name(job.base_model))
   check_weights_format(base, job.base_model or base, job.allow_pickle_weights)
   teacher = None
   if job.distill_steps:
-    teacher = resolve_model_dir(job.teacher) if job.teacher else base
-    check_weights_format(teacher, job.teacher or teacher, job.allow_pickle_weights)
-    check_teacher(teacher)
+    teacher = resolve_model_dir(resolve_model_name(job.teacher)) if job.teacher else base
+    named = job.teacher or job.base_model or teacher
+    check_weights_format(teacher, named, job.allow_pickle_weights)
+    check_teacher(teacher, named, 'name a bi-encoder with --teacher' if job.teacher else
+                  'the teacher defaults to --base-model: name a bi-encoder with --teacher')
   report = train(dataclasses.replace(config, base_model=base, teacher_model=teacher))
-  distilled = report.get('distill')
+  warm = report.get('warm_start')
+  warm_loss = f"{warm['loss']:.4f}" if warm and warm['loss'] is not None else 'n/a'
+  warm_line = (f"{warm['steps']} steps on the similarities of {warm['teacher']}, loss "
+               f'{warm_loss}' + (f", dev {DEV_METRIC} {warm['dev_score']:.4f}"
+                                 if warm and warm.get('dev_score') is not None else '')
+               if warm else None)
   best = report['best_dev_score']
   common.print_summary('train summary', [
       ('model', job.output),
@@ -199,8 +209,7 @@ def execute(job: TrainJobConfig) -> TrainResult:
       ('format', report['format']),
       ('train rows', report['train_rows']),
       ('dev rows', report['dev_rows']),
-      *([('warm start', f"{distilled['steps']} steps on {distilled['teacher']}'s "
-                        f"similarities, loss {distilled['loss']:.4f}")] if distilled else []),
+      *([('warm start', warm_line)] if warm_line else []),
       ('steps', report['steps']),
       *[(f'phase {i}', f"{p['pairs']} ({p['format']}), steps {p['first_step']}-{p['last_step']}")
         for i, p in enumerate(report['phases'], 1) if len(report['phases']) > 1],

@@ -283,3 +283,24 @@ def test_bi_encoder_alone_without_bm25_or_dev(tmp_path, mine_bi_encoder_dir, cap
   assert 'pair/dev' not in result.report['mined']['rows']
   printed = capsys.readouterr().out
   assert 'first stage (dense)' in printed and 'BM25' not in printed.split('== loop:')[1]
+
+
+def test_warm_start_teacher(mine_bi_encoder_dir, mine_cross_encoder_dir):
+  """The cross-encoder warms up on the first-stage bi-encoder, unless there is
+  nothing to warm up (a cross-encoder base, no cross-encoder, 0 steps)."""
+  from transforms.errors import UserInputError
+  job = loop.LoopJobConfig(queries='q', corpus='c', qrels='r', output='o',
+                           base_model=mine_bi_encoder_dir)
+  assert job.distill_steps == loop.DEFAULT_DISTILL_STEPS > 0
+  assert loop.warm_start_teacher(job) == model_info.packaged_minilm_path()
+  chosen = loop.LoopJobConfig(queries='q', corpus='c', qrels='r', output='o',
+                              bi_encoder=mine_bi_encoder_dir)
+  assert loop.warm_start_teacher(chosen) == mine_bi_encoder_dir
+  for off in [dict(base_model=mine_cross_encoder_dir), dict(distill_steps=0),
+              dict(kind='bi-encoder')]:
+    assert loop.warm_start_teacher(
+        loop.LoopJobConfig(queries='q', corpus='c', qrels='r', output='o', **off)) is None, off
+  wrong = loop.LoopJobConfig(queries='q', corpus='c', qrels='r', output='o',
+                             bi_encoder=mine_cross_encoder_dir)
+  with pytest.raises(UserInputError, match='--distill-steps 0'):
+    loop.warm_start_teacher(wrong)

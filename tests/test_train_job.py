@@ -444,8 +444,22 @@ def test_teacher_similarities_are_standardised_cosines(mine_bi_encoder_dir):
   want = (cosine - cosine.mean()) / cosine.std()
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
   assert abs(np.mean(got)) < 1e-6 and abs(np.std(got) - 1) < 1e-5
-  # A text shared by both sides (or repeated) is one encoding with one score.
-  assert got[1] != got[0]
+
+
+def test_teacher_encodes_each_distinct_text_once(monkeypatch, mine_bi_encoder_dir):
+  from sentence_transformers import SentenceTransformer
+  seen = []
+  encode = SentenceTransformer.encode
+
+  def spy(self, texts, *args, **kwargs):
+    seen.append(list(texts))
+    return encode(self, texts, *args, **kwargs)
+
+  monkeypatch.setattr(SentenceTransformer, 'encode', spy)
+  got = training.teacher_similarities(
+      mine_bi_encoder_dir, ['a b', 'a b', 'c d'], ['c d', 'e f', 'e f'])
+  assert seen == [['a b', 'c d', 'e f']]
+  assert got[1] != got[0] and len(got) == 3
 
 
 def test_warm_start_then_labels(tmp_path, pairs, mine_bi_encoder_dir, scripted):
@@ -459,10 +473,11 @@ def test_warm_start_then_labels(tmp_path, pairs, mine_bi_encoder_dir, scripted):
       '--pairs', str(pairs_dir), '--kind', 'cross-encoder', '--base-model', mine_bi_encoder_dir,
       '--output', str(out), '--max-steps', '2', '--batch-size', '2', '--warmup-ratio', '0',
       '--learning-rate', '1e-3', '--eval-steps', '1', '--distill-steps', '3'])
-  distilled = report['distill']
-  assert distilled['teacher'] == mine_bi_encoder_dir
-  assert distilled['steps'] == 3 and distilled['pairs'] == rows['labeled-pair/train']
-  assert distilled['loss'] > 0 and distilled['dev_score'] == 0.7
+  warm = report['warm_start']
+  assert warm['teacher'] == mine_bi_encoder_dir
+  # Fewer rows than 3 steps x 2 could reach: every training pair is a target.
+  assert warm['steps'] == 3 and warm['pairs'] == min(6, rows['labeled-pair/train'])
+  assert warm['loss'] > 0 and warm['dev_score'] == 0.7
   assert report['settings']['distill_steps'] == 3
   # The warm start's evaluation is step 0; the label steps count from 1.
   assert [(p['step'], p['phase']) for p in report['dev_curve']] == [(0, 0), (1, 1), (2, 1)]
@@ -472,6 +487,21 @@ def test_warm_start_then_labels(tmp_path, pairs, mine_bi_encoder_dir, scripted):
   model = CrossEncoder(str(out), device='cpu')
   assert _same_weights(model, evaluator.weights[0])
   assert not _same_weights(model, evaluator.weights[2])
+
+
+def test_warm_start_beaten_by_a_label_step(tmp_path, pairs, mine_bi_encoder_dir, scripted):
+  from sentence_transformers import CrossEncoder
+  pairs_dir, _ = pairs
+  evaluator, _ = scripted([0.5, 0.7, 0.6])
+  out = tmp_path / 'model'
+  report = _train([
+      '--pairs', str(pairs_dir), '--kind', 'cross-encoder', '--base-model', mine_bi_encoder_dir,
+      '--output', str(out), '--max-steps', '2', '--batch-size', '2', '--warmup-ratio', '0',
+      '--learning-rate', '1e-3', '--eval-steps', '1', '--distill-steps', '1'])
+  assert report['warm_start']['dev_score'] == 0.5
+  assert report['best_step'] == 1 and report['best_phase'] == 1
+  assert report['best_dev_score'] == 0.7
+  assert _same_weights(CrossEncoder(str(out), device='cpu'), evaluator.weights[1])
 
 
 def test_warm_start_changes_the_model(tmp_path, pairs, mine_bi_encoder_dir):
@@ -484,8 +514,8 @@ def test_warm_start_changes_the_model(tmp_path, pairs, mine_bi_encoder_dir):
             '--no-dev', '--learning-rate', '1e-3', '--warmup-ratio', '0']
   plain = _train(common + ['--output', str(tmp_path / 'plain')])
   warm = _train(common + ['--output', str(tmp_path / 'warm'), '--distill-steps', '2'])
-  assert plain['distill'] is None and warm['distill']['steps'] == 2
-  assert 'dev_score' not in warm['distill']
+  assert plain['warm_start'] is None and warm['warm_start']['steps'] == 2
+  assert 'dev_score' not in warm['warm_start']
   a = CrossEncoder(str(tmp_path / 'plain'), device='cpu')
   b = CrossEncoder(str(tmp_path / 'warm'), device='cpu')
   assert not _same_weights(a, b.state_dict())
@@ -494,17 +524,20 @@ def test_warm_start_changes_the_model(tmp_path, pairs, mine_bi_encoder_dir):
 @pytest.mark.parametrize('extra, message', [
     (['--kind', 'bi-encoder', '--distill-steps', '2'], 'warms up a cross-encoder'),
     (['--kind', 'cross-encoder', '--teacher', 'TEACHER'], 'add --distill-steps'),
+    (['--kind', 'bi-encoder', '--teacher', 'TEACHER'], 'warms up a cross-encoder'),
     (['--kind', 'cross-encoder', '--distill-steps', '2', '--teacher', 'CROSS'],
-     'is not a sentence-transformers bi-encoder'),
+     'is not a bi-encoder'),
+    (['--kind', 'cross-encoder', '--distill-steps', '2', '--base-model', 'CROSS'],
+     'the teacher defaults to --base-model'),
 ])
 def test_warm_start_user_errors_exit_2(tmp_path, capsys, pairs, mine_bi_encoder_dir,
                                        mine_cross_encoder_dir, extra, message):
   pairs_dir, _ = pairs
   extra = [{'TEACHER': mine_bi_encoder_dir, 'CROSS': mine_cross_encoder_dir}.get(a, a)
            for a in extra]
-  code = train.main([
-      '--pairs', str(pairs_dir), '--base-model', mine_bi_encoder_dir,
-      '--output', str(tmp_path / 'model')] + extra)
+  if '--base-model' not in extra:
+    extra += ['--base-model', mine_bi_encoder_dir]
+  code = train.main(['--pairs', str(pairs_dir), '--output', str(tmp_path / 'model')] + extra)
   assert code == 2
   lines = capsys.readouterr().err.strip().splitlines()
   assert len(lines) == 1 and message in lines[0], lines

@@ -148,15 +148,21 @@ def is_cross_encoder(path: str) -> bool:
   return any(str(a).endswith('ForSequenceClassification') for a in architectures)
 
 
-def check_teacher(path: str) -> None:
-  """Refuses a warm-start teacher that is not a sentence-transformers bi-encoder
-  (a local folder; a hub name is checked when it loads)."""
-  if not os.path.isdir(path):
-    return
-  if is_cross_encoder(path) or not os.path.exists(os.path.join(path, 'modules.json')):
+def check_teacher(path: str, name: str, way_out: str) -> None:
+  """Refuses a warm-start teacher that cannot give embeddings: a cross-encoder
+  or another kind of sentence-transformers model than a bi-encoder (a plain
+  transformer folder is fine: it loads with mean pooling, as the encode job
+  loads it). ``name`` is what the user gave, ``way_out`` the option to change."""
+  model_type = None
+  try:
+    with open(os.path.join(path, 'config_sentence_transformers.json')) as handle:
+      model_type = json.load(handle).get('model_type')
+  except (OSError, ValueError, AttributeError):
+    pass
+  if is_cross_encoder(path) or model_type not in (None, 'SentenceTransformer'):
     raise UserInputError(
-        f'--teacher {path!r} is not a sentence-transformers bi-encoder (the warm start needs '
-        'its embeddings); name one with --teacher')
+        f'the warm-start teacher {name!r} is not a bi-encoder (its embeddings are the targets); '
+        f'{way_out}')
 
 
 # ---------------------------------------------------------------- dev evaluation
@@ -378,15 +384,20 @@ def teacher_similarities(
   return ((cosine - cosine.mean()) / (spread if spread > 0 else 1.0)).astype(float).tolist()
 
 
-def _distill(config: TrainConfig, model, data, work: str) -> dict:
+def _warm_start(config: TrainConfig, model, data, work: str, evaluator) -> dict:
   """The cross-encoder warm start: ``config.distill_steps`` steps of MSELoss on the
   teacher's standardised similarities of the first phase's training pairs (their
-  labels unused). A head freshly put on a bi-encoder sits at the class prior for
-  hundreds of label steps; this gives it the teacher's notion of relevance first."""
+  labels unused; a seeded sample of the rows those steps can reach, so the
+  teacher encodes no more than is trained on). A head freshly put on a
+  bi-encoder sits at the class prior for hundreds of label steps; this gives it
+  the teacher's notion of relevance first."""
   from datasets import Dataset
   from sentence_transformers.cross_encoder.losses import MSELoss
   teacher = config.teacher_model or config.base_model
   rows = data['train']
+  reachable = config.distill_steps * config.batch_size
+  if rows.num_rows > reachable:
+    rows = rows.shuffle(seed=config.seed).select(range(reachable))
   first_column, second_column = rows.column_names[:2]
   first, second = list(rows[first_column]), list(rows[second_column])
   started = time.perf_counter()
@@ -400,12 +411,11 @@ def _distill(config: TrainConfig, model, data, work: str) -> dict:
   settings = dataclasses.replace(
       config, max_steps=config.distill_steps, dev=False, eval_steps=None,
       early_stopping_patience=None)
-  pairs = Dataset.from_dict(
-      {'sentence_0': first, 'sentence_1': second, 'label': targets})
+  pairs = Dataset.from_dict({'sentence_0': first, 'sentence_1': second, 'label': targets})
   trainer, _ = _trainer(settings, model, MSELoss(model), {'train': pairs}, None, None,
-                        os.path.join(work, 'distill'))
+                        os.path.join(work, 'warm-start'))
   output = trainer.train()
-  return {
+  report = {
       'teacher': teacher,
       'pairs': len(first),
       'steps': int(trainer.state.global_step),
@@ -416,14 +426,18 @@ def _distill(config: TrainConfig, model, data, work: str) -> dict:
       'teacher_seconds': teacher_seconds,
       'seconds': time.perf_counter() - started,
   }
+  if evaluator is not None:
+    report['dev_metrics'] = _eval_metrics(
+        {f'eval_{k}': v for k, v in evaluator(model, epoch=0, steps=0).items()})
+  return report
 
 
 def warm_start_summary(report: dict) -> Optional[dict]:
   """A training report's warm start without its loss curve (None: there was none)."""
-  distilled = report.get('distill')
-  if not distilled:
+  warm = report.get('warm_start')
+  if not warm:
     return None
-  return {k: v for k, v in distilled.items() if k != 'loss_curve'}
+  return {k: v for k, v in warm.items() if k not in ('loss_curve', 'dev_metrics')}
 
 
 def _train(config: TrainConfig, phases: list, work: str, started: float) -> dict:
@@ -445,18 +459,16 @@ def _train(config: TrainConfig, phases: list, work: str, started: float) -> dict
   phase_reports: list[dict] = []
   train_seconds = 0.0
   offset = 0
-  distilled = None
+  warm = None
   if config.distill_steps:
-    distilled = _distill(config, model, phases[0][2], work)
-    train_seconds += distilled['seconds']
-    if evaluator is not None:  # the warm start is a candidate too (step 0)
-      metrics = _eval_metrics({f'eval_{k}': v for k, v in evaluator(model).items()})
-      score = metrics.get(dev_key)
-      distilled['dev_score'] = score
+    warm = _warm_start(config, model, phases[0][2], work, evaluator)
+    train_seconds += warm['seconds']
+    if evaluator is not None:  # the warm start is a candidate too: step 0, phase 0
+      score = warm['dev_score'] = warm['dev_metrics'].get(dev_key)
       dev_curve.append({'step': 0, 'phase': 0, DEV_METRIC: score, 'eval_loss': None})
       if score is not None:
         model.save(best_dir)
-        best = {'score': score, 'step': 0, 'phase': 0, 'metrics': metrics}
+        best = {'score': score, 'step': 0, 'phase': 0, 'metrics': warm['dev_metrics']}
   for index, (pairs_dir, fmt, data) in enumerate(phases, 1):
     if len(phases) > 1:
       logger.info('curriculum phase %d/%d: %s (%s)', index, len(phases), pairs_dir, fmt)
@@ -536,7 +548,7 @@ def _train(config: TrainConfig, phases: list, work: str, started: float) -> dict
       'best_dev_score': best['score'],
       'early_stopped': any(p['early_stopped'] for p in phase_reports),
       'phases': phase_reports,
-      'distill': distilled,
+      'warm_start': warm,
       'loss_curve': loss_curve,
       'dev_curve': dev_curve,
       'train_seconds': train_seconds,
