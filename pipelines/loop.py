@@ -52,8 +52,9 @@ KINDS = ('cross-encoder', 'bi-encoder', 'both')
 SPLITS = ('train', 'dev', 'test')
 NEGATIVE_SAMPLING = ('random', 'top')
 # Cross-encoder warm-start steps on the first-stage bi-encoder's similarities:
-# on Cranfield (seed 7) 300 steps took a fresh head from an untrained ranking to
-# the teacher's own on the dev queries' candidates (nDCG@10 0.434, teacher 0.438).
+# in a Cranfield trial (seed 7) 300 steps took a fresh head to the teacher's own
+# ranking of the dev queries' candidates (nDCG@10 0.434, teacher 0.438), and the
+# label steps after it left the class prior at once.
 DEFAULT_DISTILL_STEPS = 300
 REPORT_NAME = 'loop_report.json'
 SPLIT_RULE = (
