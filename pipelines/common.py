@@ -19,6 +19,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from transforms.bm25 import SUPPORTED_STEMMERS, BM25Settings
 from transforms.errors import UserInputError
 from transforms.inference_settings import InferenceSettings
+from transforms.inference_settings import non_negative_int as non_negative_int  # for the jobs
 from transforms.inference_settings import positive_int as positive_int  # re-exported for the jobs
 from transforms.parquet_sink import (
     COMMIT_DEAD_LETTERS_COUNTER,
@@ -46,17 +47,6 @@ def non_negative_float(value: str) -> float:
     raise argparse.ArgumentTypeError(f'{value!r} is not a number') from None
   if not math.isfinite(number) or number < 0:
     raise argparse.ArgumentTypeError(f'{value!r} must be a finite number >= 0')
-  return number
-
-
-def non_negative_int(value: str) -> int:
-  """argparse type: a whole number >= 0."""
-  try:
-    number = int(value)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f'{value!r} is not a whole number') from None
-  if number < 0:
-    raise argparse.ArgumentTypeError(f'{value!r} must be 0 or more')
   return number
 
 

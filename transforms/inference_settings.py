@@ -73,15 +73,24 @@ class InferenceSettings:
 
 
 
-def positive_int(value: str) -> int:
-  """argparse type: an integer >= 1."""
+def _whole_number(value: str, least: int) -> int:
   try:
     number = int(value)
   except ValueError:
     raise argparse.ArgumentTypeError(f'{value!r} is not a whole number') from None
-  if number < 1:
-    raise argparse.ArgumentTypeError(f'{value!r} must be at least 1')
+  if number < least:
+    raise argparse.ArgumentTypeError(f'{value!r} must be at least {least}')
   return number
+
+
+def positive_int(value: str) -> int:
+  """argparse type: an integer >= 1."""
+  return _whole_number(value, 1)
+
+
+def non_negative_int(value: str) -> int:
+  """argparse type: an integer >= 0."""
+  return _whole_number(value, 0)
 
 
 def add_arguments(parser: argparse.ArgumentParser, title: str = 'inference') -> None:
