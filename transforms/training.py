@@ -132,19 +132,22 @@ def check_evaluation_settings(config: TrainConfig) -> None:
     raise UserInputError('--distill-steps warms up a cross-encoder; a bi-encoder needs none')
 
 
+def _model_json(path: str, name: str) -> dict:
+  """A model folder's JSON config file ({} when absent or not an object)."""
+  try:
+    with open(os.path.join(path, name)) as handle:
+      value = json.load(handle)
+  except (OSError, ValueError):
+    return {}
+  return value if isinstance(value, dict) else {}
+
+
 def is_cross_encoder(path: str) -> bool:
   """Whether the model folder holds a cross-encoder (sentence-transformers says
   so, or its transformers architecture is a sequence classifier)."""
-  def read(name: str) -> dict:
-    try:
-      with open(os.path.join(path, name)) as handle:
-        value = json.load(handle)
-      return value if isinstance(value, dict) else {}
-    except (OSError, ValueError):
-      return {}
-  if read('config_sentence_transformers.json').get('model_type') == 'CrossEncoder':
+  if _model_json(path, 'config_sentence_transformers.json').get('model_type') == 'CrossEncoder':
     return True
-  architectures = read('config.json').get('architectures') or []
+  architectures = _model_json(path, 'config.json').get('architectures') or []
   return any(str(a).endswith('ForSequenceClassification') for a in architectures)
 
 
@@ -153,12 +156,7 @@ def check_teacher(path: str, name: str, way_out: str) -> None:
   or another kind of sentence-transformers model than a bi-encoder (a plain
   transformer folder is fine: it loads with mean pooling, as the encode job
   loads it). ``name`` is what the user gave, ``way_out`` the option to change."""
-  model_type = None
-  try:
-    with open(os.path.join(path, 'config_sentence_transformers.json')) as handle:
-      model_type = json.load(handle).get('model_type')
-  except (OSError, ValueError, AttributeError):
-    pass
+  model_type = _model_json(path, 'config_sentence_transformers.json').get('model_type')
   if is_cross_encoder(path) or model_type not in (None, 'SentenceTransformer'):
     raise UserInputError(
         f'the warm-start teacher {name!r} is not a bi-encoder (its embeddings are the targets); '
