@@ -9,10 +9,11 @@ defaults, plus the CPU budget (``--max-length``, ``--max-steps``).
 
     .venv/bin/python benchmarks/loop_quality.py --collection cranfield [--kind both]
         [--no-title] [--seed 12] [--max-length 160] [--max-steps 640] [--distill-steps 300]
+        [--teacher-bm25-weight auto]
 
 ``--no-title`` cuts the title from each text and drops the title column: only
 sentence pseudo-queries can be made. Results go to
-benchmarks/results/loop_quality-COLLECTION[-notitle]-seedN[-lrX][-distillN].json.
+benchmarks/results/loop_quality-COLLECTION[-notitle]-seedN[-lrX][-distillN][-tbm25W].json.
 """
 from __future__ import annotations
 
@@ -86,6 +87,8 @@ def main() -> None:
                       help="default: the loop's (5e-5)")
   parser.add_argument('--distill-steps', type=int, default=None,
                       help="cross-encoder warm-start steps (default: the loop's)")
+  parser.add_argument('--teacher-bm25-weight', default=None,
+                      help="BM25 share of the warm-start targets (default: the loop's, auto)")
   parser.add_argument('--rerank-top-k', type=int, default=20)
   parser.add_argument('--eval-steps', type=int, default=100)
   parser.add_argument('--base-model', default=None)
@@ -103,6 +106,8 @@ def main() -> None:
     name += f'-lr{args.learning_rate:g}'
   if args.distill_steps is not None:
     name += f'-distill{args.distill_steps}'
+  if args.teacher_bm25_weight not in (None, '0'):
+    name += f'-tbm25{args.teacher_bm25_weight}'
   work = args.workdir or os.path.join('/tmp', name)
   os.makedirs(work, exist_ok=True)
   paths = prepare(args.collection, args.no_title, work)
@@ -120,6 +125,8 @@ def main() -> None:
     argv += ['--learning-rate', str(args.learning_rate)]
   if args.distill_steps is not None:
     argv += ['--distill-steps', str(args.distill_steps)]
+  if args.teacher_bm25_weight is not None:
+    argv += ['--teacher-bm25-weight', args.teacher_bm25_weight]
   started = time.perf_counter()
   result = loop.execute(loop.parse_config(argv))
   wall = time.perf_counter() - started

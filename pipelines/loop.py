@@ -28,7 +28,7 @@ import logging
 import os
 import sys
 import time
-from typing import Iterable, Mapping, Optional, Sequence
+from typing import Iterable, Mapping, Optional, Sequence, Union
 
 import polars as pl
 
@@ -39,6 +39,7 @@ from pipelines import rerank as rerank_job
 from pipelines import train as train_job
 from transforms import evaluation, inference_settings, training
 from transforms.errors import UserInputError
+from transforms.fusion import AUTO
 from transforms.inference_settings import InferenceSettings
 from transforms.mining import NegativeMiningSettings, split_of
 from transforms.model_info import resolve_model_dir, resolve_model_name
@@ -192,6 +193,12 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
       'with --kind both); skipped when --base-model is already a cross-encoder (default: '
       '%(default)s; 0: off).')
   training.add_argument(
+      '--teacher-bm25-weight', type=bm25_weight, default=AUTO, metavar='W',
+      help='The share of BM25 in the warm-start targets (train --teacher-bm25-weight). '
+      '"auto": the first stage\'s own choice, made on the dev queries before training: '
+      'its BM25 weight when it fuses dense + BM25, 1 when it falls back to BM25, 0 when '
+      'to dense (default: %(default)s).')
+  training.add_argument(
       '--eval-steps', type=common.positive_int, default=None, metavar='N',
       help='Score dev nDCG@10 every N steps (default: once per epoch).')
   training.add_argument(
@@ -245,6 +252,7 @@ class LoopJobConfig:
   learning_rate: float = 5e-5
   max_length: Optional[int] = None
   distill_steps: int = DEFAULT_DISTILL_STEPS
+  teacher_bm25_weight: Union[float, str] = AUTO
   eval_steps: Optional[int] = None
   early_stopping_patience: Optional[int] = None
   train_precision: str = 'fp32'
@@ -469,7 +477,23 @@ def warm_start_teacher(job: LoopJobConfig) -> Optional[str]:
   return teacher
 
 
-def _train(job: LoopJobConfig, kind: str, pairs: str, output: str) -> train_job.TrainResult:
+def bm25_weight(value: str) -> Union[float, str]:
+  """argparse type of ``--teacher-bm25-weight``: ``auto`` or a number in [0, 1]."""
+  return AUTO if value == AUTO else common.fraction(value)
+
+
+def first_stage_bm25_share(rerank_report: Mapping) -> float:
+  """The BM25 share of a rerank run's first-stage fusion as tuned (and guarded)
+  on the dev queries: its BM25 weight over dense + BM25; 1 or 0 when it fell
+  back to BM25 or to dense alone (0 without a fusion decision)."""
+  decision = ((rerank_report.get('fusion') or {}).get('first_stage') or {})
+  weights = decision.get('weights') or {}
+  dense, lexical = float(weights.get('dense', 0)), float(weights.get('bm25', 0))
+  return lexical / (dense + lexical) if dense + lexical > 0 else 0.0
+
+
+def _train(job: LoopJobConfig, kind: str, pairs: str, output: str,
+           teacher_bm25_weight: float = 0.0) -> train_job.TrainResult:
   base = job.base_model if kind == 'cross-encoder' else job.bi_encoder
   teacher = warm_start_teacher(job) if kind == 'cross-encoder' else None
   if kind == 'cross-encoder' and job.distill_steps and teacher is None:
@@ -483,7 +507,8 @@ def _train(job: LoopJobConfig, kind: str, pairs: str, output: str) -> train_job.
       allow_pickle_weights=job.inference.allow_pickle_weights, no_progress=job.no_progress,
       eval_steps=job.eval_steps, early_stopping_patience=job.early_stopping_patience,
       precision=job.train_precision, distill_steps=job.distill_steps if teacher else 0,
-      teacher=teacher))
+      teacher=teacher if teacher_bm25_weight < 1 else None,
+      teacher_bm25_weight=teacher_bm25_weight if teacher else 0.0))
 
 
 def _rerank(job: LoopJobConfig, output: str, cross_encoder: str,
@@ -614,13 +639,21 @@ def execute(job: LoopJobConfig) -> LoopResult:
   mined_queries = check_mined_splits(pairs_dir, splits)
 
   models, trained, runs, embedding_dirs = {}, {}, {}, {'base': base}
+  rerank_dir = os.path.join(root, 'rerank')
+  teacher_bm25_weight = 0.0 if job.teacher_bm25_weight == AUTO else job.teacher_bm25_weight
+  if job.teacher_bm25_weight == AUTO and job.bm25 and warm_start_teacher(job):
+    logger.info('[loop] the first stage on the dev queries, to weigh BM25 in the warm start')
+    runs['base'] = _rerank(
+        job, os.path.join(rerank_dir, 'first-stage'), rerank_job.NO_CROSS_ENCODER, base, files)
+    teacher_bm25_weight = first_stage_bm25_share(runs['base'].report)
+    logger.info('[loop] warm-start targets: BM25 share %g (the first stage\'s)',
+                teacher_bm25_weight)
   for kind in job.kinds:
     logger.info('[loop] step %d/%d: train the %s', next(step), steps, kind)
     models[kind] = os.path.join(root, 'models', kind)
-    trained[kind] = _train(job, kind, pairs_dir, models[kind])
+    trained[kind] = _train(job, kind, pairs_dir, models[kind], teacher_bm25_weight)
 
   logger.info('[loop] step %d/%d: rerank and evaluate on the test queries', next(step), steps)
-  rerank_dir = os.path.join(root, 'rerank')
   # The cross-encoder reranks the best first stage the run has: the fine-tuned
   # bi-encoder's (+ BM25) when both are trained, as they would be deployed.
   ce_first_stage = base
@@ -636,7 +669,9 @@ def execute(job: LoopJobConfig) -> LoopResult:
     runs['cross-encoder'] = _rerank(
         job, os.path.join(rerank_dir, 'cross-encoder'), models['cross-encoder'],
         ce_first_stage, files)
-  if 'cross-encoder' in job.kinds and 'bi-encoder' not in job.kinds:
+  if 'base' in runs:
+    pass  # ran before training
+  elif 'cross-encoder' in job.kinds and 'bi-encoder' not in job.kinds:
     runs['base'] = runs['cross-encoder']
   else:
     runs['base'] = _rerank(

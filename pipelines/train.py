@@ -107,6 +107,12 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
   warm.add_argument(
       '--teacher', default=None, metavar='NAME_OR_PATH',
       help='The bi-encoder of --distill-steps (default: --base-model, when it is one).')
+  warm.add_argument(
+      '--teacher-bm25-weight', type=common.fraction, default=0.0, metavar='W',
+      help='Blend BM25 into the warm-start targets: (1 - W) x the teacher\'s standardised '
+      'cosine + W x the standardised BM25 score of the pair (BM25 statistics over the '
+      'sampled documents, the score divided by the query\'s idf mass), as a dense + BM25 '
+      'first stage ranks; 1: BM25 alone, no teacher model (default: %(default)s).')
   parser.add_argument(
       '--precision', choices=PRECISIONS, default='fp32',
       help='Mixed precision on a CUDA GPU: fp16 or bf16 (default: %(default)s; refused '
@@ -141,6 +147,7 @@ class TrainJobConfig:
   precision: str = 'fp32'
   distill_steps: int = 0
   teacher: Optional[str] = None
+  teacher_bm25_weight: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,6 +164,13 @@ class TrainResult:
 def parse_config(argv: Sequence[str] | None = None) -> TrainJobConfig:
   """The command line -> the job's config."""
   return common.config_from_args(TrainJobConfig, build_parser().parse_args(argv))
+
+
+def _teacher_text(warm: dict) -> str:
+  weight = warm.get('teacher_bm25_weight') or 0
+  if weight >= 1:
+    return 'BM25'
+  return warm['teacher'] + (f' + BM25 ({weight:g})' if weight else '')
 
 
 def execute(job: TrainJobConfig) -> TrainResult:
@@ -179,17 +193,22 @@ def execute(job: TrainJobConfig) -> TrainResult:
       show_progress=not job.no_progress, then_pairs=tuple(job.then_pairs or ()),
       dev=not job.no_dev, eval_steps=job.eval_steps,
       early_stopping_patience=job.early_stopping_patience, precision=job.precision,
-      distill_steps=job.distill_steps)
+      distill_steps=job.distill_steps, teacher_bm25_weight=job.teacher_bm25_weight)
   check_precision(config.precision)  # before any model is loaded
   check_evaluation_settings(config)
   if job.teacher and job.kind != 'cross-encoder':
     raise UserInputError('--teacher warms up a cross-encoder; a bi-encoder needs none')
   if job.teacher and not job.distill_steps:
     raise UserInputError('--teacher is the bi-encoder of --distill-steps: add --distill-steps N')
+  if job.teacher_bm25_weight and not job.distill_steps:
+    raise UserInputError('--teacher-bm25-weight blends the targets of --distill-steps: '
+                         'add --distill-steps N')
+  if job.teacher and job.teacher_bm25_weight >= 1:
+    raise UserInputError('--teacher-bm25-weight 1 warms up on BM25 alone: drop --teacher')
   base = resolve_model_dir(resolve_model_name(job.base_model))
   check_weights_format(base, job.base_model or base, job.allow_pickle_weights)
   teacher = None
-  if job.distill_steps:
+  if job.distill_steps and job.teacher_bm25_weight < 1:
     teacher = resolve_model_dir(resolve_model_name(job.teacher)) if job.teacher else base
     named = job.teacher or job.base_model or teacher
     check_weights_format(teacher, named, job.allow_pickle_weights)
@@ -198,7 +217,7 @@ def execute(job: TrainJobConfig) -> TrainResult:
   report = train(dataclasses.replace(config, base_model=base, teacher_model=teacher))
   warm = report.get('warm_start')
   warm_loss = f"{warm['loss']:.4f}" if warm and warm['loss'] is not None else 'n/a'
-  warm_line = (f"{warm['steps']} steps on the similarities of {warm['teacher']}, loss "
+  warm_line = (f"{warm['steps']} steps on the similarities of {_teacher_text(warm)}, loss "
                f'{warm_loss}' + (f", dev {DEV_METRIC} {warm['dev_score']:.4f}"
                                  if warm and warm.get('dev_score') is not None else '')
                if warm else None)

@@ -161,9 +161,13 @@ def test_report_structure(loop_run):
   assert (pathlib.Path(steps['train']['cross-encoder']) / 'training_report.json').exists()
   assert report['training']['cross-encoder']['steps'] == 2
   assert report['training']['bi-encoder']['steps'] == 2
-  # The cross-encoder's warm start learned the first-stage bi-encoder's similarities.
+  # The cross-encoder's warm start learned the first stage's similarities: the
+  # bi-encoder's and BM25's, blended as the first stage chose on the dev queries.
   warm = report['training']['cross-encoder']['warm_start']
-  assert warm['steps'] == 2 and warm['teacher'] == model_info.packaged_minilm_path()
+  weights = report['fusion']['base']['first_stage']['weights']
+  share = weights.get('bm25', 0) / (weights.get('dense', 0) + weights.get('bm25', 0))
+  assert warm['steps'] == 2 and warm['teacher_bm25_weight'] == pytest.approx(share)
+  assert warm['teacher'] == (model_info.packaged_minilm_path() if share < 1 else None)
   assert report['training']['bi-encoder']['warm_start'] is None
   assert report['mined']['rows']['labeled-pair/train'] > 0
   assert report['mined']['rows']['triplet/train'] > 0
@@ -304,3 +308,27 @@ def test_warm_start_teacher(mine_bi_encoder_dir, mine_cross_encoder_dir):
                              bi_encoder=mine_cross_encoder_dir)
   with pytest.raises(UserInputError, match='--distill-steps 0'):
     loop.warm_start_teacher(wrong)
+
+
+@pytest.mark.parametrize('weights, share', [
+    ({'dense': 0.55, 'bm25': 0.45}, 0.45),
+    ({'dense': 1.0}, 0.0),   # fell back to dense
+    ({'bm25': 1.0}, 1.0),    # fell back to BM25
+    (None, 0.0),             # no fusion decision
+])
+def test_first_stage_bm25_share(weights, share):
+  fusion = {'first_stage': {'weights': weights}} if weights else None
+  assert loop.first_stage_bm25_share({'fusion': fusion}) == pytest.approx(share)
+
+
+@pytest.mark.parametrize('value, parsed', [('auto', 'auto'), ('0.3', 0.3), ('1', 1.0)])
+def test_teacher_bm25_weight_option(value, parsed):
+  assert loop.bm25_weight(value) == parsed
+
+
+def test_teacher_bm25_weight_out_of_range_exits_2(capsys):
+  with pytest.raises(SystemExit) as exited:
+    loop.parse_config(['--queries', 'q', '--corpus', 'c', '--qrels', 'r', '--output', 'o',
+                       '--teacher-bm25-weight', '1.5'])
+  assert exited.value.code == 2
+  assert 'must be between 0 and 1' in capsys.readouterr().err

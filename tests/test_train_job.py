@@ -462,6 +462,61 @@ def test_teacher_encodes_each_distinct_text_once(monkeypatch, mine_bi_encoder_di
   assert got[1] != got[0] and len(got) == 3
 
 
+def test_lexical_similarities_are_bm25_over_the_idf_mass():
+  """A reference computed by hand: Lucene idf over the distinct documents,
+  bm25s's term frequency part (k1 1.5, b 0.75), divided by the query's idf sum."""
+  first = ['wing flutter', 'wing flutter', 'cone drag', 'wing']
+  second = ['flutter of a wing wing', 'drag of a cone', 'drag of a cone', 'a plate']
+  got = training.lexical_similarities(first, second)
+  docs = list(dict.fromkeys(second))
+  tokens = [d.split() for d in docs]
+  average = sum(map(len, tokens)) / len(tokens)
+
+  def idf(term):
+    df = sum(term in t for t in tokens)
+    return np.log(1 + (len(docs) - df + 0.5) / (df + 0.5))
+
+  want = []
+  for query, doc in zip(first, second):
+    words = doc.split()
+    score = sum(idf(t) * words.count(t) / (
+        1.5 * (0.25 + 0.75 * len(words) / average) + words.count(t)) for t in query.split())
+    want.append(score / sum(idf(t) for t in query.split()))
+  np.testing.assert_allclose(got, want, rtol=1e-9)
+  assert got[1] == 0 and got[3] == 0 and 0 < got[2] < 1
+
+
+def test_warm_start_targets_blend_standardised_scores(monkeypatch, mine_bi_encoder_dir):
+  first = ['wing flutter', 'wing flutter', 'cone drag', 'wing']
+  second = ['flutter of a wing wing', 'drag of a cone', 'drag of a cone', 'a plate']
+
+  def standardised(values):
+    values = np.asarray(values, dtype=np.float64)
+    return (values - values.mean()) / values.std()
+
+  dense = standardised(training.teacher_similarities(mine_bi_encoder_dir, first, second))
+  lexical = standardised(training.lexical_similarities(first, second))
+  np.testing.assert_allclose(
+      training.warm_start_targets(mine_bi_encoder_dir, first, second, bm25_weight=0.0), dense)
+  np.testing.assert_allclose(
+      training.warm_start_targets(mine_bi_encoder_dir, first, second, bm25_weight=0.4),
+      standardised(0.6 * dense + 0.4 * lexical))
+  # BM25 alone loads no model at all.
+  monkeypatch.setattr(training, 'teacher_similarities', None)
+  np.testing.assert_allclose(
+      training.warm_start_targets(None, first, second, bm25_weight=1.0), lexical)
+
+
+def test_warm_start_on_bm25_alone(tmp_path, pairs, mine_bi_encoder_dir):
+  pairs_dir, _ = pairs
+  report = _train([
+      '--pairs', str(pairs_dir), '--kind', 'cross-encoder', '--base-model', mine_bi_encoder_dir,
+      '--output', str(tmp_path / 'model'), '--max-steps', '1', '--batch-size', '2', '--no-dev',
+      '--distill-steps', '2', '--teacher-bm25-weight', '1'])
+  warm = report['warm_start']
+  assert warm['teacher'] is None and warm['teacher_bm25_weight'] == 1.0 and warm['steps'] == 2
+
+
 @pytest.mark.parametrize('scores, best_step', [
     ([0.7, 0.5, 0.6], 0),  # no label step beats the warm start: it is the model
     ([0.5, 0.7, 0.6], 1),
@@ -519,6 +574,9 @@ def test_warm_start_changes_the_model(tmp_path, pairs, mine_bi_encoder_dir):
      'is not a bi-encoder'),
     (['--kind', 'cross-encoder', '--distill-steps', '2', '--base-model', 'CROSS'],
      'the teacher defaults to --base-model'),
+    (['--kind', 'cross-encoder', '--teacher-bm25-weight', '0.5'], 'add --distill-steps'),
+    (['--kind', 'cross-encoder', '--distill-steps', '2', '--teacher', 'TEACHER',
+      '--teacher-bm25-weight', '1'], 'drop --teacher'),
 ])
 def test_warm_start_user_errors_exit_2(tmp_path, capsys, pairs, mine_bi_encoder_dir,
                                        mine_cross_encoder_dir, extra, message):

@@ -57,6 +57,7 @@ class TrainConfig:
   precision: Literal['fp32', 'fp16', 'bf16'] = 'fp32'
   distill_steps: int = 0  # cross-encoder warm start on teacher similarities; 0: off
   teacher_model: Optional[str] = None  # the bi-encoder of the warm start (default: base_model)
+  teacher_bm25_weight: float = 0.0  # share of BM25 in the warm-start targets; 1: BM25 alone
 
 
 def _split_files(pairs_dir: str, fmt: str, split: str, option: str = '--pairs') -> list[str]:
@@ -130,6 +131,8 @@ def check_evaluation_settings(config: TrainConfig) -> None:
     raise UserInputError('--distill-steps must be 0 (off) or a positive number of steps')
   if config.distill_steps and config.kind != 'cross-encoder':
     raise UserInputError('--distill-steps warms up a cross-encoder; a bi-encoder needs none')
+  if not 0 <= config.teacher_bm25_weight <= 1:
+    raise UserInputError('--teacher-bm25-weight must be in [0, 1]')
 
 
 def _model_json(path: str, name: str) -> dict:
@@ -359,6 +362,14 @@ def _eval_metrics(entry: dict) -> dict:
           if v is not None}
 
 
+def _standardised(values):
+  """Mean 0, standard deviation 1 (a constant becomes all zeros)."""
+  import numpy as np
+  values = np.asarray(values, dtype=np.float64)
+  spread = float(values.std())
+  return (values - values.mean()) / (spread if spread > 0 else 1.0)
+
+
 def teacher_similarities(
     teacher: str, first: Sequence[str], second: Sequence[str], *,
     max_length: Optional[int] = None, batch_size: int = 32, trust_remote_code: bool = False,
@@ -378,8 +389,59 @@ def teacher_similarities(
   row = {text: i for i, text in enumerate(texts)}
   cosine = np.einsum(
       'ij,ij->i', embeddings[[row[t] for t in first]], embeddings[[row[t] for t in second]])
-  spread = float(cosine.std())
-  return ((cosine - cosine.mean()) / (spread if spread > 0 else 1.0)).astype(float).tolist()
+  return _standardised(cosine).astype(float).tolist()
+
+
+def lexical_similarities(
+    first: Sequence[str], second: Sequence[str], stemmer: Optional[str] = None) -> list[float]:
+  """The BM25 score of each ``second[i]`` for the query ``first[i]`` (the bm25
+  module's tokeniser and scoring, statistics over the distinct ``second``
+  texts), divided by the query's idf mass (the score of a document matching
+  every query term without bound), so that long and short queries share one
+  scale: the matched share of the query, in [0, 1)."""
+  import numpy as np
+
+  from transforms import bm25
+  queries = list(dict.fromkeys(first))
+  docs = list(dict.fromkeys(second))
+  query_row = {text: i for i, text in enumerate(queries)}
+  doc_row = {text: i for i, text in enumerate(docs)}
+  query_set = bm25.build_query_set(
+      (str(i), bm25.tokenize(text, stemmer)) for i, text in enumerate(queries))
+  # build_query_set sorts ids as strings: map each query to its row there.
+  set_row = {int(query_id): i for i, query_id in enumerate(query_set.ids)}
+  block = bm25.term_block(((str(i), text) for i, text in enumerate(docs)),
+                          query_set.vocabulary, stemmer)
+  stats = bm25.add_block_stats(bm25.CorpusStats(), block)
+  weights = bm25.term_weights(block, stats, bm25.BM25Settings(stemmer=stemmer))
+  counts = query_set.term_counts
+  q = np.array([set_row[query_row[t]] for t in first], dtype=np.int64)
+  d = np.array([doc_row[t] for t in second], dtype=np.int64)
+  scores = np.asarray(weights[d].multiply(counts[q]).sum(axis=1)).ravel()
+  mass = counts @ bm25.idf(stats)
+  bound = mass[q]
+  return np.where(bound > 0, scores / np.where(bound > 0, bound, 1.0), 0.0).tolist()
+
+
+def warm_start_targets(
+    teacher: Optional[str], first: Sequence[str], second: Sequence[str], *,
+    bm25_weight: float = 0.0, max_length: Optional[int] = None, batch_size: int = 32,
+    trust_remote_code: bool = False, show_progress: bool = False) -> list[float]:
+  """The warm start's regression targets: the teacher's standardised cosines
+  (``bm25_weight`` 0), the standardised ``lexical_similarities`` (1), or the
+  standardised blend ``(1 - w) * cosine + w * bm25`` of the two standardised
+  scores -- a first stage of dense + BM25, as the rerank job fuses them."""
+  if bm25_weight <= 0:
+    return teacher_similarities(
+        teacher, first, second, max_length=max_length, batch_size=batch_size,
+        trust_remote_code=trust_remote_code, show_progress=show_progress)
+  lexical = _standardised(lexical_similarities(first, second))
+  if bm25_weight >= 1:
+    return lexical.astype(float).tolist()
+  dense = _standardised(teacher_similarities(
+      teacher, first, second, max_length=max_length, batch_size=batch_size,
+      trust_remote_code=trust_remote_code, show_progress=show_progress))
+  return _standardised((1 - bm25_weight) * dense + bm25_weight * lexical).astype(float).tolist()
 
 
 def _warm_start(config: TrainConfig, model, data, work: str, evaluator) -> dict:
@@ -391,7 +453,8 @@ def _warm_start(config: TrainConfig, model, data, work: str, evaluator) -> dict:
   the teacher's notion of relevance first."""
   from datasets import Dataset
   from sentence_transformers.cross_encoder.losses import MSELoss
-  teacher = config.teacher_model or config.base_model
+  weight = config.teacher_bm25_weight
+  teacher = None if weight >= 1 else (config.teacher_model or config.base_model)
   rows = data['train']
   reachable = config.distill_steps * config.batch_size
   if rows.num_rows > reachable:
@@ -399,10 +462,12 @@ def _warm_start(config: TrainConfig, model, data, work: str, evaluator) -> dict:
   first_column, second_column = rows.column_names[:2]
   first, second = list(rows[first_column]), list(rows[second_column])
   started = time.perf_counter()
-  logger.info('warm start: the teacher %s scores %d training pairs', teacher, len(first))
-  targets = teacher_similarities(
-      teacher, first, second, max_length=config.max_length, batch_size=2 * config.batch_size,
-      trust_remote_code=config.trust_remote_code, show_progress=config.show_progress)
+  logger.info('warm start: the teacher %s%s scores %d training pairs',
+              teacher or 'BM25', f' + BM25 ({weight:g})' if 0 < weight < 1 else '', len(first))
+  targets = warm_start_targets(
+      teacher, first, second, bm25_weight=weight, max_length=config.max_length,
+      batch_size=2 * config.batch_size, trust_remote_code=config.trust_remote_code,
+      show_progress=config.show_progress)
   teacher_seconds = time.perf_counter() - started
   logger.info('warm start: %d steps of MSELoss on the teacher similarities',
               config.distill_steps)
@@ -415,6 +480,7 @@ def _warm_start(config: TrainConfig, model, data, work: str, evaluator) -> dict:
   output = trainer.train()
   report = {
       'teacher': teacher,
+      'teacher_bm25_weight': weight,
       'pairs': len(first),
       'steps': int(trainer.state.global_step),
       'loss': _number(output.training_loss),
