@@ -669,13 +669,13 @@ def execute(job: LoopJobConfig) -> LoopResult:
     runs['cross-encoder'] = _rerank(
         job, os.path.join(rerank_dir, 'cross-encoder'), models['cross-encoder'],
         ce_first_stage, files)
-  if 'base' in runs:
-    pass  # ran before training
-  elif 'cross-encoder' in job.kinds and 'bi-encoder' not in job.kinds:
-    runs['base'] = runs['cross-encoder']
-  else:
-    runs['base'] = _rerank(
-        job, os.path.join(rerank_dir, 'first-stage'), rerank_job.NO_CROSS_ENCODER, base, files)
+  if 'base' not in runs:  # else it ran before training, for the warm start
+    if 'cross-encoder' in job.kinds and 'bi-encoder' not in job.kinds:
+      runs['base'] = runs['cross-encoder']
+    else:
+      runs['base'] = _rerank(
+          job, os.path.join(rerank_dir, 'first-stage'), rerank_job.NO_CROSS_ENCODER, base,
+          files)
   for result in runs.values():
     _check_tuning(result, splits)
 
