@@ -88,7 +88,7 @@ def main() -> None:
   parser.add_argument('--distill-steps', type=int, default=None,
                       help="cross-encoder warm-start steps (default: the loop's)")
   parser.add_argument('--teacher-bm25-weight', default=None,
-                      help="BM25 share of the warm-start targets (default: the loop's, auto)")
+                      help="BM25 share of the warm-start targets, or auto (default: the loop's, 0)")
   parser.add_argument('--rerank-top-k', type=int, default=20)
   parser.add_argument('--eval-steps', type=int, default=100)
   parser.add_argument('--base-model', default=None)

@@ -193,7 +193,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
       'with --kind both); skipped when --base-model is already a cross-encoder (default: '
       '%(default)s; 0: off).')
   training.add_argument(
-      '--teacher-bm25-weight', type=bm25_weight, default=AUTO, metavar='W',
+      '--teacher-bm25-weight', type=bm25_weight, default=0.0, metavar='W',
       help='The share of BM25 in the warm-start targets (train --teacher-bm25-weight). '
       '"auto": the first stage\'s own choice, made on the dev queries before training: '
       'its BM25 weight when it fuses dense + BM25, 1 when it falls back to BM25, 0 when '
@@ -252,7 +252,7 @@ class LoopJobConfig:
   learning_rate: float = 5e-5
   max_length: Optional[int] = None
   distill_steps: int = DEFAULT_DISTILL_STEPS
-  teacher_bm25_weight: Union[float, str] = AUTO
+  teacher_bm25_weight: Union[float, str] = 0.0
   eval_steps: Optional[int] = None
   early_stopping_patience: Optional[int] = None
   train_precision: str = 'fp32'

@@ -140,7 +140,7 @@ def loop_run(tmp_path_factory, mine_bi_encoder_dir):
         '--base-model', mine_bi_encoder_dir, '--kind', 'both',
         '--doc-title-column', 'title', '--pseudo-queries', 'title',
         '--top-k', '10', '--max-steps', '2', '--distill-steps', '2', '--batch-size', '4',
-        '--no-progress', '--device', 'cpu'])
+        '--teacher-bm25-weight', 'auto', '--no-progress', '--device', 'cpu'])
   assert code == 0
   report = json.loads((out / loop.REPORT_NAME).read_text())
   return out, data, report, stdout.getvalue()
@@ -324,6 +324,10 @@ def test_first_stage_bm25_share(weights, share):
 @pytest.mark.parametrize('value, parsed', [('auto', 'auto'), ('0.3', 0.3), ('1', 1.0)])
 def test_teacher_bm25_weight_option(value, parsed):
   assert loop.bm25_weight(value) == parsed
+  required = ['--queries', 'q', '--corpus', 'c', '--qrels', 'r', '--output', 'o']
+  assert loop.parse_config(required).teacher_bm25_weight == 0.0  # dense alone, measured
+  assert loop.parse_config(required + ['--teacher-bm25-weight', value]).teacher_bm25_weight \
+      == parsed
 
 
 def test_teacher_bm25_weight_out_of_range_exits_2(capsys):
