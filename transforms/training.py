@@ -431,6 +431,7 @@ def warm_start_targets(
   (``bm25_weight`` 0), the standardised ``lexical_similarities`` (1), or the
   standardised blend ``(1 - w) * cosine + w * bm25`` of the two standardised
   scores -- a first stage of dense + BM25, as the rerank job fuses them."""
+  import numpy as np
   if bm25_weight <= 0:
     return teacher_similarities(
         teacher, first, second, max_length=max_length, batch_size=batch_size,
@@ -438,7 +439,7 @@ def warm_start_targets(
   lexical = _standardised(lexical_similarities(first, second))
   if bm25_weight >= 1:
     return lexical.astype(float).tolist()
-  dense = _standardised(teacher_similarities(
+  dense = np.asarray(teacher_similarities(  # standardised already
       teacher, first, second, max_length=max_length, batch_size=batch_size,
       trust_remote_code=trust_remote_code, show_progress=show_progress))
   return _standardised((1 - bm25_weight) * dense + bm25_weight * lexical).astype(float).tolist()
