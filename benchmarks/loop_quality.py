@@ -13,7 +13,9 @@ defaults, plus the CPU budget (``--max-length``, ``--max-steps``).
 
 ``--no-title`` cuts the title from each text and drops the title column: only
 sentence pseudo-queries can be made. Results go to
-benchmarks/results/loop_quality-COLLECTION[-notitle]-seedN[-lrX][-distillN][-tbm25W].json.
+benchmarks/results/loop_quality-COLLECTION[-notitle]-seedN[-lrX][-distillN][-tbm25W]-devtopN.json
+(N: negatives per dev query, its best-ranked; results without it predate the
+option and drew 4 at random from the top 100).
 """
 from __future__ import annotations
 
@@ -90,6 +92,9 @@ def main() -> None:
   parser.add_argument('--teacher-bm25-weight', default=None,
                       help="BM25 share of the warm-start targets, or auto (default: the loop's, 0)")
   parser.add_argument('--rerank-top-k', type=int, default=20)
+  parser.add_argument('--dev-negatives', type=int, default=None,
+                      help="negatives per dev query, its best-ranked (default: the loop's, "
+                      '--rerank-top-k)')
   parser.add_argument('--eval-steps', type=int, default=100)
   parser.add_argument('--base-model', default=None)
   parser.add_argument('--pseudo-queries', default=None,
@@ -108,6 +113,7 @@ def main() -> None:
     name += f'-distill{args.distill_steps}'
   if args.teacher_bm25_weight not in (None, '0'):
     name += f'-tbm25{args.teacher_bm25_weight}'
+  name += f'-devtop{args.dev_negatives or args.rerank_top_k}'
   work = args.workdir or os.path.join('/tmp', name)
   os.makedirs(work, exist_ok=True)
   paths = prepare(args.collection, args.no_title, work)
@@ -127,6 +133,8 @@ def main() -> None:
     argv += ['--distill-steps', str(args.distill_steps)]
   if args.teacher_bm25_weight is not None:
     argv += ['--teacher-bm25-weight', args.teacher_bm25_weight]
+  if args.dev_negatives is not None:
+    argv += ['--dev-negatives', str(args.dev_negatives)]
   started = time.perf_counter()
   result = loop.execute(loop.parse_config(argv))
   wall = time.perf_counter() - started

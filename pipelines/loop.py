@@ -171,6 +171,10 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
       'top: its highest-ranked non-positives (hard ones; more false negatives where '
       'judgments are sparse) (default: %(default)s).')
   candidates.add_argument(
+      '--dev-negatives', type=common.positive_int, default=None, metavar='N',
+      help="Negatives per dev query: its N best-ranked candidates, so the checkpoint is "
+      'chosen on the hard lists a rerank sees (default: --rerank-top-k).')
+  candidates.add_argument(
       '--bi-encoder-format', choices=('triplet', 'pair'), default='triplet',
       help='Mined rows the bi-encoder trains on with MNRL (default: %(default)s).')
 
@@ -245,6 +249,7 @@ class LoopJobConfig:
   pseudo_max_docs: Optional[int] = None
   num_negatives: int = 4
   negatives: str = 'random'
+  dev_negatives: Optional[int] = None  # None: rerank_top_k
   bi_encoder_format: str = 'triplet'
   epochs: float = 1.0
   max_steps: int = -1
@@ -457,6 +462,7 @@ def _mine(job: LoopJobConfig, files: Mapping[str, str], embeddings: Mapping[str,
           num_negatives=job.num_negatives, sampling_strategy=job.negatives, seed=job.seed),
       dev_fraction=mine_dev_fraction(
           job.test_fraction, job.dev_fraction, job.test_queries is not None),
+      dev_negatives=(job.dev_negatives or job.rerank_top_k) if job.dev_fraction else None,
       pseudo=PseudoQuerySettings(
           sources=tuple(job.pseudo_queries), max_docs=job.pseudo_max_docs, seed=job.seed),
       pipeline_args=job.pipeline_args))

@@ -199,6 +199,12 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
       '--dev-fraction', type=float, default=0.0,
       help='Share of queries (by id hash) in dev/; with --qrels or --positives, of the '
       'judged queries only: pseudo-queries then all train (default: %(default)s).')
+  guards.add_argument(
+      '--dev-negatives', type=common.positive_int, default=None, metavar='N',
+      help="Mine each dev query's N best-ranked negatives (the other guards apply; "
+      'no --range-min, no sampling), so checkpoints are selected on the hard '
+      'candidates a rerank of the first stage sees, not on easy ones (default: as '
+      'training, --num-negatives).')
   return parser
 
 
@@ -237,6 +243,7 @@ class MineJobConfig:
   mining: NegativeMiningSettings = NegativeMiningSettings()
   score_column: Optional[str] = None
   dev_fraction: float = 0.0
+  dev_negatives: Optional[int] = None
   # --pseudo-queries, --pseudo-per-doc, ..., --pseudo-title-column (and --seed).
   pseudo: PseudoQuerySettings = PseudoQuerySettings()
   pipeline_args: tuple[str, ...] = ()
@@ -324,6 +331,16 @@ def _ranked_score_column(manifest: dict, files: Sequence[str], job: MineJobConfi
   return 'retrieval_score'
 
 
+def dev_mining(mining: NegativeMiningSettings,
+               dev_negatives: Optional[int]) -> Optional[NegativeMiningSettings]:
+  """How the dev split is mined for ``--dev-negatives N``: the N best-ranked
+  negatives left by the guards (no range_min, no sampling); None: as training."""
+  if dev_negatives is None:
+    return None
+  return dataclasses.replace(
+      mining, num_negatives=dev_negatives, range_min=0, sampling_strategy='top')
+
+
 def execute(job: MineJobConfig) -> MineResult:
   """Runs the mine job; its report is also written as report.json."""
   common.quiet_libraries()
@@ -353,6 +370,8 @@ def execute(job: MineJobConfig) -> MineResult:
     raise UserInputError(f'unknown --format {",".join(unknown)}; choose from {",".join(FORMATS)}')
   if not 0 <= job.dev_fraction < 1:
     raise UserInputError('--dev-fraction must be in [0, 1)')
+  if job.dev_negatives is not None and not job.dev_fraction:
+    raise UserInputError('--dev-negatives mines the dev split: give --dev-fraction > 0')
   if mining.range_min < 0:
     raise UserInputError('--range-min must be >= 0')
   if mining.range_max is not None and mining.range_min >= mining.range_max:
@@ -439,6 +458,7 @@ def execute(job: MineJobConfig) -> MineResult:
       query_text_column=job.query_text_column, doc_id_column=job.doc_id_column,
       doc_text_column=job.doc_text_column, doc_title_column=job.doc_title_column,
       title_separator=job.title_separator, dev_fraction=job.dev_fraction,
+      dev_mining=dev_mining(mining, job.dev_negatives),
       rows_per_shard=job.rows_per_shard, pseudo=pseudo)
   labels = ('pseudo: cross-encoder score thresholds '
             f'(positive >= {mining.positive_threshold}, '
@@ -460,6 +480,7 @@ def execute(job: MineJobConfig) -> MineResult:
       'pseudo_queries': dataclasses.asdict(pseudo) if pseudo else None,
       'mining': {k: v for k, v in vars(mining).items()},
       'dev_fraction': job.dev_fraction,
+      'dev_negatives': job.dev_negatives,
       'split': 'dev if blake2b(query_id) % 1e6 < dev_fraction * 1e6' + (
           ' (judged queries only; pseudo-queries train)'
           if pseudo and (job.qrels or job.positives) else ''),

@@ -243,6 +243,22 @@ def test_test_queries_are_never_mined_nor_tuned_on(loop_run):
     assert manifest['tune_qrels'].endswith('dev.parquet')
 
 
+def test_dev_queries_keep_their_best_ranked_candidates_as_negatives(loop_run):
+  """Checkpoints are chosen on the hard lists a rerank sees: each dev query's
+  negatives are its best-ranked candidates, up to --rerank-top-k (20), while
+  training draws --num-negatives (4)."""
+  out, _, _, _ = loop_run
+  pairs = out / 'pairs'
+  assert json.loads((pairs / 'manifest.json').read_text())['dev_negatives'] == 20
+  dev = _ids(out / 'splits' / 'dev.parquet')
+  ids = pl.read_parquet(pairs / 'labeled-pair' / 'dev-ids' / '*.parquet')
+  rows = pl.read_parquet(pairs / 'labeled-pair' / 'dev' / '*.parquet')
+  negatives = (pl.concat([ids, rows.select('label')], how='horizontal')
+               .filter(pl.col('label') == 0.0).group_by('query_id').len())
+  assert set(negatives['query_id'].to_list()) == dev
+  assert negatives['len'].max() > 4
+
+
 def test_printed_table_has_the_rows(loop_run):
   _, _, report, printed = loop_run
   table = printed[printed.index('== loop:'):]

@@ -276,9 +276,29 @@ def test_pseudo_labels_from_score_thresholds(tmp_path, collection):
   assert report['candidates_dropped'] == drops(positive=7)
 
 
+def test_dev_negatives_are_the_best_ranked_of_each_dev_query(tmp_path, collection):
+  """--dev-negatives N: dev queries get their N best negatives (no --range-min,
+  no sampling), train queries stay as --num-negatives/--range-min/--sampling say."""
+  out = tmp_path / 'pairs'
+  quietly(mine.run, [
+      '--ranked', collection['ranked'], '--queries', collection['queries'],
+      '--corpus', collection['corpus'], '--qrels', collection['qrels'],
+      '--output', str(out), '--format', 'labeled-pair', '--num-negatives', '1',
+      '--range-min', '1', '--sampling', 'random', '--dev-fraction', str(DEV_FRACTION),
+      '--dev-negatives', '3'])
+  # q1 (dev): positives d01 d03; negatives by score d02 4.5, d04 2.5, d05 1.0 (d06 -1.0).
+  assert [(r['query_id'], r['doc_id']) for r in read_rows(out / 'labeled-pair' / 'dev-ids')] == [
+      ('q1', 'd01'), ('q1', 'd03'), ('q1', 'd02'), ('q1', 'd04'), ('q1', 'd05')]
+  # q2 (train): d07 (its best negative) skipped by --range-min 1, then one of the rest.
+  train = [(r['query_id'], r['doc_id']) for r in read_rows(out / 'labeled-pair' / 'train-ids')]
+  q2_negatives = [d for q, d in train if q == 'q2' and d != 'd06']
+  assert len(q2_negatives) == 1 and q2_negatives[0] != 'd07'
+  assert json.loads((out / 'manifest.json').read_text())['dev_negatives'] == 3
+
+
 @pytest.mark.parametrize('case', [
     'missing_column', 'two_candidate_sources', 'no_label_source', 'two_label_sources',
-    'unknown_format', 'missing_glob', 'ranked_without_manifest'])
+    'unknown_format', 'missing_glob', 'ranked_without_manifest', 'dev_negatives_without_dev'])
 def test_user_errors_exit_2_with_one_line(tmp_path, collection, capsys, case):
   bad_qrels = write_parquet(tmp_path / 'bad_qrels.parquet', {
       'query_id': ['q1'], 'doc_id': ['d01']})  # no relevance column
@@ -307,6 +327,9 @@ def test_user_errors_exit_2_with_one_line(tmp_path, collection, capsys, case):
       'ranked_without_manifest': (
           ['--ranked', str(half_committed), '--qrels', collection['qrels']],
           'has no manifest.json: not a complete output of the rerank job'),
+      'dev_negatives_without_dev': (
+          ['--ranked', collection['ranked'], '--qrels', collection['qrels'],
+           '--dev-negatives', '3'], '--dev-negatives mines the dev split'),
   }[case]
   assert mine.main(base + argv) == 2
   captured = capsys.readouterr()

@@ -333,6 +333,35 @@ def test_mine_negatives_transform_renumbers_ranks_and_skips_unlabelled():
         ]))
 
 
+def test_dev_queries_are_mined_with_the_dev_settings_pseudo_queries_train():
+  """With ``dev_config``, a judged query of the dev split gets its best-ranked
+  negatives; train queries, and pseudo-queries (which train), keep theirs."""
+  fraction = 0.5
+  ids = [f'q{i}' for i in range(40)]
+  dev_id = next(q for q in ids if split_of(q, fraction) == 'dev')
+  train_id = next(q for q in ids if split_of(q, fraction) == 'train')
+  pseudo_id = next(q for q in ids if split_of(q, fraction) == 'dev' and q != dev_id)
+  scores = {'d1': 0.9, 'd2': 0.8, 'd3': 0.7, 'd4': 0.6, 'd5': 0.5}
+  candidates = [
+      {'query_id': q, 'doc_id': d, 'retrieval_rank': None, 'score': score}
+      for q in (dev_id, train_id, pseudo_id) for d, score in scores.items()]
+  qrels = [{'query_id': dev_id, 'doc_id': 'd5', 'relevance': 1},
+           {'query_id': train_id, 'doc_id': 'd5', 'relevance': 1},
+           {'query_id': pseudo_id, 'doc_id': 'd5', 'relevance': 1, 'pseudo': True}]
+  train_config = NegativeMiningSettings(num_negatives=1, range_min=2)
+  dev_config = NegativeMiningSettings(num_negatives=3)
+
+  for pseudo_in_dev, pseudo_negatives in ((False, ['d3']), (True, ['d1', 'd2', 'd3'])):
+    with TestPipeline() as p:
+      mined = ({'candidates': p | 'C' >> beam.Create(candidates),
+                'qrels': p | 'Q' >> beam.Create(qrels)}
+               | MineNegatives(train_config, 'score', dev_config, fraction, pseudo_in_dev))
+      assert_that(
+          mined | beam.Map(lambda m: (m.query_id, [d for d, _ in m.negatives])),
+          equal_to([(dev_id, ['d1', 'd2', 'd3']), (train_id, ['d3']),
+                    (pseudo_id, pseudo_negatives)]))
+
+
 # ---------------------------------------------------------------- sentence-transformers
 
 

@@ -158,10 +158,17 @@ def pseudo_label(
 
 
 class _MineQueryFn(beam.DoFn):
-  """``(query_id, {'candidates': rows, 'qrels': rows})`` -> ``MinedQuery``."""
-  def __init__(self, config: NegativeMiningSettings, score_field: str):
+  """``(query_id, {'candidates': rows, 'qrels': rows})`` -> ``MinedQuery``; the
+  queries of the dev split are mined with ``dev_config`` when given (see
+  ``MineNegatives``)."""
+  def __init__(self, config: NegativeMiningSettings, score_field: str,
+               dev_config: Optional[NegativeMiningSettings] = None,
+               dev_fraction: float = 0.0, pseudo_in_dev: bool = True):
     self._config = config
     self._score_field = score_field
+    self._dev_config = dev_config
+    self._dev_fraction = dev_fraction
+    self._pseudo_in_dev = pseudo_in_dev
     self._queries = Metrics.counter(METRICS_NAMESPACE, f'{STAGE}/queries')
     self._with_positives = Metrics.counter(
         METRICS_NAMESPACE, f'{STAGE}/queries_with_positives')
@@ -214,7 +221,11 @@ class _MineQueryFn(beam.DoFn):
       self._without_positives_rows.inc(len(candidates))
       return None
     self._with_positives.inc()
-    mined = mine_query(query_id, candidates, positive_ids, self._config)
+    config = self._config
+    if self._dev_config is not None and split_of(query_id, self._dev_fraction) == 'dev' and (
+        self._pseudo_in_dev or not any(q.get('pseudo') for q in groups['qrels'])):
+      config = self._dev_config
+    mined = mine_query(query_id, candidates, positive_ids, config)
     self._positives.inc(len(mined.positives))
     self._negatives.inc(len(mined.negatives))
     if not mined.negatives:
@@ -353,12 +364,18 @@ class KnownCandidates(beam.PTransform):
 class MineNegatives(beam.PTransform):
   """``{'candidates': rows, 'qrels': rows}`` -> one ``MinedQuery`` per query.
 
-  Grouped per query (``CoGroupByKey``): memory is one query's candidates.
+  Grouped per query (``CoGroupByKey``): memory is one query's candidates. With
+  ``dev_config``, the queries that fall in the dev split (``split_of(query_id,
+  dev_fraction)``; a pseudo-query's qrels carry ``pseudo``, and those queries
+  train unless ``pseudo_in_dev``) are mined with it instead.
   """
-  def __init__(self, config: NegativeMiningSettings, score_field: str):
+  def __init__(self, config: NegativeMiningSettings, score_field: str,
+               dev_config: Optional[NegativeMiningSettings] = None,
+               dev_fraction: float = 0.0, pseudo_in_dev: bool = True):
     super().__init__()
     self._config = config
     self._score_field = score_field
+    self._dev = (dev_config, dev_fraction, pseudo_in_dev)
 
   def expand(self, pcolls):
     keyed = {
@@ -370,7 +387,7 @@ class MineNegatives(beam.PTransform):
     return (
         keyed
         | 'GroupPerQuery' >> beam.CoGroupByKey()
-        | 'MinePerQuery' >> beam.ParDo(_MineQueryFn(self._config, self._score_field)))
+        | 'MinePerQuery' >> beam.ParDo(_MineQueryFn(self._config, self._score_field, *self._dev)))
 
 
 class AttachMinedTexts(beam.PTransform):

@@ -107,6 +107,8 @@ class MineConfig:
   doc_title_column: Optional[str] = None
   title_separator: str = '\n'
   dev_fraction: float = 0.0
+  # How the dev split's queries are mined (None: as ``mining``).
+  dev_mining: Optional[NegativeMiningSettings] = None
   rows_per_shard: int = DEFAULT_ROWS_PER_SHARD
   # Pseudo-queries from the corpus (their title column resolved); None: none.
   pseudo: Optional[PseudoQuerySettings] = None
@@ -142,7 +144,8 @@ def _pseudo_query_row(record: dict, id_column: str, text_column: str) -> dict:
 
 
 def _pseudo_qrel(record: dict, relevance: int) -> dict:
-  return {'query_id': record['query_id'], 'doc_id': record['doc_id'], 'relevance': relevance}
+  return {'query_id': record['query_id'], 'doc_id': record['doc_id'], 'relevance': relevance,
+          'pseudo': True}
 
 
 def _read_with_pseudo_queries(pipeline: beam.Pipeline, config: MineConfig):
@@ -280,9 +283,13 @@ def build_mine_pipeline(pipeline: beam.Pipeline, config: MineConfig, manifest: d
         _pseudo_qrel, max(1, config.mining.min_relevance))
     labels = (labels, pseudo_qrels) | 'FlattenLabels' >> beam.Flatten()
 
+  # With judged queries, the dev split (checkpoint selection) holds them only:
+  # every pseudo-query trains.
+  pseudo_in_dev = not (config.qrels_pattern or config.positives_pattern)
   mined = {
       'candidates': known['candidates'], 'qrels': labels,
-  } | 'MineNegatives' >> MineNegatives(config.mining, 'score')
+  } | 'MineNegatives' >> MineNegatives(
+      config.mining, 'score', config.dev_mining, config.dev_fraction, pseudo_in_dev)
   attached = {
       'mined': mined, 'queries': queries['texts'], 'corpus': corpus['texts'],
   } | 'AttachTexts' >> AttachMinedTexts()
@@ -294,9 +301,6 @@ def build_mine_pipeline(pipeline: beam.Pipeline, config: MineConfig, manifest: d
       pseudo_texts['bodies'] = bodies
     with_texts = pseudo_texts | 'AttachPseudoTexts' >> AttachPseudoTexts(given)
 
-  # With judged queries, the dev split (checkpoint selection) holds them only:
-  # every pseudo-query trains.
-  pseudo_in_dev = not (config.qrels_pattern or config.positives_pattern)
   outputs, written = [], {}
   for fmt in config.formats:
     label = ''.join(part.title() for part in fmt.split('-'))
