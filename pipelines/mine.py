@@ -331,16 +331,6 @@ def _ranked_score_column(manifest: dict, files: Sequence[str], job: MineJobConfi
   return 'retrieval_score'
 
 
-def dev_mining(mining: NegativeMiningSettings,
-               dev_negatives: Optional[int]) -> Optional[NegativeMiningSettings]:
-  """How the dev split is mined for ``--dev-negatives N``: the N best-ranked
-  negatives left by the guards (no range_min, no sampling); None: as training."""
-  if dev_negatives is None:
-    return None
-  return dataclasses.replace(
-      mining, num_negatives=dev_negatives, range_min=0, sampling_strategy='top')
-
-
 def execute(job: MineJobConfig) -> MineResult:
   """Runs the mine job; its report is also written as report.json."""
   common.quiet_libraries()
@@ -458,7 +448,7 @@ def execute(job: MineJobConfig) -> MineResult:
       query_text_column=job.query_text_column, doc_id_column=job.doc_id_column,
       doc_text_column=job.doc_text_column, doc_title_column=job.doc_title_column,
       title_separator=job.title_separator, dev_fraction=job.dev_fraction,
-      dev_mining=dev_mining(mining, job.dev_negatives),
+      dev_mining=None if job.dev_negatives is None else mining.best_ranked(job.dev_negatives),
       rows_per_shard=job.rows_per_shard, pseudo=pseudo)
   labels = ('pseudo: cross-encoder score thresholds '
             f'(positive >= {mining.positive_threshold}, '

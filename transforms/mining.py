@@ -55,6 +55,12 @@ class NegativeMiningSettings:
   positive_threshold: Optional[float] = None
   negative_threshold: Optional[float] = None
 
+  def best_ranked(self, num_negatives: int) -> NegativeMiningSettings:
+    """These guards, taking the ``num_negatives`` best-ranked negatives they
+    leave (no range_min, no sampling): how ``--dev-negatives`` mines dev queries."""
+    return dataclasses.replace(
+        self, num_negatives=num_negatives, range_min=0, sampling_strategy='top')
+
 
 @dataclasses.dataclass
 class Candidate:
@@ -222,8 +228,9 @@ class _MineQueryFn(beam.DoFn):
       return None
     self._with_positives.inc()
     config = self._config
-    if self._dev_config is not None and split_of(query_id, self._dev_fraction) == 'dev' and (
-        self._pseudo_in_dev or not any(q.get('pseudo') for q in groups['qrels'])):
+    if self._dev_config is not None and query_split(
+        query_id, self._dev_fraction, any(q.get('pseudo') for q in groups['qrels']),
+        self._pseudo_in_dev) == 'dev':
       config = self._dev_config
     mined = mine_query(query_id, candidates, positive_ids, config)
     self._positives.inc(len(mined.positives))
@@ -464,6 +471,15 @@ def split_of(query_id: str, dev_fraction: float) -> str:
   if dev_fraction <= 0:
     return 'train'
   return 'dev' if (stable_hash(query_id) % 1_000_000) < dev_fraction * 1_000_000 else 'train'
+
+
+def query_split(query_id: str, dev_fraction: float, pseudo: bool = False,
+                pseudo_in_dev: bool = True) -> str:
+  """The split of one mined query: ``split_of``, except that pseudo-queries
+  train unless ``pseudo_in_dev`` (no judged queries to select on)."""
+  if pseudo and not pseudo_in_dev:
+    return 'train'
+  return split_of(query_id, dev_fraction)
 
 
 def format_rows(

@@ -20,7 +20,7 @@ from transforms.mining import (
     NegativeMiningSettings,
     check_candidates,
     format_rows,
-    split_of,
+    query_split,
 )
 from transforms.parquet_sink import (
     DEFAULT_ROWS_PER_SHARD,
@@ -119,10 +119,8 @@ def _keyed_rows(item, fmt: str, num_negatives: int, dev_fraction: float,
   """One mined query -> its rows, tagged with its split. Pseudo-queries go to
   train only, unless ``pseudo_in_dev`` (no judged queries to select on)."""
   mined, query_text, doc_texts, *source = item
-  if source and source[0] in PSEUDO_SOURCES and not pseudo_in_dev:
-    split = 'train'
-  else:
-    split = split_of(mined.query_id, dev_fraction)
+  split = query_split(
+      mined.query_id, dev_fraction, bool(source) and source[0] in PSEUDO_SOURCES, pseudo_in_dev)
   for index, (text_row, id_row) in enumerate(
       format_rows(fmt, mined, query_text, doc_texts, num_negatives)):
     if source:
