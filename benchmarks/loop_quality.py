@@ -9,11 +9,11 @@ defaults, plus the CPU budget (``--max-length``, ``--max-steps``).
 
     .venv/bin/python benchmarks/loop_quality.py --collection cranfield [--kind both]
         [--no-title] [--seed 12] [--max-length 160] [--max-steps 640] [--distill-steps 300]
-        [--teacher-bm25-weight auto]
+        [--teacher-bm25-weight auto] [--train-precision bf16]
 
 ``--no-title`` cuts the title from each text and drops the title column: only
 sentence pseudo-queries can be made. Results go to
-benchmarks/results/loop_quality-COLLECTION[-notitle]-seedN[-lrX][-distillN][-tbm25W]-devtopN.json
+benchmarks/results/loop_quality-COLLECTION[-notitle]-seedN[-lrX][-distillN][-tbm25W]-devtopN[-bf16-stepsN].json
 (N: negatives per dev query, its best-ranked; results without it predate the
 option and drew 4 at random from the top 100).
 """
@@ -96,6 +96,8 @@ def main() -> None:
                       help="negatives per dev query, its best-ranked (default: the loop's, "
                       '--rerank-top-k)')
   parser.add_argument('--eval-steps', type=int, default=100)
+  parser.add_argument('--train-precision', choices=('fp32', 'fp16', 'bf16'), default='fp32',
+                      help='bf16: autocast on a CPU with native bfloat16, about twice as fast')
   parser.add_argument('--base-model', default=None)
   parser.add_argument('--pseudo-queries', default=None,
                       help='default: title,sentence (sentence with --no-title)')
@@ -114,6 +116,8 @@ def main() -> None:
   if args.teacher_bm25_weight not in (None, '0'):
     name += f'-tbm25{args.teacher_bm25_weight}'
   name += f'-devtop{args.dev_negatives or args.rerank_top_k}'
+  if args.train_precision != 'fp32':
+    name += f'-{args.train_precision}-steps{args.max_steps}'
   work = args.workdir or os.path.join('/tmp', name)
   os.makedirs(work, exist_ok=True)
   paths = prepare(args.collection, args.no_title, work)
@@ -124,7 +128,8 @@ def main() -> None:
       '--kind', args.kind, '--pseudo-queries', pseudo, '--seed', str(args.seed),
       '--max-length', str(args.max_length), '--max-steps', str(args.max_steps),
       '--epochs', str(args.epochs), '--rerank-top-k', str(args.rerank_top_k),
-      '--eval-steps', str(args.eval_steps), '--bi-encoder-format', 'pair', '--no-progress']
+      '--eval-steps', str(args.eval_steps), '--bi-encoder-format', 'pair', '--no-progress',
+      '--train-precision', args.train_precision]
   if args.base_model:
     argv += ['--base-model', args.base_model]
   if args.learning_rate is not None:

@@ -210,7 +210,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
       help='Stop after N evaluations without a better dev score (default: off).')
   training.add_argument(
       '--train-precision', choices=PRECISIONS, default='fp32',
-      help='Mixed precision of training on a CUDA GPU (default: %(default)s).')
+      help='Mixed precision of training: fp16/bf16 on a CUDA GPU, bf16 on a CPU with '
+      'native bfloat16 (AVX512-BF16/AMX) (default: %(default)s).')
   training.add_argument(
       '--seed', type=int, default=12, help='Mining and training (default: %(default)s).')
   training.add_argument('--no-progress', action='store_true', help='No progress bars.')
