@@ -518,10 +518,39 @@ def _train(job: LoopJobConfig, kind: str, pairs: str, output: str,
       teacher_bm25_weight=teacher_bm25_weight if teacher else 0.0))
 
 
+def first_stage_weights_text(rerank_report: Mapping) -> Optional[str]:
+  """A rerank run's first-stage fusion weights as ``--first-stage-weights`` takes
+  them (``'dense=0.55,bm25=0.45'``; ``'dense=1'`` after a fallback); None
+  without a first-stage decision."""
+  decision = ((rerank_report.get('fusion') or {}).get('first_stage') or {})
+  weights = {s: float(w) for s, w in (decision.get('weights') or {}).items() if float(w) > 0}
+  return ','.join(f'{s}={w!r}' for s, w in weights.items()) or None
+
+
+def _tune_first_stage(job: LoopJobConfig, output: str, embeddings: Mapping[str, str],
+                      files: Mapping[str, str]) -> rerank_job.RerankResult:
+  """The base first stage (dense + BM25, no model trained here) on the train and
+  dev queries, its fusion tuned and guarded on all their judgments: neither
+  signal was fit to them, so the train queries may tune it too, and the guard
+  gets four times the queries the dev split alone gives it. No metrics."""
+  return rerank_job.execute(rerank_job.RerankJobConfig(
+      queries=files['queries_tune'], corpus=job.corpus, output=output,
+      cross_encoder=rerank_job.NO_CROSS_ENCODER,
+      query_id_column=job.query_id_column, query_text_column=job.query_text_column,
+      doc_id_column=job.doc_id_column, doc_text_column=job.doc_text_column,
+      doc_title_column=job.doc_title_column, title_separator=job.title_separator,
+      query_embeddings=embeddings['queries_tune'], corpus_embeddings=embeddings['corpus'],
+      bm25=job.bm25, top_k=job.rerank_top_k, top_n=job.top_n, fusion='linear',
+      fusion_weights='auto', tune_qrels=files['tune'], inference=job.inference,
+      pipeline_args=job.pipeline_args))
+
+
 def _rerank(job: LoopJobConfig, output: str, cross_encoder: str,
-            embeddings: Mapping[str, str], files: Mapping[str, str]) -> rerank_job.RerankResult:
+            embeddings: Mapping[str, str], files: Mapping[str, str],
+            first_stage_weights: Optional[str] = None) -> rerank_job.RerankResult:
   """Ranks the dev and test queries; fusion tuned on the dev judgments (the models
-  were trained on train's, so their scores there are optimistic), metrics on test's."""
+  were trained on train's, so their scores there are optimistic), metrics on test's.
+  ``first_stage_weights``: the first stage as tuned on train + dev instead."""
   return rerank_job.execute(rerank_job.RerankJobConfig(
       queries=files['queries_eval'], corpus=job.corpus, output=output, cross_encoder=cross_encoder,
       query_id_column=job.query_id_column, query_text_column=job.query_text_column,
@@ -531,7 +560,8 @@ def _rerank(job: LoopJobConfig, output: str, cross_encoder: str,
       bm25=job.bm25, top_k=job.rerank_top_k, top_n=job.top_n,
       max_length=job.max_length if cross_encoder != rerank_job.NO_CROSS_ENCODER else None,
       qrels=files['test'], metrics=job.metrics, fusion='linear', fusion_weights='auto',
-      tune_qrels=files['dev'], inference=job.inference, pipeline_args=job.pipeline_args))
+      first_stage_weights=first_stage_weights, tune_qrels=files['dev'],
+      inference=job.inference, pipeline_args=job.pipeline_args))
 
 
 def _check_tuning(result: rerank_job.RerankResult, splits: Mapping[str, Sequence[str]]) -> None:
@@ -556,6 +586,20 @@ def _table(runs: Mapping[str, rerank_job.RerankResult]) -> dict[str, dict[str, f
     if stage in metrics and not (row == 'bi_encoder_first_stage' and 'bm25' not in metrics):
       table[row] = dict(metrics[stage])
   return table
+
+
+def fusion_reasons(report: Mapping) -> dict[str, str]:
+  """The fusion decisions a loop report holds, one line each: the first stage as
+  tuned on train + dev, then each rerank run's final ranking (tuned on dev)."""
+  reasons = {}
+  tuning = (report.get('first_stage_tuning') or {}).get('first_stage') or {}
+  if tuning.get('reason'):
+    reasons['first stage (train + dev queries)'] = tuning['reason']
+  for name, fusion in (report.get('fusion') or {}).items():
+    final = (fusion or {}).get('final') or {}
+    if final.get('reason'):
+      reasons[f'final, {name} (dev queries)'] = final['reason']
+  return reasons
 
 
 def row_labels(table: Mapping[str, object]) -> dict[str, str]:
@@ -624,7 +668,7 @@ def execute(job: LoopJobConfig) -> LoopResult:
   started = time.perf_counter()
   _check(job)
   root = os.path.abspath(job.output.rstrip('/'))
-  steps = 5 + len(job.kinds)
+  steps = 5 + len(job.kinds) + bool(job.bm25)
   step = iter(range(1, steps + 1))
 
   logger.info('[loop] step %d/%d: query splits', next(step), steps)
@@ -647,12 +691,18 @@ def execute(job: LoopJobConfig) -> LoopResult:
 
   models, trained, runs, embedding_dirs = {}, {}, {}, {'base': base}
   rerank_dir = os.path.join(root, 'rerank')
+  first_stage_tuning, first_stage_weights = None, None
+  if job.bm25:
+    logger.info('[loop] step %d/%d: tune the first stage (dense + BM25) on the train and dev '
+                'queries', next(step), steps)
+    first_stage_tuning = _tune_first_stage(
+        job, os.path.join(rerank_dir, 'first-stage-tuning'), base, files)
+    first_stage_weights = first_stage_weights_text(first_stage_tuning.report)
+    logger.info('[loop] first stage: %s (%s)', first_stage_weights, (
+        (first_stage_tuning.report.get('fusion') or {}).get('first_stage') or {}).get('reason'))
   teacher_bm25_weight = 0.0 if job.teacher_bm25_weight == AUTO else job.teacher_bm25_weight
-  if job.teacher_bm25_weight == AUTO and job.bm25 and warm_start_teacher(job):
-    logger.info('[loop] the first stage on the dev queries, to weigh BM25 in the warm start')
-    runs['base'] = _rerank(
-        job, os.path.join(rerank_dir, 'first-stage'), rerank_job.NO_CROSS_ENCODER, base, files)
-    teacher_bm25_weight = first_stage_bm25_share(runs['base'].report)
+  if job.teacher_bm25_weight == AUTO and first_stage_tuning and warm_start_teacher(job):
+    teacher_bm25_weight = first_stage_bm25_share(first_stage_tuning.report)
     logger.info('[loop] warm-start targets: BM25 share %g (the first stage\'s)',
                 teacher_bm25_weight)
   for kind in job.kinds:
@@ -673,17 +723,19 @@ def execute(job: LoopJobConfig) -> LoopResult:
         job, os.path.join(rerank_dir, 'bi-encoder'), rerank_job.NO_CROSS_ENCODER,
         ce_first_stage, files)
   if 'cross-encoder' in job.kinds:
+    # Over the base first stage, its weights come from the train + dev tuning;
+    # the fine-tuned bi-encoder's dense scores were fit to the train queries.
     runs['cross-encoder'] = _rerank(
         job, os.path.join(rerank_dir, 'cross-encoder'), models['cross-encoder'],
-        ce_first_stage, files)
-  if 'base' not in runs:  # else it ran before training, for the warm start
-    if 'cross-encoder' in job.kinds and 'bi-encoder' not in job.kinds:
-      runs['base'] = runs['cross-encoder']
-    else:
-      runs['base'] = _rerank(
-          job, os.path.join(rerank_dir, 'first-stage'), rerank_job.NO_CROSS_ENCODER, base,
-          files)
-  for result in runs.values():
+        ce_first_stage, files,
+        first_stage_weights if ce_first_stage is base else None)
+  if 'cross-encoder' in job.kinds and 'bi-encoder' not in job.kinds:
+    runs['base'] = runs['cross-encoder']
+  else:
+    runs['base'] = _rerank(
+        job, os.path.join(rerank_dir, 'first-stage'), rerank_job.NO_CROSS_ENCODER, base,
+        files, first_stage_weights)
+  for result in [*runs.values(), *([first_stage_tuning] if first_stage_tuning else [])]:
     _check_tuning(result, splits)
 
   logger.info('[loop] step %d/%d: report', next(step), steps)
@@ -715,6 +767,8 @@ def execute(job: LoopJobConfig) -> LoopResult:
       } for kind, result in trained.items()},
       'fusion': {name: result.report.get('fusion') for name, result in runs.items()
                  if name != 'base' or result is not runs.get('cross-encoder')},
+      'first_stage_tuning': (first_stage_tuning.report.get('fusion')
+                             if first_stage_tuning else None),
       'test_queries_evaluated': evaluated,
       'table': table,
       'table_labels': row_labels(table),
@@ -724,6 +778,7 @@ def execute(job: LoopJobConfig) -> LoopResult:
           'mine': pairs_dir,
           'train': models,
           'rerank': {name: result.output_dir for name, result in runs.items()},
+          'first_stage_tuning': first_stage_tuning.output_dir if first_stage_tuning else None,
       },
       'models': {'first_stage': first_stage_model, 'base_model': job.base_model},
       'wall_seconds': time.perf_counter() - started,
@@ -732,6 +787,8 @@ def execute(job: LoopJobConfig) -> LoopResult:
   print(format_table(table, (
       f'loop: {evaluated:,} test queries (never mined, trained or tuned on); '
       f'train {sizes["train"]:,} / dev {sizes["dev"]:,} / test {sizes["test"]:,}')))
+  for label, decision in fusion_reasons(report).items():
+    print(f'  {label}: {decision}')
   print(f'  written: {os.path.join(root, REPORT_NAME)}')
   return LoopResult(output_dir=root, splits=sizes, table=table, report=report)
 

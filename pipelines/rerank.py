@@ -169,6 +169,11 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
       'signal unless the gain holds up in a paired test), or fixed, e.g. '
       "'dense=0.5,bm25=0.5,ce=1' (default: %(default)s).")
   fusion_group.add_argument(
+      '--first-stage-weights', default=None, metavar='SIGNAL=W,...',
+      help="With --fusion-weights auto: fix the first stage's weights (e.g. "
+      "'dense=0.55,bm25=0.45', as tuned on more judged queries than the final stage may "
+      'use) and tune only the final stage on --tune-qrels (default: both tuned).')
+  fusion_group.add_argument(
       '--rrf-k', type=common.non_negative_float, default=DEFAULT_RRF_K,
       help='(default: %(default)s)')
   fusion_group.add_argument(
@@ -230,6 +235,7 @@ class RerankJobConfig:
   metrics: str = ','.join(evaluation.DEFAULT_MEASURES)
   fusion: str = 'linear'
   fusion_weights: str = AUTO
+  first_stage_weights: Optional[str] = None
   rrf_k: float = DEFAULT_RRF_K
   tune_qrels: Optional[str] = None
   inference: InferenceSettings = InferenceSettings()
@@ -325,7 +331,21 @@ def _stage_plan(job: RerankJobConfig, score_column: Optional[str]) -> StagePlan:
       ('supplied', bool(job.candidates and score_column))) if on]
   try:
     spec = FusionSpec(job.fusion, parse_fusion_weights(job.fusion_weights), job.rrf_k)
-    return plan_stages(spec, sources, job.uses_cross_encoder)
+  except ValueError as error:
+    raise UserInputError(f'--fusion {job.fusion} --fusion-weights {job.fusion_weights}: '
+                         f'{error}') from None
+  first_stage_weights = None
+  if job.first_stage_weights is not None:
+    try:
+      first_stage_weights = parse_fusion_weights(job.first_stage_weights)
+      if isinstance(first_stage_weights, str):
+        raise ValueError("it takes weights, not 'auto' (auto is the default)")
+      FusionSpec(job.fusion, first_stage_weights, job.rrf_k)  # e.g. none with two signals
+    except ValueError as error:
+      raise UserInputError(
+          f'--first-stage-weights {job.first_stage_weights}: {error}') from None
+  try:
+    return plan_stages(spec, sources, job.uses_cross_encoder, first_stage_weights)
   except ValueError as error:
     raise UserInputError(f'--fusion {job.fusion} --fusion-weights {job.fusion_weights}: '
                          f'{error}') from None

@@ -147,6 +147,52 @@ def test_hybrid_with_cross_encoder_and_tuning_queries(
   assert 'tuning queries excluded' in stdout
 
 
+def test_first_stage_weights_fixed_while_the_final_is_tuned(
+    tmp_path, rerank_inputs, embeddings, tiny_cross_encoder_dir):
+  """--first-stage-weights: retrieval_score is the fusion with exactly those
+  weights, whatever the tuning queries say; the final stage is still tuned."""
+  import polars as pl
+
+  from transforms.fusion import candidates_from_rows, fuse_linear
+  tune = tmp_path / 'tune.parquet'
+  qrels = pl.read_parquet(rerank_inputs['qrels'])
+  qrels.filter(pl.col('query_id').is_in(['q1', 'q2'])).write_parquet(tune)
+  output = tmp_path / 'ranked'
+  report, _ = _run(_args(rerank_inputs, embeddings, output, tiny_cross_encoder_dir) + [
+      '--tune-qrels', str(tune), '--first-stage-weights', 'dense=0.3,bm25=0.7'])
+  fusion = report['fusion']
+  assert fusion['first_stage']['weights'] == {'dense': 0.3, 'bm25': 0.7}
+  assert not fusion['first_stage']['fell_back']
+  assert fusion['final']['fell_back']  # tuned: 2 queries are too few
+  assert '2 tuning queries' in fusion['final']['reason']
+  rows = read_rows(output / 'candidates')
+  by_query: dict = {}
+  for row in rows:
+    by_query.setdefault(row['query_id'], []).append(row)
+  for query_rows in by_query.values():
+    expected = dict(fuse_linear(candidates_from_rows(query_rows), {'dense': 0.3, 'bm25': 0.7}))
+    for row in query_rows:
+      assert row['retrieval_score'] == pytest.approx(expected[row['doc_id']], abs=1e-6)
+
+
+@pytest.mark.parametrize('extra, message', [
+    (['--fusion-weights', 'dense=1,ce=1', '--first-stage-weights', 'dense=1'],
+     'give --first-stage-weights with --fusion-weights auto'),
+    (['--first-stage-weights', 'auto'], "not 'auto'"),
+    (['--first-stage-weights', 'ce=1'], 'names ce'),
+    (['--first-stage-weights', 'dense=x'], 'not a number'),
+    (['--fusion', 'none', '--first-stage-weights', 'dense=1,bm25=1'], 'ranks by one signal'),
+])
+def test_first_stage_weights_user_errors_exit_2(
+    tmp_path, rerank_inputs, embeddings, tiny_cross_encoder_dir, capsys, extra, message):
+  code = rerank.main(
+      _args(rerank_inputs, embeddings, tmp_path / 'out', tiny_cross_encoder_dir) + extra)
+  assert code == 2
+  errors = [line for line in capsys.readouterr().err.splitlines() if 'error:' in line]
+  assert len(errors) == 1 and message in errors[0]
+  assert not (tmp_path / 'out').exists()
+
+
 def test_no_cross_encoder_needs_scored_candidates(tmp_path, rerank_inputs, capsys):
   import polars as pl
   candidates = tmp_path / 'run.parquet'

@@ -162,9 +162,12 @@ def test_report_structure(loop_run):
   assert report['training']['cross-encoder']['steps'] == 2
   assert report['training']['bi-encoder']['steps'] == 2
   # The cross-encoder's warm start learned the first stage's similarities: the
-  # bi-encoder's and BM25's, blended as the first stage chose on the dev queries.
+  # bi-encoder's and BM25's, blended as the first stage chose on the train and
+  # dev queries; the base run ranks with exactly those weights.
   warm = report['training']['cross-encoder']['warm_start']
-  weights = report['fusion']['base']['first_stage']['weights']
+  weights = report['first_stage_tuning']['first_stage']['weights']
+  assert report['fusion']['base']['first_stage']['weights'] == {
+      s: w for s, w in weights.items() if w > 0}
   share = weights.get('bm25', 0) / (weights.get('dense', 0) + weights.get('bm25', 0))
   assert warm['steps'] == 2 and warm['teacher_bm25_weight'] == pytest.approx(share)
   assert warm['teacher'] == (model_info.packaged_minilm_path() if share < 1 else None)
@@ -241,6 +244,14 @@ def test_test_queries_are_never_mined_nor_tuned_on(loop_run):
     assert tuned == dev
     assert not tuned & test
     assert manifest['tune_qrels'].endswith('dev.parquet')
+  # The base first stage (no model trained in the loop) is tuned on train + dev,
+  # never on test; only those queries are ranked there, and nothing is evaluated.
+  folder = pathlib.Path(report['steps']['first_stage_tuning'])
+  manifest = json.loads((folder / 'manifest.json').read_text())
+  assert set(manifest['fusion']['tuning_query_ids']) == train | dev
+  assert manifest['tune_qrels'].endswith('tune.parquet')
+  assert set(pl.read_parquet(folder / 'part-*.parquet')['query_id'].to_list()) <= train | dev
+  assert not (folder / 'metrics.json').exists()
 
 
 def test_dev_queries_keep_their_best_ranked_candidates_as_negatives(loop_run):
@@ -273,6 +284,12 @@ def test_printed_table_has_the_rows(loop_run):
   first_stage = next(line for line in table.splitlines() if 'first stage (dense + BM25)' in line)
   value = report['table']['first_stage']['nDCG@10']
   assert f'{value:.4f}' in first_stage
+  # Each fusion decision in one line: where it was tuned and what it chose.
+  reason = report['first_stage_tuning']['first_stage']['reason']
+  assert f'  first stage (train + dev queries): {reason}' in printed
+  final = report['fusion']['cross-encoder']['final']['reason']
+  assert f'  final, cross-encoder (dev queries): {final}' in printed
+  assert 'final, bi-encoder' not in printed  # no cross-encoder there: no final fusion
 
 
 def test_bi_encoder_alone_without_bm25_or_dev(tmp_path, mine_bi_encoder_dir, capsys):
@@ -303,6 +320,34 @@ def test_bi_encoder_alone_without_bm25_or_dev(tmp_path, mine_bi_encoder_dir, cap
   assert 'pair/dev' not in result.report['mined']['rows']
   printed = capsys.readouterr().out
   assert 'first stage (dense)' in printed and 'BM25' not in printed.split('== loop:')[1]
+  # One signal, nothing to fuse: no first-stage tuning run.
+  assert result.report['first_stage_tuning'] is None
+  assert result.report['steps']['first_stage_tuning'] is None
+
+
+def test_cross_encoder_alone_reranks_the_first_stage_tuned_on_train_and_dev(
+    tmp_path, mine_bi_encoder_dir):
+  """The cross-encoder reranks the base first stage with the weights chosen on
+  the train + dev queries (fixed there); its final stage is tuned on dev."""
+  data = write_sample_data(str(tmp_path / 'data'))
+  result = loop.execute(loop.parse_config([
+      '--queries', data['queries'], '--corpus', data['corpus'], '--qrels', data['qrels'],
+      '--output', str(tmp_path / 'out'), '--base-model', mine_bi_encoder_dir,
+      '--kind', 'cross-encoder', '--distill-steps', '0', '--top-k', '10',
+      '--max-steps', '1', '--batch-size', '4', '--no-progress', '--device', 'cpu']))
+  report = result.report
+  tuning = report['first_stage_tuning']
+  tuned_on = set(tuning['tuning_query_ids'])
+  assert tuned_on == (_ids(tmp_path / 'out' / 'splits' / 'train.parquet')
+                      | _ids(tmp_path / 'out' / 'splits' / 'dev.parquet'))
+  chosen = {s: w for s, w in tuning['first_stage']['weights'].items() if w > 0}
+  ce_run = report['fusion']['cross-encoder']
+  assert ce_run['first_stage']['weights'] == chosen and not ce_run['first_stage']['fell_back']
+  assert ce_run['tuning_query_ids'] == sorted(_ids(tmp_path / 'out' / 'splits' / 'dev.parquet'))
+  assert report['steps']['rerank'] == {
+      'cross-encoder': str(tmp_path / 'out' / 'rerank' / 'cross-encoder'),
+      'base': str(tmp_path / 'out' / 'rerank' / 'cross-encoder')}
+  assert result.table['first_stage'] == report['table']['first_stage']
 
 
 def test_warm_start_teacher(mine_bi_encoder_dir, mine_cross_encoder_dir):

@@ -50,6 +50,27 @@ def test_plan_refuses_weights_that_do_not_fit(spec, sources, ce, message):
     plan_stages(spec, sources, ce)
 
 
+def test_plan_first_stage_weights_fix_the_first_stage_and_tune_the_final():
+  plan = plan_stages(FusionSpec('linear', 'auto'), ['dense', 'bm25'], cross_encoder=True,
+                     first_stage_weights={'dense': 0.55, 'bm25': 0.45})
+  assert plan.first.weights == {'dense': 0.55, 'bm25': 0.45}
+  assert plan.final.weights == 'auto'
+  fell_back = plan_stages(FusionSpec('linear', 'auto'), ['dense', 'bm25'], cross_encoder=False,
+                          first_stage_weights={'dense': 1.0, 'bm25': 0.0})
+  assert fell_back.first.weights == {'dense': 1.0} and fell_back.final is None
+
+
+@pytest.mark.parametrize('spec, weights, message', [
+    (FusionSpec('linear', {'dense': 1.0, 'ce': 1.0}), {'dense': 1.0}, 'fusion-weights auto'),
+    (FusionSpec('linear', 'auto'), {'bm25': 1.0}, 'names bm25'),
+    (FusionSpec('linear', 'auto'), {'ce': 1.0}, 'names ce'),
+    (FusionSpec('linear', 'auto'), {'dense': 0.0}, 'no signal a positive weight'),
+])
+def test_plan_refuses_first_stage_weights_that_do_not_fit(spec, weights, message):
+  with pytest.raises(ValueError, match=message):
+    plan_stages(spec, ['dense'], True, first_stage_weights=weights)
+
+
 # ------------------------------------------------------------ rank_query
 
 def test_rank_query_fixed_linear_then_cross_encoder_alone():

@@ -68,23 +68,44 @@ class StagePlan:
 
 
 def plan_stages(
-    spec: FusionSpec, sources: Sequence[str], cross_encoder: bool) -> StagePlan:
+    spec: FusionSpec, sources: Sequence[str], cross_encoder: bool,
+    first_stage_weights: Optional[Mapping[str, float]] = None) -> StagePlan:
   """What each stage fuses, from the asked fusion and the signals present.
 
   Args:
     spec: the fusion asked for (method, weights or ``auto``, RRF k).
     sources: first-stage signals that have scores (of ``FIRST_STAGE_SIGNALS``).
     cross_encoder: whether a cross-encoder scores the candidates.
+    first_stage_weights: fixed weights of the first stage under ``auto``
+      weights (only the final stage is tuned): e.g. weights decided on more
+      judged queries than the final stage may use, those the cross-encoder
+      was trained on.
 
   Raises:
     ValueError: fixed weights that name a signal the run does not have, give
       no first-stage signal a weight, or (with a cross-encoder) neither
-      ``ce`` nor ``retrieval``.
+      ``ce`` nor ``retrieval``; ``first_stage_weights`` with fixed weights, or
+      naming a signal that is not a first-stage one of this run.
   """
   first_signals = tuple(s for s in FIRST_STAGE_SIGNALS if s in sources)
   final_signals = FINAL_SIGNALS if cross_encoder else ()
+  if first_stage_weights is not None:
+    if not isinstance(spec.weights, str):
+      raise ValueError('fixed fusion weights already fix the first stage; '
+                       'give --first-stage-weights with --fusion-weights auto')
+    named = {s: w for s, w in first_stage_weights.items() if w > 0}
+    absent = [s for s in named if s not in first_signals]
+    if absent:
+      raise ValueError(
+          f'--first-stage-weights names {", ".join(absent)}, which is not a first-stage '
+          f'signal of this run (here: {", ".join(first_signals) or "none"})')
+    if not named:
+      raise ValueError('--first-stage-weights gives no signal a positive weight')
   if isinstance(spec.weights, str):
-    first = dataclasses.replace(spec, weights=AUTO) if first_signals else None
+    first = None
+    if first_signals:
+      first = dataclasses.replace(
+          spec, weights=AUTO if first_stage_weights is None else named)
     final = dataclasses.replace(spec, weights=AUTO) if cross_encoder else None
     return StagePlan(first, final, first_signals, final_signals)
   weights = {s: w for s, w in spec.weights.items() if w > 0}
