@@ -51,6 +51,36 @@ def prepare(collection: str, no_title: bool, work: str) -> dict[str, str]:
   return paths
 
 
+def fixed_hybrids(loop_dir: str, paths: dict) -> dict:
+  """nDCG@10 on the test queries of the untuned hybrids over the same candidates
+  (dense + BM25, linear 0.5/0.5 on min-max scores, and RRF k=60), next to the
+  loop's first stage as it tuned and guarded it."""
+  import glob
+
+  import numpy as np
+  import polars as pl
+
+  from transforms.fusion import candidates_from_rows, fuse_linear, fuse_rrf, ndcg_at_10
+  rows = pl.read_parquet(glob.glob(os.path.join(
+      loop_dir, 'rerank', 'cross-encoder', 'candidates', '*.parquet')))
+  test = pl.read_parquet(paths['test_queries'])['query_id'].cast(pl.String).to_list()
+  qrels: dict = {}
+  for row in pl.read_parquet(paths['qrels']).iter_rows(named=True):
+    qrels.setdefault(str(row['query_id']), {})[str(row['doc_id'])] = int(row['relevance'])
+  per_query: dict = {}
+  for row in rows.filter(pl.col('query_id').is_in(test)).iter_rows(named=True):
+    per_query.setdefault(row['query_id'], []).append(row)
+  fusions = {
+      'linear_dense0.5_bm25_0.5': lambda c: fuse_linear(c, {'dense': 0.5, 'bm25': 0.5}),
+      'rrf_k60': lambda c: fuse_rrf(c, {'dense': 1.0, 'bm25': 1.0}, 60.0),
+  }
+  return {name: float(np.mean([
+      ndcg_at_10([doc for doc, _ in fusion(candidates_from_rows(query_rows))],
+                 qrels.get(query_id, {}))
+      for query_id, query_rows in per_query.items() if query_id in qrels]))
+      for name, fusion in fusions.items()} | {'queries': len(per_query)}
+
+
 def control_metrics(loop_dir: str, paths: dict, args) -> dict:
   """The test queries' candidates scored by an untrained head on the base model."""
   import torch
@@ -151,8 +181,11 @@ def main() -> None:
       'command': 'beam-rerank loop ' + ' '.join(argv), 'settings': vars(args),
       'splits': result.splits, 'table': table, 'loop_wall_seconds': wall,
       'training': result.report['training'], 'fusion': result.report['fusion'],
+      'first_stage_tuning': result.report.get('first_stage_tuning'),
       'mined': result.report['mined'],
   }
+  if args.kind != 'bi-encoder':
+    output['fixed_hybrids_ndcg@10'] = fixed_hybrids(result.output_dir, paths)
   print(json.dumps({'table': table, 'training': output['training']}, indent=2))
   print('->', write_result(name, output))
 
