@@ -631,7 +631,12 @@ def choose_fusion(
   single signal is > 0 and a one-sided paired sign-flip test gives p < alpha
   (the weights were tuned on these same queries, so this is optimistic: with
   pure-noise extra signals it keeps fusion somewhat more often than alpha).
-  Otherwise they fall back to the best single signal (method ``none``, 1.0).
+  Otherwise they fall back to equal weights when those score above the best
+  single signal on the tuning queries (equal weights are not chosen there, so
+  their mean is a fair estimate, while the best single's is the best of
+  several: the comparison favours the single signal), else to the best single
+  signal (method ``none``, 1.0). Fewer than ``min_queries`` always fall back to
+  the best single signal.
   With ``folds`` >= 2 the gain and the test use cross-validated per-query
   nDCG@10 (each fold scored with weights tuned on the other folds), which
   keeps the false-keep rate near alpha; the kept weights are still tuned on
@@ -708,8 +713,21 @@ def choose_fusion(
   p = paired_sign_flip_p(fused_values - best_values, flips, seed)
   tuning['p_value'] = p
   if gain <= 0 or p >= alpha:
-    return fallback(f'gain {gain:+.3f} not supported (p={p:.3g}) on {len(queries)} '
-                    f'tuning queries')
+    why = f'gain {gain:+.3f} not supported (p={p:.3g}) on {len(queries)} tuning queries'
+    # Equal weights choose nothing on the tuning queries, so their mean there is
+    # a fair estimate; the best single signal's is the better of several, an
+    # optimistic one. Equal weights that still beat it do not lose to it.
+    equal = {s: 1.0 / len(signals) for s in signals}
+    equal_mean = float(_evaluate_grid(
+        per_query_candidates, qrels, queries, signals, [equal], spec.method,
+        spec.rrf_k, spec.normalisation)[:, 0].mean())
+    tuning['equal_weights_ndcg@10'] = equal_mean
+    if equal_mean > single_means[best] + _TIE_TOLERANCE:
+      reason = (f'auto fusion fell back to equal weights: tuned {why}; {spec.method} '
+                f'{_fmt_weights(equal)} scores {equal_mean:.3f} there, above {summary}')
+      logger.info('%s', reason)
+      return FusionDecision(equal, spec.method, True, reason, tuning, **base)
+    return fallback(why)
   singles_text = ', '.join(f'{s} {single_means[s]:.2f}' for s in signals)
   fused_text = f'fused {fused_mean:.2f}' + (f' ({folds}-fold held out)' if folds else '')
   reason = (f'auto fusion kept: {singles_text} -> {fused_text} ({gain:+.2f}, '
