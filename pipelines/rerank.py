@@ -165,8 +165,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
       'rrf: weighted reciprocal rank fusion (default: %(default)s).')
   fusion_group.add_argument(
       '--fusion-weights', default=AUTO, metavar='auto|SIGNAL=W,...',
-      help="'auto' (tuned on --tune-qrels, guarded: falls back to a stage's best single "
-      'signal unless the gain holds up in a paired test), or fixed, e.g. '
+      help="'auto' (tuned on --tune-qrels, guarded: unless the gain holds up in a paired "
+      "test, a stage falls back to equal weights where they beat its best single signal on "
+      'the tuning queries, else to that signal), or fixed, e.g. '
       "'dense=0.5,bm25=0.5,ce=1' (default: %(default)s).")
   fusion_group.add_argument(
       '--first-stage-weights', default=None, metavar='SIGNAL=W,...',

@@ -117,7 +117,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
   parser.add_argument(
       '--precision', choices=PRECISIONS, default='fp32',
       help='Mixed precision: fp16 or bf16 on a CUDA GPU, or bf16 on a CPU with native '
-      'bfloat16 (AVX512-BF16 or AMX: about twice as fast as fp32 there) (default: '
+      'bfloat16 (AVX512-BF16 or AMX: about 1.6x the fp32 step rate there) (default: '
       '%(default)s; refused where the machine cannot).')
   parser.add_argument('--no-progress', action='store_true', help='No progress bar.')
   return parser
