@@ -283,6 +283,21 @@ def test_choose_fusion_falls_back_on_too_few_queries():
   assert decision.reason.startswith('auto fusion fell back to dense: 10 tuning queries')
 
 
+def test_too_few_queries_fall_back_to_the_given_signal():
+  cands, qrels = _window_case(10)
+  decision = fusion.choose_fusion(cands, qrels, FusionSpec('linear', 'auto'),
+                                  few_queries_fallback='bm25')
+  assert decision.fell_back and decision.weights == {'bm25': 1.0}
+  assert decision.tuning['best_single'] == 'dense'  # the tie goes to dense by priority
+  assert decision.reason.startswith(
+      'auto fusion fell back to bm25: 10 tuning queries with judgments < 20 needed')
+  # Enough queries: the guard decides as ever (here it keeps the tuned weights).
+  cands, qrels = _window_case(35)
+  kept = fusion.choose_fusion(cands, qrels, FusionSpec('linear', 'auto'),
+                              few_queries_fallback='bm25')
+  assert not kept.fell_back and kept.weights == {'dense': 0.65, 'bm25': 0.35}
+
+
 def _noise_case(seed: int, queries: int = 40, docs: int = 20) -> tuple[dict, dict]:
   """dense is weakly informative, bm25 is noise: any tuned gain is overfitting."""
   rng = np.random.default_rng(seed)

@@ -196,6 +196,33 @@ def _fell_back(decision):
   assert decision['final'] is None
 
 
+def test_final_keeps_the_first_stage_with_too_few_tuning_queries():
+  """On 5 tuning queries the cross-encoder alone ranks the relevant doc first
+  and the fused first stage does not, yet 5 are too few to replace the first
+  stage: the final ranking is the first stage."""
+  tuning = [f't{i}' for i in range(5)]
+  rows = [row for q in [*tuning, 'held'] for row in _query_rows(q)]
+  qrels = {q: {'x': 1} for q in tuning}  # x: ce 0.9, first; fused first stage: second
+  plan = plan_stages(FusionSpec('linear', 'auto'), ['dense', 'bm25'], cross_encoder=True,
+                     first_stage_weights={'dense': 0.5, 'bm25': 0.5})
+  with TestPipeline() as p:
+    out = p | beam.Create(rows) | FuseStages(plan, qrels, top_n=3)
+    assert_that(out['decisions'], _check(_first_stage_stays), label='Decisions')
+    held = (out[ALL_TAG] | beam.Filter(lambda r: r['query_id'] == 'held')
+            | beam.Map(lambda r: (r['doc_id'], r['rank'], r['retrieval_rank'])))
+    assert_that(held, equal_to([('r', 1, 1), ('x', 2, 2), ('y', 3, 3)]), label='Held')
+
+
+def _first_stage_stays(decision):
+  final = decision['final']
+  assert final['tuning']['best_single'] == 'ce'
+  assert (final['method'], final['weights'], final['fell_back']) == (
+      'none', {'retrieval': 1.0}, True)
+  assert final['reason'].startswith(
+      'auto fusion fell back to retrieval: 5 tuning queries with judgments < 20 needed '
+      'to replace it')
+
+
 def test_no_tuning_queries_ranks_by_priority_signal():
   plan = plan_stages(FusionSpec('linear', 'auto'), ['dense', 'bm25'], cross_encoder=True)
   with TestPipeline() as p:

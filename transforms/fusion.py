@@ -622,6 +622,7 @@ def choose_fusion(
     flips: int = 10_000,
     seed: int = 0,
     folds: int = 0,
+    few_queries_fallback: Optional[str] = None,
 ) -> FusionDecision:
   """Resolves ``spec`` to concrete weights, guarding auto-tuned ones.
 
@@ -636,7 +637,9 @@ def choose_fusion(
   their mean is a fair estimate, while the best single's is the best of
   several: the comparison favours the single signal), else to the best single
   signal (method ``none``, 1.0). Fewer than ``min_queries`` always fall back to
-  the best single signal.
+  one signal: ``few_queries_fallback`` when given (e.g. the final stage's input
+  ranking, which so few queries cannot show a model should replace), else the
+  best single signal on them.
   With ``folds`` >= 2 the gain and the test use cross-validated per-query
   nDCG@10 (each fold scored with weights tuned on the other folds), which
   keeps the false-keep rate near alpha; the kept weights are still tuned on
@@ -652,6 +655,8 @@ def choose_fusion(
     flips: random sign flips of the paired test.
     seed: seeds the sign flips and the fold assignment.
     folds: 0 (test the in-sample tuned fusion) or >= 2 (cross-validate).
+    few_queries_fallback: the signal ranked by with fewer than ``min_queries``
+      tuning queries (one of ``signals``); None: the best single signal.
   """
   if folds == 1 or folds < 0:
     raise ValueError(f'folds must be 0 or >= 2, got {folds}')
@@ -703,6 +708,13 @@ def choose_fusion(
                  'grid_size': len(grid), 'flips': flips, 'seed': seed, 'folds': folds})
   if len(queries) < min_queries:
     tuning['p_value'] = None
+    if few_queries_fallback in signals and few_queries_fallback != best:
+      reason = (f'auto fusion fell back to {few_queries_fallback}: {len(queries)} tuning '
+                f'queries with judgments < {min_queries} needed to replace it (tuned '
+                f'{_fmt_weights(weights)}: {fused_mean:.3f}; {summary}; '
+                f'{few_queries_fallback} {single_means[few_queries_fallback]:.3f})')
+      logger.info('%s', reason)
+      return FusionDecision({few_queries_fallback: 1.0}, 'none', True, reason, tuning, **base)
     return fallback(f'{len(queries)} tuning queries with judgments < {min_queries} needed '
                     f'(tuned {_fmt_weights(weights)}: {fused_mean:.3f} vs {summary})')
   if folds and len(queries) >= 2:

@@ -8,11 +8,13 @@
 
 With ``auto`` weights each stage's weights are chosen by ``fusion.choose_fusion``
 on the tuning queries (those judged in the tuning qrels); its guard falls back
-to the stage's best single signal when the gain is not supported. The final
-stage is tuned on the first stage as decided, so its guard compares against
-the fused first stage itself: the cross-encoder is only let in where it helps
-on the tuning queries. Fixed weights: the first stage uses the weights of the
-first-stage signals, the final one all the weights given.
+to equal weights, or to the stage's best single signal, when the gain is not
+supported. The final stage is tuned on the first stage as decided, so its guard
+compares against the fused first stage itself: the cross-encoder is only let in
+where the final ranking does not lose on the tuning queries, and with fewer
+than ``MIN_TUNING_QUERIES`` of them the first stage stays the final ranking.
+Fixed weights: the first stage uses the weights of the first-stage signals, the
+final one all the weights given.
 """
 from __future__ import annotations
 
@@ -140,8 +142,10 @@ def plan_stages(
 def decide(
     spec: Optional[FusionSpec], signals: Sequence[str],
     tuning_rows: Mapping[str, Sequence[Mapping]],
-    qrels: Mapping[str, Mapping[str, int]]) -> Optional[FusionDecision]:
-  """One stage's concrete fusion: fixed weights as given, ``auto`` tuned and guarded."""
+    qrels: Mapping[str, Mapping[str, int]],
+    few_queries_fallback: Optional[str] = None) -> Optional[FusionDecision]:
+  """One stage's concrete fusion: fixed weights as given, ``auto`` tuned and guarded
+  (with too few tuning queries: ``few_queries_fallback``, else the best signal)."""
   if spec is None:
     return None
   if isinstance(spec.weights, str) and len(signals) == 1:
@@ -157,7 +161,8 @@ def decide(
   per_query = {q: candidates_from_rows(rows) for q, rows in tuning_rows.items()}
   return choose_fusion(
       per_query, qrels, spec, signals=signals, min_queries=MIN_TUNING_QUERIES,
-      alpha=ALPHA, folds=GUARD_FOLDS, seed=GUARD_SEED)
+      alpha=ALPHA, folds=GUARD_FOLDS, seed=GUARD_SEED,
+      few_queries_fallback=few_queries_fallback)
 
 
 def _has_any(rows: Sequence[Mapping], decision: FusionDecision) -> bool:
@@ -232,8 +237,10 @@ class _RankStagesFn(beam.DoFn):
 
 
 def _decide_final(tuning_rows, first, plan, qrels):
+  # Too few tuning queries to show the cross-encoder helps: the first stage stays.
   staged = {q: apply_first_stage(rows, first) for q, rows in tuning_rows.items()}
-  return decide(plan.final, plan.final_signals, staged, qrels)
+  return decide(plan.final, plan.final_signals, staged, qrels,
+                few_queries_fallback='retrieval' if first is not None else None)
 
 
 def _decisions(first: Optional[FusionDecision], final: Optional[FusionDecision],
