@@ -489,12 +489,16 @@ def bm25_weight(value: str) -> Union[float, str]:
   return AUTO if value == AUTO else common.fraction(value)
 
 
+def _first_stage_decision(rerank_report: Mapping) -> dict:
+  """A rerank report's first-stage fusion decision ({} without one)."""
+  return (rerank_report.get('fusion') or {}).get('first_stage') or {}
+
+
 def first_stage_bm25_share(rerank_report: Mapping) -> float:
-  """The BM25 share of a rerank run's first-stage fusion as tuned (and guarded)
-  on the dev queries: its BM25 weight over dense + BM25; 1 or 0 when it fell
-  back to BM25 or to dense alone (0 without a fusion decision)."""
-  decision = ((rerank_report.get('fusion') or {}).get('first_stage') or {})
-  weights = decision.get('weights') or {}
+  """The BM25 share of a rerank run's first-stage fusion as tuned (and guarded):
+  its BM25 weight over dense + BM25; 1 or 0 when it fell back to BM25 or to
+  dense alone (0 without a fusion decision)."""
+  weights = _first_stage_decision(rerank_report).get('weights') or {}
   dense, lexical = float(weights.get('dense', 0)), float(weights.get('bm25', 0))
   return lexical / (dense + lexical) if dense + lexical > 0 else 0.0
 
@@ -522,8 +526,8 @@ def first_stage_weights_text(rerank_report: Mapping) -> Optional[str]:
   """A rerank run's first-stage fusion weights as ``--first-stage-weights`` takes
   them (``'dense=0.55,bm25=0.45'``; ``'dense=1'`` after a fallback); None
   without a first-stage decision."""
-  decision = ((rerank_report.get('fusion') or {}).get('first_stage') or {})
-  weights = {s: float(w) for s, w in (decision.get('weights') or {}).items() if float(w) > 0}
+  weights = {s: float(w) for s, w in (
+      _first_stage_decision(rerank_report).get('weights') or {}).items() if float(w) > 0}
   return ','.join(f'{s}={w!r}' for s, w in weights.items()) or None
 
 
@@ -698,8 +702,8 @@ def execute(job: LoopJobConfig) -> LoopResult:
     first_stage_tuning = _tune_first_stage(
         job, os.path.join(rerank_dir, 'first-stage-tuning'), base, files)
     first_stage_weights = first_stage_weights_text(first_stage_tuning.report)
-    logger.info('[loop] first stage: %s (%s)', first_stage_weights, (
-        (first_stage_tuning.report.get('fusion') or {}).get('first_stage') or {}).get('reason'))
+    logger.info('[loop] first stage: %s (%s)', first_stage_weights,
+                _first_stage_decision(first_stage_tuning.report).get('reason'))
   teacher_bm25_weight = 0.0 if job.teacher_bm25_weight == AUTO else job.teacher_bm25_weight
   if job.teacher_bm25_weight == AUTO and first_stage_tuning and warm_start_teacher(job):
     teacher_bm25_weight = first_stage_bm25_share(first_stage_tuning.report)
