@@ -1,19 +1,20 @@
-"""The product's ``loop`` on a test collection, odd query ids to train/dev, even ids reported.
+"""The product's ``loop`` on a test collection, odd query ids to train/dev, even ids reported
+(``--test-ids odd``: the other way round).
 
 Runs ``beam-rerank loop`` (mine pseudo-queries + judged train queries -> train
 -> rerank with fusion tuned on the dev queries -> test metrics) with the test
-split given as the even query ids (``--test-queries``), then scores the same
+split given as the even (or odd) query ids (``--test-queries``), then scores the same
 test candidates with an untrained head on the same base (the control: what
 the fine-tuning added). Nothing here is tuned per collection: the loop's
 defaults, plus the CPU budget (``--max-length``, ``--max-steps``).
 
     .venv/bin/python benchmarks/loop_quality.py --collection cranfield [--kind both]
         [--no-title] [--seed 12] [--max-length 160] [--max-steps 640] [--distill-steps 300]
-        [--teacher-bm25-weight auto] [--train-precision bf16]
+        [--teacher-bm25-weight auto] [--train-precision bf16] [--test-ids odd]
 
 ``--no-title`` cuts the title from each text and drops the title column: only
 sentence pseudo-queries can be made. Results go to
-benchmarks/results/loop_quality-COLLECTION[-notitle]-seedN[-lrX][-distillN][-tbm25W]-devtopN[-bf16-stepsN].json
+benchmarks/results/loop_quality-COLLECTION[-notitle]-seedN[-lrX][-distillN][-tbm25W]-devtopN[-bf16-stepsN][-testodd].json
 (N: negatives per dev query, its best-ranked; results without it predate the
 option and drew 4 at random from the top 100).
 """
@@ -31,9 +32,11 @@ from benchmarks._common import REPO, text_without_title, write_result  # noqa: E
 DATASETS = os.path.join(REPO, '..', 'shared', 'datasets')
 
 
-def prepare(collection: str, no_title: bool, work: str) -> dict[str, str]:
+def prepare(collection: str, no_title: bool, work: str,
+            test_ids: str = 'even') -> dict[str, str]:
   """Writes the corpus (titles cut when ``no_title``), queries, qrels and the
-  even-id test queries under ``work``; returns their paths."""
+  test queries (the even query ids, or the odd ones) under ``work``; returns
+  their paths."""
   import polars as pl
   source = os.path.join(DATASETS, collection)
   corpus = pl.read_parquet(os.path.join(source, 'corpus.parquet'))
@@ -41,13 +44,13 @@ def prepare(collection: str, no_title: bool, work: str) -> dict[str, str]:
     corpus = corpus.with_columns(text=text_without_title()).filter(
         pl.col('text') != '').select('doc_id', 'text')
   queries = pl.read_parquet(os.path.join(source, 'queries.parquet'))
-  even = pl.col('query_id').cast(pl.Int64) % 2 == 0
+  test = pl.col('query_id').cast(pl.Int64) % 2 == (0 if test_ids == 'even' else 1)
   paths = {name: os.path.join(work, f'{name}.parquet')
            for name in ('corpus', 'queries', 'qrels', 'test_queries')}
   corpus.write_parquet(paths['corpus'])
   queries.write_parquet(paths['queries'])
   pl.read_parquet(os.path.join(source, 'qrels.parquet')).write_parquet(paths['qrels'])
-  queries.filter(even).select('query_id').write_parquet(paths['test_queries'])
+  queries.filter(test).select('query_id').write_parquet(paths['test_queries'])
   return paths
 
 
@@ -109,6 +112,9 @@ def main() -> None:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--collection', choices=('cranfield', 'cacm'), default='cranfield')
   parser.add_argument('--no-title', action='store_true')
+  parser.add_argument('--test-ids', choices=('even', 'odd'), default='even',
+                      help='which query ids are the test split (default: %(default)s; odd: '
+                      'a check on queries whose test figures the recipe was not developed on)')
   parser.add_argument('--kind', choices=('cross-encoder', 'bi-encoder', 'both'),
                       default='cross-encoder')
   parser.add_argument('--seed', type=int, default=12)
@@ -148,9 +154,11 @@ def main() -> None:
   name += f'-devtop{args.dev_negatives or args.rerank_top_k}'
   if args.train_precision != 'fp32':
     name += f'-{args.train_precision}-steps{args.max_steps}'
+  if args.test_ids != 'even':
+    name += f'-test{args.test_ids}'
   work = args.workdir or os.path.join('/tmp', name)
   os.makedirs(work, exist_ok=True)
-  paths = prepare(args.collection, args.no_title, work)
+  paths = prepare(args.collection, args.no_title, work, args.test_ids)
   pseudo = args.pseudo_queries or ('sentence' if args.no_title else 'title,sentence')
   argv = [
       '--queries', paths['queries'], '--corpus', paths['corpus'], '--qrels', paths['qrels'],
@@ -178,6 +186,7 @@ def main() -> None:
     table['control'] = control_metrics(result.output_dir, paths, args)
   output = {
       'collection': args.collection, 'no_title': args.no_title, 'seed': args.seed,
+      'test_ids': args.test_ids,
       'command': 'beam-rerank loop ' + ' '.join(argv), 'settings': vars(args),
       'splits': result.splits, 'table': table, 'loop_wall_seconds': wall,
       'training': result.report['training'], 'fusion': result.report['fusion'],
