@@ -666,8 +666,6 @@ def run(argv: Sequence[str] | None = None) -> dict:
   return execute(job).report
 
 
-
-
 def main(argv: Sequence[str] | None = None) -> int:
   return common.main_wrapper(run, PROG, argv)
 

@@ -72,7 +72,6 @@ class InferenceSettings:
     return dataclasses.replace(self, backend=backend)
 
 
-
 def _whole_number(value: str, least: int) -> int:
   try:
     number = int(value)
