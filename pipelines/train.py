@@ -66,7 +66,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
   parser.add_argument(
       '--learning-rate', type=float, default=5e-5,
       help='(default: %(default)s; a new cross-encoder head needs more than 2e-5)')
-  parser.add_argument('--warmup-ratio', type=float, default=0.1, help='(default: %(default)s)')
+  parser.add_argument(
+      '--warmup-ratio', type=common.fraction, default=0.1,
+      help='Share of the steps over which the learning rate rises (default: %(default)s).')
   parser.add_argument(
       '--max-length', type=common.positive_int, default=None,
       help="Tokens per input (default: the model's).")

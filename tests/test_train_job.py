@@ -628,3 +628,39 @@ def test_is_cross_encoder(mine_bi_encoder_dir, mine_cross_encoder_dir, tmp_path)
   assert training.is_cross_encoder(mine_cross_encoder_dir)
   assert not training.is_cross_encoder(mine_bi_encoder_dir)
   assert not training.is_cross_encoder(str(tmp_path))  # no config at all
+
+
+@pytest.mark.parametrize('ratio, warmup_of_ten_steps', [(0.0, 0), (0.25, 3), (1.0, 10)])
+def test_warmup_ratio_reaches_the_trainer_as_a_share_of_the_steps(
+    tmp_path, caplog, mine_bi_encoder_dir, ratio, warmup_of_ten_steps):
+  """transformers 5 takes the ratio as a float ``warmup_steps``: no deprecation
+  warning, and 1.0 is all the steps, not one step."""
+  import logging
+
+  from datasets import Dataset
+  from sentence_transformers import CrossEncoder
+  from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
+  model = CrossEncoder(mine_bi_encoder_dir, num_labels=1, device='cpu')
+  rows = Dataset.from_dict({'sentence_0': ['wing', 'хлеб'], 'sentence_1': ['lift', 'мука'],
+                            'label': [1.0, 0.0]})
+  config = training.TrainConfig(
+      pairs_dir='', kind='cross-encoder', base_model='', output_dir=str(tmp_path),
+      warmup_ratio=ratio, dev=False)
+  with caplog.at_level(logging.WARNING):
+    trainer, _ = training._trainer(config, model, BinaryCrossEntropyLoss(model),
+                                   {'train': rows}, None, None, str(tmp_path))
+  assert trainer.args.get_warmup_steps(10) == warmup_of_ten_steps
+  assert 'warmup_ratio' not in caplog.text
+
+
+@pytest.mark.parametrize('ratio', ['-0.1', '1.5', 'x'])
+def test_warmup_ratio_outside_zero_one_exits_2(tmp_path, capsys, pairs, mine_bi_encoder_dir,
+                                              ratio):
+  pairs_dir, _ = pairs
+  with pytest.raises(SystemExit) as exited:
+    train.main(['--pairs', str(pairs_dir), '--kind', 'cross-encoder', '--base-model',
+                mine_bi_encoder_dir, '--output', str(tmp_path / 'model'),
+                '--warmup-ratio', ratio])
+  assert exited.value.code == 2
+  assert '--warmup-ratio' in capsys.readouterr().err
+  assert not (tmp_path / 'model').exists()

@@ -149,6 +149,8 @@ def check_evaluation_settings(config: TrainConfig) -> None:
     raise UserInputError('--distill-steps warms up a cross-encoder; a bi-encoder needs none')
   if not 0 <= config.teacher_bm25_weight <= 1:
     raise UserInputError('--teacher-bm25-weight must be in [0, 1]')
+  if not 0 <= config.warmup_ratio <= 1:
+    raise UserInputError('--warmup-ratio must be in [0, 1]')
 
 
 def _model_json(path: str, name: str) -> dict:
@@ -325,7 +327,10 @@ def _trainer(config: TrainConfig, model, loss, data, evaluator, metric_key: Opti
       per_device_train_batch_size=config.batch_size,
       per_device_eval_batch_size=config.batch_size,
       learning_rate=config.learning_rate,
-      warmup_ratio=config.warmup_ratio,
+      # transformers 5 reads a float warmup_steps below 1 as a ratio (warmup_ratio
+      # is deprecated, and 1.0 either way would mean one step): 1.0 becomes the
+      # float just below it, all the steps.
+      warmup_steps=min(float(config.warmup_ratio), math.nextafter(1.0, 0.0)),
       seed=config.seed,
       data_seed=config.seed,
       eval_strategy=strategy,
