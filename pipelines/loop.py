@@ -623,6 +623,19 @@ def row_labels(table: Mapping[str, object]) -> dict[str, str]:
   return labels
 
 
+def candidate_depth_note(measures: Sequence[str], top_k: int, bm25: bool) -> Optional[str]:
+  """A line under the table for the measures whose cutoff passes the reranked
+  depth: they count only each query's candidates, not a deeper retrieval
+  (None when every cutoff is within ``top_k``)."""
+  deep = [m for m in dict.fromkeys(measures)
+          if m.partition('@')[2].isdigit() and int(m.partition('@')[2]) > top_k]
+  if not deep:
+    return None
+  source = f'the dense and BM25 top {top_k}' if bm25 else f'the dense top {top_k}'
+  return (f'{", ".join(evaluation.display_name(m) for m in deep)}: over the reranked '
+          f'candidates only ({source}); --rerank-top-k for deeper lists')
+
+
 def format_table(table: Mapping[str, Mapping[str, float]], title: str) -> str:
   """The loop's table: one line per row, one column per measure."""
   measures = list(dict.fromkeys(m for values in table.values() for m in values))
@@ -793,6 +806,10 @@ def execute(job: LoopJobConfig) -> LoopResult:
       f'train {sizes["train"]:,} / dev {sizes["dev"]:,} / test {sizes["test"]:,}')))
   for label, decision in fusion_reasons(report).items():
     print(f'  {label}: {decision}')
+  depth = candidate_depth_note(
+      [m for values in table.values() for m in values], job.rerank_top_k, job.bm25)
+  if depth:
+    print(f'  {depth}')
   print(f'  written: {os.path.join(root, REPORT_NAME)}')
   return LoopResult(output_dir=root, splits=sizes, table=table, report=report)
 

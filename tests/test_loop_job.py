@@ -290,6 +290,21 @@ def test_printed_table_has_the_rows(loop_run):
   final = report['fusion']['cross-encoder']['final']['reason']
   assert f'  final, cross-encoder (dev queries): {final}' in printed
   assert 'final, bi-encoder' not in printed  # no cross-encoder there: no final fusion
+  assert ('  Recall@100: over the reranked candidates only (the dense and BM25 top 20); '
+          '--rerank-top-k for deeper lists') in printed
+
+
+@pytest.mark.parametrize('measures, top_k, bm25, note', [
+    (['nDCG@10', 'RR@10', 'R@100'], 20, True,
+     'Recall@100: over the reranked candidates only (the dense and BM25 top 20); '
+     '--rerank-top-k for deeper lists'),
+    (['nDCG@10', 'R@100', 'P@50', 'R@100'], 30, False,
+     'Recall@100, P@50: over the reranked candidates only (the dense top 30); '
+     '--rerank-top-k for deeper lists'),
+    (['nDCG@10', 'RR@10', 'R@100', 'MAP'], 100, True, None),
+])
+def test_candidate_depth_note(measures, top_k, bm25, note):
+  assert loop.candidate_depth_note(measures, top_k, bm25) == note
 
 
 def test_bi_encoder_alone_without_bm25_or_dev(tmp_path, mine_bi_encoder_dir, capsys):
