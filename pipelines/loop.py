@@ -44,8 +44,15 @@ from transforms.inference_settings import InferenceSettings
 from transforms.mining import NegativeMiningSettings, split_of
 from transforms.model_info import resolve_model_dir, resolve_model_name
 from transforms.parquet_input import check_parquet_input
-from transforms.parquet_sink import MANIFEST_NAME, committed_files, read_json, write_json
+from transforms.parquet_sink import (
+    MANIFEST_NAME,
+    committed_files,
+    read_json,
+    stable_hash,
+    write_json,
+)
 from transforms.pseudo_queries import PseudoQuerySettings
+from transforms.stage_fusion import MIN_TUNING_QUERIES
 from transforms.training import PRECISIONS, is_cross_encoder
 
 PROG = 'beam-rerank loop'
@@ -61,11 +68,13 @@ REPORT_NAME = 'loop_report.json'
 SPLIT_RULE = (
     'h = blake2b(query_id) % 1e6: test if h >= (1 - test_fraction) * 1e6; dev if '
     'h < dev_fraction * (1 - test_fraction) * 1e6 (the mine job\'s own dev split with '
-    'that fraction); else train')
+    'that fraction, raised to take 20 judged queries when the hash gives fewer and 40 '
+    'or more are not test); else train')
 EXPLICIT_TEST_RULE = (
     'test: the judged ids listed in --test-queries; of the rest, h = blake2b(query_id) '
     '% 1e6: dev if h < dev_fraction * 1e6 (the mine job\'s own dev split with that '
-    'fraction); else train')
+    'fraction, raised to take 20 judged queries when the hash gives fewer and 40 or more '
+    'are not test); else train')
 # Row key -> label of the printed table, in order.
 TABLE_ROWS = {
     'first_stage': 'first stage (dense + BM25)',
@@ -301,16 +310,16 @@ def split_query_ids(
   """Judged query ids -> ``{'train', 'dev', 'test': sorted ids}``, by the id hash.
 
   ``test_ids`` (a held-out set of the user's) replace ``test_fraction``: test is
-  the judged ids among them. Dev is ``split_of(query_id, mine_dev_fraction(...))
+  the judged ids among them. Dev is ``split_of(query_id, loop_dev_share(...))
   == 'dev'``: the mine job, given the train+dev judgments and that fraction,
   puts exactly these queries in its dev split.
   """
   held_out = None if test_ids is None else set(test_ids)
-  dev_share = mine_dev_fraction(test_fraction, dev_fraction, held_out is not None)
+  ids = sorted(set(query_ids))
+  dev_share = loop_dev_share(ids, test_fraction, dev_fraction, held_out)
   splits: dict[str, list[str]] = {name: [] for name in SPLITS}
-  for query_id in sorted(set(query_ids)):
-    if (query_id in held_out if held_out is not None
-        else split_of(query_id, 1 - test_fraction) == 'train'):
+  for query_id in ids:
+    if _is_test(query_id, test_fraction, held_out):
       splits['test'].append(query_id)
     elif split_of(query_id, dev_share) == 'dev':
       splits['dev'].append(query_id)
@@ -326,6 +335,42 @@ def mine_dev_fraction(test_fraction: float, dev_fraction: float,
   hash split's test share is cut out of the same hash range; an explicit test
   set is not)."""
   return dev_fraction if explicit_test else dev_fraction * (1 - test_fraction)
+
+
+# The loop's dev split holds at least this many judged queries where the
+# collection allows (the final stage's fusion guard needs as many to tune).
+MIN_DEV_QUERIES = MIN_TUNING_QUERIES
+
+
+def _is_test(query_id: str, test_fraction: float, held_out: Optional[set]) -> bool:
+  if held_out is not None:
+    return query_id in held_out
+  return split_of(query_id, 1 - test_fraction) == 'train'
+
+
+def loop_dev_share(query_ids: Iterable[str], test_fraction: float, dev_fraction: float,
+                   held_out: Optional[Iterable[str]] = None) -> float:
+  """The mine job's ``--dev-fraction`` for the loop's dev split:
+  ``mine_dev_fraction``, raised just enough to put ``MIN_DEV_QUERIES`` of the
+  judged non-test queries in dev when the hash gives fewer and at least twice
+  that many are not test (so train keeps as many). The final stage's fusion is
+  tuned on the dev queries, and the guard keeps the first stage with fewer
+  than that; a hash split of ~110 queries at 0.2 can give 19. Never lowered;
+  0 stays 0 (no dev split)."""
+  held = None if held_out is None else set(held_out)
+  share = mine_dev_fraction(test_fraction, dev_fraction, held is not None)
+  if share <= 0:
+    return share
+  hashes = sorted(stable_hash(q) % 1_000_000 for q in set(query_ids)
+                  if not _is_test(q, test_fraction, held))
+  if len(hashes) < 2 * MIN_DEV_QUERIES or split_count(hashes, share) >= MIN_DEV_QUERIES:
+    return share
+  return (hashes[MIN_DEV_QUERIES - 1] + 1) / 1_000_000
+
+
+def split_count(hashes: Sequence[int], share: float) -> int:
+  """How many of ``hashes`` ``split_of`` puts in dev at ``share``."""
+  return sum(h < share * 1_000_000 for h in hashes)
 
 
 def check_disjoint(splits: Mapping[str, Iterable[str]]) -> None:
@@ -363,8 +408,14 @@ def _write_splits(job: LoopJobConfig, splits_dir: str) -> tuple[dict, dict[str, 
         job.test_queries, '--test-queries', {job.query_id_column: 'id'})
     test_ids = evaluation.read_parquet_files(
         test_input.files, [job.query_id_column])[job.query_id_column].cast(pl.String).to_list()
-  splits = split_query_ids(
-      qrels['query_id'].to_list(), job.test_fraction, job.dev_fraction, test_ids)
+  judged = qrels['query_id'].to_list()
+  splits = split_query_ids(judged, job.test_fraction, job.dev_fraction, test_ids)
+  dev_share = loop_dev_share(judged, job.test_fraction, job.dev_fraction, test_ids)
+  requested = mine_dev_fraction(job.test_fraction, job.dev_fraction, test_ids is not None)
+  if dev_share != requested:
+    logger.info('[loop] the dev split takes %d queries (hash < %g instead of %g): the '
+                "final stage's fusion guard needs %d", len(splits['dev']), dev_share,
+                requested, MIN_DEV_QUERIES)
   for name in ('train', 'test'):
     if not splits[name]:
       raise UserInputError(
@@ -388,7 +439,8 @@ def _write_splits(job: LoopJobConfig, splits_dir: str) -> tuple[dict, dict[str, 
   if missing['test']:
     logger.warning('%s: warning: %d test queries are judged but not in --queries',
                    PROG, missing['test'])
-  return {'files': paths, 'judged_not_in_queries': missing}, splits
+  return {'files': paths, 'judged_not_in_queries': missing,
+          'mine_dev_fraction': dev_share}, splits
 
 
 def _mined_query_ids(pairs_dir: str) -> dict[str, set[str]]:
@@ -446,7 +498,7 @@ def _encode(job: LoopJobConfig, model: Optional[str], directory: str,
 
 
 def _mine(job: LoopJobConfig, files: Mapping[str, str], embeddings: Mapping[str, str],
-          output: str) -> mine_job.MineResult:
+          output: str, dev_share: float) -> mine_job.MineResult:
   formats = []
   if 'cross-encoder' in job.kinds:
     formats.append('labeled-pair')
@@ -461,8 +513,7 @@ def _mine(job: LoopJobConfig, files: Mapping[str, str], embeddings: Mapping[str,
       title_separator=job.title_separator, qrels=files['tune'], format=','.join(formats),
       mining=NegativeMiningSettings(
           num_negatives=job.num_negatives, sampling_strategy=job.negatives, seed=job.seed),
-      dev_fraction=mine_dev_fraction(
-          job.test_fraction, job.dev_fraction, job.test_queries is not None),
+      dev_fraction=dev_share,
       dev_negatives=(job.dev_negatives or job.rerank_top_k) if job.dev_fraction else None,
       pseudo=PseudoQuerySettings(
           sources=tuple(job.pseudo_queries), max_docs=job.pseudo_max_docs, seed=job.seed),
@@ -703,7 +754,7 @@ def execute(job: LoopJobConfig) -> LoopResult:
 
   logger.info('[loop] step %d/%d: mine train+dev queries', next(step), steps)
   pairs_dir = os.path.join(root, 'pairs')
-  mined = _mine(job, files, base, pairs_dir)
+  mined = _mine(job, files, base, pairs_dir, split_info['mine_dev_fraction'])
   mined_queries = check_mined_splits(pairs_dir, splits)
 
   models, trained, runs, embedding_dirs = {}, {}, {}, {'base': base}
@@ -767,8 +818,7 @@ def execute(job: LoopJobConfig) -> LoopResult:
           'test_fraction': None if job.test_queries else job.test_fraction,
           'dev_fraction': job.dev_fraction,
           'test_queries': job.test_queries,
-          'mine_dev_fraction': mine_dev_fraction(
-              job.test_fraction, job.dev_fraction, job.test_queries is not None),
+          'mine_dev_fraction': split_info['mine_dev_fraction'],
           'judged_not_in_queries': split_info['judged_not_in_queries'],
           'files': files,
       },

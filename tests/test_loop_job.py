@@ -75,6 +75,33 @@ def test_explicit_test_queries_replace_the_hash_test_split():
   assert 0.2 < len(splits['dev']) / len(rest) < 0.3
 
 
+@pytest.mark.parametrize('judged, explicit_test, dev', [
+    (120, True, loop.MIN_DEV_QUERIES),   # 60 not test: ~12 by hash, raised to 20
+    (60, False, loop.MIN_DEV_QUERIES),   # ~48 not test (test by hash)
+    (70, True, None),                    # 35 not test: fewer than twice 20, left as hashed
+])
+def test_dev_split_takes_enough_queries_for_the_guard(judged, explicit_test, dev):
+  ids = [f'q{i}' for i in range(judged)]
+  held_out = ids[::2] if explicit_test else None
+  requested = loop.mine_dev_fraction(0.2, 0.2, explicit_test)
+  share = loop.loop_dev_share(ids, 0.2, 0.2, held_out)
+  splits = loop.split_query_ids(ids, 0.2, 0.2, held_out)
+  rest = set(splits['train']) | set(splits['dev'])
+  hashed = sum(split_of(q, requested) == 'dev' for q in rest)
+  assert hashed < loop.MIN_DEV_QUERIES  # the case: the hash alone gives too few
+  assert len(splits['dev']) == (dev if dev is not None else hashed)
+  assert (share > requested) == (dev is not None)
+  assert len(splits['train']) >= len(splits['dev'])
+  # The mine job, given the raised fraction, still puts exactly these in dev.
+  for query_id in rest:
+    assert (split_of(query_id, share) == 'dev') == (query_id in splits['dev'])
+
+
+def test_no_dev_fraction_is_never_raised():
+  ids = [f'q{i}' for i in range(120)]
+  assert loop.loop_dev_share(ids, 0.2, 0.0, ids[::2]) == 0.0
+
+
 def test_check_disjoint_refuses_a_shared_id():
   with pytest.raises(AssertionError, match='train and test share 1 ids'):
     loop.check_disjoint({'train': ['a', 'b'], 'dev': [], 'test': ['b']})
