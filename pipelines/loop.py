@@ -130,8 +130,10 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
       'queries by hash.')
   splits.add_argument(
       '--dev-fraction', type=common.fraction, default=0.2,
-      help='Share of the other judged queries used to pick the training checkpoint '
-      '(default: %(default)s; 0: no dev split).')
+      help='Share of the other judged queries used to pick the training checkpoint and '
+      'tune the final fusion; raised to hold 20 queries (the fusion guard\'s minimum) '
+      'when the hash gives fewer and 40 or more are not test (default: %(default)s; '
+      '0: no dev split).')
 
   models = parser.add_argument_group('models')
   models.add_argument(
