@@ -365,14 +365,10 @@ def loop_dev_share(query_ids: Iterable[str], test_fraction: float, dev_fraction:
     return share
   hashes = sorted(stable_hash(q) % 1_000_000 for q in set(query_ids)
                   if not _is_test(q, test_fraction, held))
-  if len(hashes) < 2 * MIN_DEV_QUERIES or split_count(hashes, share) >= MIN_DEV_QUERIES:
+  hashed_dev = sum(h < share * 1_000_000 for h in hashes)  # as split_of decides
+  if len(hashes) < 2 * MIN_DEV_QUERIES or hashed_dev >= MIN_DEV_QUERIES:
     return share
   return (hashes[MIN_DEV_QUERIES - 1] + 1) / 1_000_000
-
-
-def split_count(hashes: Sequence[int], share: float) -> int:
-  """How many of ``hashes`` ``split_of`` puts in dev at ``share``."""
-  return sum(h < share * 1_000_000 for h in hashes)
 
 
 def check_disjoint(splits: Mapping[str, Iterable[str]]) -> None:
