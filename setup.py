@@ -6,13 +6,22 @@ from setuptools import find_packages, setup
 
 # torch is listed with a floor only: install the build you want first (CPU or
 # CUDA); a range that the installed build satisfies installs nothing more.
+# Ranges, since the project is also a library; the exact versions that pass
+# the tests are in requirements/lock-*.txt (scripts/update_lock.sh), which
+# run_tests.sh and run_local.sh install with. Every third-party import of
+# pipelines/ and transforms/ is declared here (tests/test_setup_declares_imports.py).
 REQUIRED = [
     'apache-beam>=2.77,<3',
-    'sentence-transformers>=6.2,<7',
+    # 6.3: mine_hard_negatives never returns the query's own text and keeps a
+    # place for it in the pool; the mine job follows that.
+    'sentence-transformers>=6.3,<7',
+    'transformers>=5',
+    'huggingface-hub>=1',
     'torch>=2.13',
     'pyarrow>=18',
     'polars>=1.30',
     'numpy>=1.26',
+    'scipy>=1.10',         # sparse BM25 scoring
     'ir-measures>=0.3',   # metrics (trec_eval underneath)
     'matplotlib>=3.7',    # the report PNGs
     'datasets>=3',        # the train job reads mined Parquet with load_dataset
@@ -26,7 +35,7 @@ EXTRAS = {
     # a CPU torch; 2.1 works. It caps transformers below 5.6 (the default install
     # takes the newest 5.x).
     'openvino': [
-        'sentence-transformers[openvino]>=6.2,<7',
+        'sentence-transformers[openvino]>=6.3,<7',
         'optimum-intel[openvino]>=2.1,<2.2',
     ],
     # --backend onnx / onnx-o3 / onnx-int8. sentence-transformers' own onnx extra

@@ -276,18 +276,25 @@ def mine_st_scores(mine_bi_encoder_dir):
   mine_hard_negatives computes them (normalized float32 embeddings)."""
   from sentence_transformers import SentenceTransformer
   model = SentenceTransformer(mine_bi_encoder_dir, device='cpu')
+  return model, st_scores(model, ST_CORPUS)
+
+
+def st_scores(model, corpus: Sequence[str]):
+  """Anchor x ``corpus`` cosine scores, as mine_hard_negatives computes them
+  (normalized float32 embeddings); asserts no near-ties in any anchor's row."""
   queries = model.encode(ST_ANCHORS, normalize_embeddings=True, convert_to_numpy=True)
-  docs = model.encode(ST_CORPUS, normalize_embeddings=True, convert_to_numpy=True)
+  docs = model.encode(list(corpus), normalize_embeddings=True, convert_to_numpy=True)
   scores = model.similarity(queries, docs).numpy()
-  for row in scores:  # No near-ties among any anchor's scores.
+  for row in scores:
     ordered = sorted(float(s) for s in row)
     assert min(b - a for a, b in zip(ordered, ordered[1:])) > 1e-6
-  return model, scores
+  return scores
 
 
 def st_guard_configs(scores) -> dict[str, dict]:
   """Guard settings that each drop part of the candidates in the retrieval
-  window (top range_max + 1), placed in wide gaps between scores."""
+  window (the top range_max + 1 other than the positive), placed in wide gaps
+  between scores."""
   window, diffs, rel = [], [], []
   for i in range(len(ST_ANCHORS)):
     p = float(scores[i, i])
@@ -308,13 +315,14 @@ def st_guard_configs(scores) -> dict[str, dict]:
   }
 
 
-def st_reference(model, output_format: str, guards: dict) -> dict[str, list[str]]:
+def st_reference(model, output_format: str, guards: dict,
+                 corpus: Sequence[str] = ST_CORPUS) -> dict[str, list[str]]:
   """``mine_hard_negatives`` -> {anchor: [negative texts in output order]}."""
   from datasets import Dataset
   from sentence_transformers.util import mine_hard_negatives
   dataset = Dataset.from_dict({'anchor': ST_ANCHORS, 'positive': ST_POSITIVES})
   mined = mine_hard_negatives(
-      dataset, model, corpus=list(ST_CORPUS), range_max=ST_RANGE_MAX, num_negatives=3,
+      dataset, model, corpus=list(corpus), range_max=ST_RANGE_MAX, num_negatives=3,
       sampling_strategy='top', output_format=output_format, use_faiss=False,
       verbose=False, batch_size=8, **guards)
   negatives: dict[str, list[str]] = {a: [] for a in ST_ANCHORS}

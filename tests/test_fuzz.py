@@ -472,6 +472,8 @@ def test_mine_fuzz(tmp_path):
     for doc_id, score in docs.items():
       if doc_id in positives[query_id]:
         continue
+      if kept_docs[doc_id] == kept_queries[query_id]:
+        continue  # The query's own text is never a negative.
       labeled[(query_id, doc_id, kept_queries[query_id], kept_docs[doc_id], 0.0)] += 1
       if score is not None:
         distill[(query_id, doc_id, kept_queries[query_id], kept_docs[doc_id], f32(score))] += 1

@@ -221,10 +221,10 @@ def test_supplied_candidates_follow_their_retrieval_rank_with_guards(
       '--candidates', candidates, '--queries', collection['queries'],
       '--corpus', collection['corpus'], '--qrels', collection['qrels'],
       '--output', str(out), '--format', 'labeled-pair', '--num-negatives', '3',
-      '--range-max', '3', '--absolute-margin', '0', '--min-score', '-1.5'])
-  # q1: pool = ranks 1-5 (3 + 2 positives): d04 d01 d06 d03 d02, d05 cut;
+      '--range-max', '2', '--absolute-margin', '0', '--min-score', '-1.5'])
+  # q1: pool = ranks 1-5 (2 + 2 positives + 1): d04 d01 d06 d03 d02, d05 cut;
   #     margin vs weakest positive 3.0 drops d02 (4.5); d04, d06 remain.
-  # q2: d05 d06 d07 d12 (3 + 1); min_score drops d12 (-2.0).
+  # q2: d05 d06 d07 d12 (2 + 1 + 1); min_score drops d12 (-2.0).
   assert read_rows(out / 'labeled-pair' / 'train-ids') == [
       {'query_id': 'q1', 'doc_id': 'd01'}, {'query_id': 'q1', 'doc_id': 'd03'},
       {'query_id': 'q1', 'doc_id': 'd04'}, {'query_id': 'q1', 'doc_id': 'd06'},
@@ -450,7 +450,8 @@ def test_dense_mining_equals_mine_hard_negatives(
   quietly(mine.run, [
       '--query-embeddings', dense_inputs['emb_queries'],
       '--corpus-embeddings', dense_inputs['emb_corpus'],
-      '--top-k', str(ST_RANGE_MAX + 1), '--range-max', str(ST_RANGE_MAX),
+      # mine_hard_negatives retrieves range_max + max positives (1) + 1.
+      '--top-k', str(ST_RANGE_MAX + 2), '--range-max', str(ST_RANGE_MAX),
       '--queries', dense_inputs['queries'], '--corpus', dense_inputs['corpus'],
       '--qrels', dense_inputs['qrels'], '--output', str(out),
       '--format', 'triplet', '--num-negatives', '3', *flags])
@@ -463,6 +464,32 @@ def test_dense_mining_equals_mine_hard_negatives(
   assert manifest['candidate_source'] == 'dense'
   assert manifest['score_column'] == 'retrieval_score'
   assert len(read_rows(out / 'triplet' / 'train-ids')) == sum(map(len, expected.values()))
+
+
+def test_a_document_whose_text_is_the_query_is_never_mined(tmp_path, collection):
+  """A corpus entry with the query's own text (a FAQ whose question is also a
+  document, say) is counted, not made a negative; the pool keeps its place."""
+  corpus = write_parquet(tmp_path / 'corpus.parquet', {
+      'doc_id': ['d01', 'd02', 'd03', 'd04'],
+      'text': ['boundary layer at high speed', 'Heat transfer in laminar flow.',
+               'Shock waves over a swept wing.', 'Rivers carry sediment.']})
+  candidates = write_parquet(tmp_path / 'candidates.parquet', {
+      'query_id': ['q1'] * 4, 'doc_id': ['d01', 'd02', 'd03', 'd04'],
+      'score': [0.9, 0.8, 0.7, 0.6]}, schema=pa.schema([
+          ('query_id', pa.string()), ('doc_id', pa.string()), ('score', pa.float64())]))
+  qrels = write_parquet(tmp_path / 'qrels.parquet', {
+      'query_id': ['q1'], 'doc_id': ['d03'], 'relevance': [1]}, schema=pa.schema([
+          ('query_id', pa.string()), ('doc_id', pa.string()), ('relevance', pa.int32())]))
+  out = tmp_path / 'pairs'
+  report = quietly(mine.run, [
+      '--candidates', candidates, '--queries', collection['queries'], '--corpus', corpus,
+      '--qrels', qrels, '--output', str(out), '--format', 'labeled-pair',
+      '--num-negatives', '5', '--range-max', '1'])
+  # Pool: range_max 1 + 1 positive + 1 = d01..d03; d01 is the query itself.
+  assert read_rows(out / 'labeled-pair' / 'train-ids') == [
+      {'query_id': 'q1', 'doc_id': 'd03'}, {'query_id': 'q1', 'doc_id': 'd02'}]
+  assert report['candidates_dropped']['same_text_as_query'] == 1
+  assert report['candidates_dropped']['range_max'] == 1
 
 
 def test_mined_ids_without_text_are_dead_lettered(tmp_path, collection):

@@ -21,7 +21,14 @@ from transforms.mining import (
 from transforms.parquet_sink import stable_hash
 
 pytest.register_assert_rewrite('tests.mine_fixtures')
-from tests.mine_fixtures import ST_ANCHORS, ST_CORPUS, ST_RANGE_MAX, st_guard_configs, st_reference  # noqa: E402
+from tests.mine_fixtures import (  # noqa: E402
+    ST_ANCHORS,
+    ST_CORPUS,
+    ST_RANGE_MAX,
+    st_guard_configs,
+    st_reference,
+    st_scores,
+)
 
 pytest_plugins = ('tests.mine_fixtures',)
 
@@ -61,22 +68,35 @@ def test_positives_are_removed_and_reported_with_their_scores():
   assert mined.dropped == drops(positive=2)
 
 
-def test_range_max_pool_is_first_n_plus_positives_in_retrieval_order():
+def test_range_max_pool_is_first_n_plus_positives_plus_one_in_retrieval_order():
   # Given out of order: the pool follows retrieval_rank, not list order or score.
   candidates = [C('d4', 0.95, 4), C('d1', 0.1, 1), C('d5', 0.3, 5), C('d3', 0.5, 3),
-                C('d2', 0.9, 2)]
+                C('d2', 0.9, 2), C('d6', 0.99, 6)]
   mined = mine(candidates, ['d3'], num_negatives=10, range_max=2)
-  # Pool: first 2 + 1 positive = d1, d2, d3; d4 (best score) and d5 are out.
-  assert mined.negatives == [('d2', 0.9), ('d1', 0.1)]
+  # Pool: first 2 + 1 positive + 1 (the place sentence-transformers keeps for
+  # a text equal to the query) = d1..d4; d5 and d6 (best score) are out.
+  assert mined.negatives == [('d4', 0.95), ('d2', 0.9), ('d1', 0.1)]
   assert mined.dropped == drops(positive=1, range_max=2)
 
 
 def test_range_max_grows_with_each_positive():
   candidates = [C(f'd{i}', 1.0 - i / 16, i) for i in range(1, 8)]
   mined = mine(candidates, ['d1', 'd2'], num_negatives=10, range_max=2)
-  # Pool: first 2 + 2 positives = d1..d4; negatives d3, d4.
-  assert [d for d, _ in mined.negatives] == ['d3', 'd4']
-  assert mined.dropped == drops(positive=2, range_max=3)
+  # Pool: first 2 + 2 positives + 1 = d1..d5; negatives d3, d4, d5.
+  assert [d for d, _ in mined.negatives] == ['d3', 'd4', 'd5']
+  assert mined.dropped == drops(positive=2, range_max=2)
+
+
+def test_a_candidate_whose_text_is_the_query_is_never_a_negative():
+  candidates = [C('d1', 0.99, 1), C('d2', 0.9, 2), C('d3', 0.8, 3), C('d4', 0.7, 4)]
+  candidates[0].same_text_as_query = True
+  mined = mine(candidates, ['d2'], num_negatives=10, range_max=1)
+  # Pool: first 1 + 1 positive + 1 = d1..d3; d1 is the query's own text.
+  assert mined.negatives == [('d3', 0.8)]
+  assert mined.dropped == drops(positive=1, same_text_as_query=1, range_max=1)
+  # Without range_max, and with no positive among the candidates, too.
+  assert [d for d, _ in mine(candidates, ['x'], num_negatives=10).negatives] == [
+      'd2', 'd3', 'd4']
 
 
 def test_range_min_skips_best_after_other_guards_in_score_order():
@@ -186,7 +206,7 @@ def test_guards_count_only_what_each_drops_in_order():
   # range_max, then positive, margins, max_score, min_score, range_min, sampling.
   candidates = [C('p', 0.75, 1), C('a', 0.625, 2), C('b', 0.5, 3), C('c', 0.375, 4),
                 C('d', 0.25, 5), C('e', 0.125, 6), C('f', -0.5, 7), C('g', 0.3, 8)]
-  mined = mine(candidates, ['p'], num_negatives=1, range_max=6, absolute_margin=0.25,
+  mined = mine(candidates, ['p'], num_negatives=1, range_max=5, absolute_margin=0.25,
                max_score=0.45, min_score=0.0, range_min=1)
   # Pool p..f (g out); a dropped by the margin (0.625 + 0.25 > 0.75; b is on
   # the boundary), b by max_score, f by min_score; c skipped by range_min; d
@@ -302,14 +322,16 @@ def test_split_of_is_a_stable_hash_of_the_query_id():
 
 def test_mine_negatives_transform_renumbers_ranks_and_skips_unlabelled():
   candidates = [
-      # q1: ranks given; d3 (best score) is outside range_max 1 + 1 positive.
+      # q1: ranks given; d3 (best score) is outside range_max 1 + 1 positive + 1.
       {'query_id': 'q1', 'doc_id': 'd1', 'retrieval_rank': 2, 'score': 0.25},
       {'query_id': 'q1', 'doc_id': 'd2', 'retrieval_rank': 1, 'score': 0.5},
       {'query_id': 'q1', 'doc_id': 'd3', 'retrieval_rank': 7, 'score': 0.75},
+      {'query_id': 'q1', 'doc_id': 'd4', 'retrieval_rank': 3, 'score': 0.125},
       # q2: no ranks (a candidates file without them): score order decides.
       {'query_id': 'q2', 'doc_id': 'd1', 'retrieval_rank': None, 'score': 0.25},
       {'query_id': 'q2', 'doc_id': 'd2', 'retrieval_rank': None, 'score': 0.5},
       {'query_id': 'q2', 'doc_id': 'd3', 'retrieval_rank': None, 'score': 0.75},
+      {'query_id': 'q2', 'doc_id': 'd4', 'retrieval_rank': None, 'score': 0.125},
       # q3: no relevant judgment.
       {'query_id': 'q3', 'doc_id': 'd1', 'retrieval_rank': 1, 'score': 0.5},
   ]
@@ -328,8 +350,8 @@ def test_mine_negatives_transform_renumbers_ranks_and_skips_unlabelled():
         mined | beam.Map(lambda m: (m.query_id, m.positives, m.negatives,
                                     m.dropped['range_max'])),
         equal_to([
-            ('q1', [('d2', 0.5)], [('d1', 0.25)], 1),
-            ('q2', [('d3', 0.75)], [('d2', 0.5)], 1),
+            ('q1', [('d2', 0.5)], [('d1', 0.25), ('d4', 0.125)], 1),
+            ('q2', [('d3', 0.75)], [('d2', 0.5), ('d1', 0.25)], 1),
         ]))
 
 
@@ -365,20 +387,19 @@ def test_dev_queries_are_mined_with_the_dev_settings_pseudo_queries_train():
 # ---------------------------------------------------------------- sentence-transformers
 
 
-def ours(scores, guards: dict) -> tuple[dict[str, list[str]], dict[str, int]]:
-  """``mine_query`` on the top (range_max + 1) docs by the same scores, plus the
-  positive (with its score) when it is not among them."""
+def ours(scores, guards: dict, corpus: list[str] = ST_CORPUS,
+         ) -> tuple[dict[str, list[str]], dict[str, int]]:
+  """``mine_query`` on every corpus doc ranked by the same scores (its
+  ``range_max`` makes the pool), marking the docs whose text is the anchor."""
   config = NegativeMiningSettings(num_negatives=3, range_max=ST_RANGE_MAX, **guards)
   negatives, dropped = {}, {g: 0 for g in GUARDS}
   for i, anchor in enumerate(ST_ANCHORS):
-    order = sorted(range(len(ST_CORPUS)), key=lambda j: -float(scores[i, j]))
-    top = order[:ST_RANGE_MAX + 1]
-    candidates = [C(f'c{j}', float(scores[i, j]), rank)
-                  for rank, j in enumerate(top, start=1)]
-    if i not in top:
-      candidates.append(C(f'c{i}', float(scores[i, i]), len(top) + 1))
+    order = sorted(range(len(corpus)), key=lambda j: -float(scores[i, j]))
+    candidates = [Candidate(f'c{j}', float(scores[i, j]), rank,
+                            same_text_as_query=corpus[j] == anchor)
+                  for rank, j in enumerate(order, start=1)]
     mined = mine_query(f'a{i}', candidates, [f'c{i}'], config)
-    negatives[anchor] = [ST_CORPUS[int(d[1:])] for d, _ in mined.negatives]
+    negatives[anchor] = [corpus[int(d[1:])] for d, _ in mined.negatives]
     for guard, n in mined.dropped.items():
       dropped[guard] += n
   return negatives, dropped
@@ -402,3 +423,17 @@ def test_equals_sentence_transformers_mine_hard_negatives(
   if name in ('absolute_margin', 'relative_margin', 'max_score'):
     # ...and leaves some anchors short of 3 negatives, so that case is compared too.
     assert any(len(v) < 3 for v in actual.values()), actual
+
+
+@pytest.mark.parametrize('name', ['plain', 'range_min'])
+def test_equals_mine_hard_negatives_when_the_corpus_holds_the_queries(mine_st_scores, name):
+  """A corpus entry whose text is the anchor itself (sentence-transformers >= 6.3
+  never returns it; it scores highest, so it is in every pool) is no negative."""
+  model, _ = mine_st_scores
+  corpus = ST_CORPUS + [ST_ANCHORS[0], ST_ANCHORS[3]]
+  guards = st_guard_configs(st_scores(model, ST_CORPUS))[name]
+  expected = st_reference(model, 'triplet', guards, corpus)
+  actual, dropped = ours(st_scores(model, corpus), guards, corpus)
+  assert actual == expected
+  assert dropped['same_text_as_query'] == 2
+  assert all(anchor not in negatives for anchor, negatives in actual.items())

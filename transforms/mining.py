@@ -1,8 +1,10 @@
 """Hard-negative mining per query, with the guards of
 ``sentence_transformers.util.mine_hard_negatives``, as small Beam transforms.
 
-For one query: the candidate pool is its best ``range_max + #positives``
-candidates in retrieval order; positives are removed; margin guards (against
+For one query: the candidate pool is its best ``range_max + #positives + 1``
+candidates in retrieval order (one place for a document whose text equals the
+query's, as sentence-transformers 6.3 keeps); positives and any candidate whose
+text equals the query's are removed; margin guards (against
 the query's *weakest* positive, as sentence-transformers does), ``max_score``
 and ``min_score`` drop candidates (one without a score fails every score
 guard); the rest are ordered by score (desc, then doc_id), the first
@@ -30,10 +32,10 @@ from transforms.candidate_checks import (
 )
 from transforms.dead_letters import DEAD_LETTER_TAG, dead_letter
 from transforms.parquet_sink import stable_hash
-from transforms.texts import METRICS_NAMESPACE
+from transforms.texts import METRICS_NAMESPACE, text_sha256
 
 STAGE = 'mine'
-GUARDS = ('positive', 'range_max', 'absolute_margin', 'relative_margin',
+GUARDS = ('positive', 'same_text_as_query', 'range_max', 'absolute_margin', 'relative_margin',
           'max_score', 'min_score', 'positive_score_unknown', 'range_min',
           'not_sampled')
 
@@ -67,6 +69,8 @@ class Candidate:
   doc_id: str
   score: Optional[float]
   retrieval_rank: int
+  # The document's text is the query's own text: never a negative.
+  same_text_as_query: bool = False
 
 
 @dataclasses.dataclass
@@ -97,7 +101,7 @@ def mine_query(
                      if p in by_doc and by_doc[p].score is not None]
   pool = sorted(candidates, key=lambda c: (c.retrieval_rank, c.doc_id))
   if config.range_max is not None:
-    limit = config.range_max + len(positives)
+    limit = config.range_max + len(positives) + 1
     dropped['range_max'] = max(0, len(pool) - limit)
     pool = pool[:limit]
   positive_set = set(positives)
@@ -105,6 +109,8 @@ def mine_query(
   for candidate in pool:
     if candidate.doc_id in positive_set:
       dropped['positive'] += 1
+    elif candidate.same_text_as_query:
+      dropped['same_text_as_query'] += 1
     else:
       kept.append(candidate)
   needs_margin = config.absolute_margin is not None or config.relative_margin is not None
@@ -213,7 +219,8 @@ class _MineQueryFn(beam.DoFn):
       score = row.get(self._score_field)
       candidates.append(Candidate(
           doc_id=row['doc_id'], score=None if score is None else float(score),
-          retrieval_rank=index + 1))
+          retrieval_rank=index + 1,
+          same_text_as_query=bool(row.get('same_text_as_query'))))
     if self._config.positive_threshold is not None:
       before = len(candidates)
       positive_ids, candidates = pseudo_label(candidates, self._config)
@@ -283,8 +290,9 @@ class CheckQrelFn(beam.DoFn):
 
 
 class _KnownDocFn(beam.DoFn):
-  """``(doc_id, {'texts', 'candidates'})`` -> the candidates, or (no text)
-  one ``unknown_doc_id`` dead letter each. Streams: one doc's candidates are
+  """``(doc_id, {'texts', 'candidates'})`` -> the candidates with the hash of
+  the document's text (``doc_text_sha256``), or (no text) one
+  ``unknown_doc_id`` dead letter each. Streams: one doc's candidates are
   never held together."""
   def __init__(self):
     self._rejected = Metrics.counter(METRICS_NAMESPACE, f'{STAGE}/candidates_rejected')
@@ -292,10 +300,10 @@ class _KnownDocFn(beam.DoFn):
 
   def process(self, joined):
     doc_id, groups = joined
-    known = any(True for _ in groups['texts'])
+    text_hash = next(iter(groups['texts']), None)
     for candidate in groups['candidates']:
-      if known:
-        yield candidate
+      if text_hash is not None:
+        yield dict(candidate, doc_text_sha256=text_hash)
         continue
       self._rejected.inc()
       self._missing.inc()
@@ -310,8 +318,9 @@ class _KnownDocFn(beam.DoFn):
 class _KnownQueryFn(beam.DoFn):
   """``(query_id, {'texts', 'candidates'})`` -> the query's candidates, one per
   doc (the first in retrieval order; ``duplicate_pair`` dead letters for the
-  other copies), or (no text) one ``unknown_query_id`` dead letter for the
-  query naming its candidates."""
+  other copies), each with ``same_text_as_query`` (its text is the query's),
+  or (no text) one ``unknown_query_id`` dead letter for the query naming its
+  candidates."""
   def __init__(self):
     self._rejected = Metrics.counter(METRICS_NAMESPACE, f'{STAGE}/candidates_rejected')
     self._missing = Metrics.counter(METRICS_NAMESPACE, f'{STAGE}/mined_ids_without_text')
@@ -322,7 +331,8 @@ class _KnownQueryFn(beam.DoFn):
     candidates = sorted(groups['candidates'], key=retrieval_order)
     if not candidates:
       return
-    if not any(True for _ in groups['texts']):
+    query_hash = next(iter(groups['texts']), None)
+    if query_hash is None:
       self._rejected.inc(len(candidates))
       self._missing.inc()
       yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dead_letter(
@@ -333,6 +343,8 @@ class _KnownQueryFn(beam.DoFn):
            'doc_ids': [c['doc_id'] for c in candidates]}))
       return
     for candidate, duplicate in first_per_doc(candidates):
+      candidate = dict(candidate)
+      doc_hash = candidate.pop('doc_text_sha256', None)
       if duplicate:
         self._rejected.inc()
         self._duplicates.inc()
@@ -340,24 +352,28 @@ class _KnownQueryFn(beam.DoFn):
             f'{STAGE}/candidates', f'{query_id}\t{candidate["doc_id"]}',
             duplicate_pair_reason('the copy first in retrieval order'), candidate))
         continue
+      candidate['same_text_as_query'] = doc_hash == query_hash
       yield candidate
 
 
 class KnownCandidates(beam.PTransform):
   """``{'candidates', 'queries', 'corpus'}`` (checked candidates, text records)
   -> ``{'candidates', 'dead_letter'}``: only candidates whose doc and query have
-  a text, once per (query, doc). Negatives are mined from these, so a missing
-  text never takes a negative's place."""
+  a text, once per (query, doc), marked ``same_text_as_query`` where the two
+  texts are equal. Negatives are mined from these, so a missing text never
+  takes a negative's place."""
   def expand(self, pcolls):
     known_docs = (
-        {'texts': pcolls['corpus'] | 'CorpusIds' >> beam.Map(lambda r: (r['id'], None)),
+        {'texts': pcolls['corpus'] | 'CorpusIds' >> beam.Map(
+            lambda r: (r['id'], text_sha256(r['text']))),
          'candidates': pcolls['candidates'] | 'CandidatesByDoc' >> beam.WithKeys(
              lambda c: c['doc_id'])}
         | 'JoinDocIds' >> beam.CoGroupByKey()
         | 'KnownDocs' >> beam.ParDo(_KnownDocFn()).with_outputs(
             DEAD_LETTER_TAG, main='candidates'))
     known = (
-        {'texts': pcolls['queries'] | 'QueryIds' >> beam.Map(lambda r: (r['id'], None)),
+        {'texts': pcolls['queries'] | 'QueryIds' >> beam.Map(
+            lambda r: (r['id'], text_sha256(r['text']))),
          'candidates': known_docs.candidates | 'CandidatesByQuery' >> beam.WithKeys(
              lambda c: c['query_id'])}
         | 'JoinQueryIds' >> beam.CoGroupByKey()

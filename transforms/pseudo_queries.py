@@ -32,7 +32,7 @@ from typing import Any, Iterable, Optional
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from transforms.parquet_sink import stable_hash
+from transforms.parquet_sink import stable_digest, stable_hash
 from transforms.texts import METRICS_NAMESPACE, join_title
 
 logger = logging.getLogger(__name__)
@@ -265,10 +265,12 @@ class _PseudoQueriesFn(beam.DoFn):
       yield record
 
 
-def _sample_key(row: dict, columns: CorpusColumns, seed: int) -> Iterable[tuple[int, str]]:
+def _sample_key(row: dict, columns: CorpusColumns, seed: int) -> Iterable[tuple[bytes, str]]:
+  """``(digest of (seed, doc_id), doc_id)``: bytes, which sort as the unsigned
+  hash does and travel through any Beam coder."""
   doc = columns.doc(row)
   if doc is not None:
-    yield stable_hash(f'{seed}\t{doc[0]}'), doc[0]
+    yield stable_digest(f'{seed}\t{doc[0]}'), doc[0]
 
 
 class PseudoQueries(beam.PTransform):
