@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import gc
 import json
@@ -16,7 +17,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from transforms.bm25 import SUPPORTED_STEMMERS, BM25Settings
+from transforms.bm25 import MAX_K1, SUPPORTED_STEMMERS, BM25Settings
 from transforms.errors import UserInputError
 from transforms.inference_settings import InferenceSettings
 from transforms.inference_settings import non_negative_int as non_negative_int  # for the jobs
@@ -50,6 +51,16 @@ def non_negative_float(value: str) -> float:
   return number
 
 
+def bm25_k1(value: str) -> float:
+  """argparse type: BM25's k1, a number in [0, MAX_K1]."""
+  number = non_negative_float(value)
+  if number > MAX_K1:
+    raise argparse.ArgumentTypeError(
+        f'{value!r} is above {MAX_K1:g}: the usual values are 0.5 to 3 (beyond '
+        f'{MAX_K1:g}, rounding flattens every score)')
+  return number
+
+
 def add_bm25_arguments(group) -> None:
   """The BM25 candidate options shared by rerank and mine (config fields
   ``bm25, bm25_k1, bm25_b, bm25_stemmer, bm25_top_k``)."""
@@ -59,7 +70,8 @@ def add_bm25_arguments(group) -> None:
       help='BM25 candidates: exact top-k over the passage texts (title + text with '
       '--doc-title-column), Unicode letters and digits lowercased.')
   group.add_argument(
-      '--bm25-k1', type=non_negative_float, default=defaults.k1, help='(default: %(default)s)')
+      '--bm25-k1', type=bm25_k1, default=defaults.k1,
+      help=f'Term-frequency saturation, 0 to {MAX_K1:g} (default: %(default)s).')
   group.add_argument(
       '--bm25-b', type=fraction, default=defaults.b, help='(default: %(default)s)')
   group.add_argument(
@@ -243,16 +255,59 @@ def check_dead_letter_limit(
 def main_wrapper(
     run: Callable[[Sequence[str] | None], Any], prog: str,
     argv: Sequence[str] | None) -> int:
-  """Runs a job; a user error is one line on stderr and exit code 2."""
+  """Runs a job; a user error is one line on stderr and exit code 2; Ctrl-C
+  (however deep in Beam it arrived) is one line and exit code 130."""
   try:
-    run(argv)
+    with _quiet_interrupts():
+      run(argv)
   except UserInputError as error:
     print(f'{prog}: error: {error}', file=sys.stderr)
     return getattr(error, 'exit_code', 2)
-  except KeyboardInterrupt:
-    print(f'{prog}: interrupted', file=sys.stderr)
+  except BaseException as error:  # noqa: BLE001 (re-raised unless an interrupt)
+    if not is_interrupt(error):
+      raise
+    print(f'{prog}: interrupted; nothing was committed by the interrupted run '
+          '(earlier outputs are as they were)', file=sys.stderr)
     return 130
   return 0
+
+
+def is_interrupt(error: BaseException) -> bool:
+  """Whether ``error`` is a Ctrl-C: a ``KeyboardInterrupt``, or an error Beam
+  raised around one (its runners wrap it in ``RuntimeError``)."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    if isinstance(error, KeyboardInterrupt):
+      return True
+    seen.add(id(error))
+    error = error.__cause__ or error.__context__
+  return False
+
+
+class _DropInterruptRecords(logging.Filter):
+  """Drops log records about a ``KeyboardInterrupt`` (Beam logs the whole
+  traceback of a step that was interrupted, once per worker)."""
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.exc_info and record.exc_info[1] is not None:
+      return not is_interrupt(record.exc_info[1])
+    return 'KeyboardInterrupt' not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_interrupts():
+  """While a job runs, the root handlers (and Python's last-resort handler,
+  which prints for loggers that have none) drop records about a Ctrl-C."""
+  handlers = list(logging.getLogger().handlers)
+  if logging.lastResort is not None:
+    handlers.append(logging.lastResort)
+  drop = _DropInterruptRecords()
+  for handler in handlers:
+    handler.addFilter(drop)
+  try:
+    yield
+  finally:
+    for handler in handlers:
+      handler.removeFilter(drop)
 
 
 def dump_json(value: Mapping[str, Any]) -> str:

@@ -24,7 +24,14 @@ from transforms.incremental import settings_mismatch
 from transforms.inference_settings import InferenceSettings
 from transforms.model_info import DEFAULT_BI_ENCODER, inspect_bi_encoder, resolve_model_name
 from transforms.parquet_input import check_parquet_input
-from transforms.parquet_sink import DEFAULT_ROWS_PER_SHARD, MANIFEST_NAME, read_json, write_json
+from transforms.parquet_sink import (
+    DEFAULT_ROWS_PER_SHARD,
+    MANIFEST_NAME,
+    committed_files,
+    read_json,
+    unreadable_parquet,
+    write_json,
+)
 from transforms.texts import join_title
 
 PROG = 'beam-rerank encode'
@@ -98,7 +105,25 @@ def _previous_is_reusable(previous_dir: str, output_dir: str, settings: dict) ->
         '%s: warning: --previous %r (the output folder) has no %s: an earlier run '
         'did not finish; re-encoding every row', PROG, previous_dir, MANIFEST_NAME)
     return False
-  previous = common.embedding_manifest(previous_dir, '--previous')
+  why = None
+  manifest_path = FileSystems.join(previous_dir, MANIFEST_NAME)
+  if FileSystems.exists(manifest_path):
+    try:
+      read_json(manifest_path)
+    except UserInputError as error:  # A damaged manifest.
+      why = str(error)
+  if not why:
+    # No manifest, or another job's output: a mistake in the command.
+    previous = common.embedding_manifest(previous_dir, '--previous')
+    try:
+      why = unreadable_parquet(
+          committed_files(previous_dir, 'embeddings', '--previous', previous))
+    except UserInputError as error:  # A listed file is missing.
+      why = str(error)
+  if why:
+    logger.warning('%s: warning: --previous %r cannot be read (%s); re-encoding every row',
+                   PROG, previous_dir, why)
+    return False
   mismatch = settings_mismatch(previous, settings)
   if mismatch:
     logger.warning(

@@ -66,8 +66,9 @@ def evaluate_ranked(
     output_dir: str, query_ids: Optional[Iterable[str]] = None) -> dict:
   """Computes, writes and prints the metrics of a rerank output folder.
 
-  Averages over the judged queries among ``query_ids`` (default: those in the
-  folder), less the queries its manifest says fusion weights were tuned on.
+  Averages over the judged queries among ``query_ids`` (default: every query
+  the run read, ranked or not), less the queries its manifest says fusion
+  weights were tuned on. A judged query with no result counts as 0.
   """
   measures = evaluation.parse_measures(metric_names)
   qrels_input = check_parquet_input(
@@ -79,12 +80,21 @@ def evaluate_ranked(
   tuning = set(evaluation.tuning_query_ids(manifest))
   if query_ids is not None:
     query_ids = list(query_ids)
+  else:
+    query_ids = evaluation.run_query_ids(ranked_dir, manifest, ranked)
+    if query_ids is None:
+      query_ids = ranked['query_id'].unique().to_list()
+      logger.warning(
+          'evaluate: warning: %s was written before rerank recorded its queries without '
+          'candidates: a judged query it returned nothing for cannot be counted (as 0), '
+          'so the metrics average over the judged queries that have results', ranked_dir)
   scope = evaluation.query_scope(ranked, qrels, query_ids, tuning)
   excluded = len(evaluation.query_scope(ranked, qrels, query_ids)) - len(scope)
   if excluded and not scope:
     logger.warning(
         'evaluate: warning: every judged query was a tuning query (%d): no held-out '
         'query is left to report on; the metrics below are empty', excluded)
+  without = evaluation.queries_without_results(ranked, scope)
   metrics = evaluation.evaluate_stages(ranked, qrels, measures, scope)
   queries = len(scope)
   report = {
@@ -92,6 +102,8 @@ def evaluate_ranked(
       'rows_evaluated': which,
       'qrels': qrels_pattern,
       'queries_evaluated': queries,
+      'queries_without_results': len(without),
+      'query_ids_without_results': without[:100],
       'tuning_queries_excluded': excluded,
       'metrics': {
           stage: dict(zip(group['measure'].to_list(), group['value'].to_list()))
@@ -107,6 +119,7 @@ def evaluate_ranked(
                    f'{excluded:,} tuning queries excluded')
   else:
     scope_words = f'{queries:,} judged queries'
+  scope_words += f'; {len(without):,} with no result, counted as 0'
   png = evaluation.plot_report(
       metrics, ranked.filter(~pl.col('query_id').is_in(list(tuning))), qrels,
       f'{ranked_dir} ({scope_words})')

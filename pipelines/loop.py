@@ -407,6 +407,17 @@ def _write_splits(job: LoopJobConfig, splits_dir: str) -> tuple[dict, dict[str, 
     test_ids = evaluation.read_parquet_files(
         test_input.files, [job.query_id_column])[job.query_id_column].cast(pl.String).to_list()
   judged = qrels['query_id'].to_list()
+  known = set(queries[job.query_id_column].cast(pl.String).to_list())
+  test_check = None
+  if test_ids is not None:
+    given = set(test_ids)
+    test_check = {'given': len(given), 'not_in_queries': len(given - known),
+                  'not_judged': len(given - set(judged))}
+    for key, what in (('not_in_queries', 'are not in --queries'),
+                      ('not_judged', 'have no judgment in --qrels')):
+      if test_check[key]:
+        logger.warning('%s: warning: %d of the %d --test-queries ids %s: they are not test '
+                       'queries', PROG, test_check[key], len(given), what)
   splits = split_query_ids(judged, job.test_fraction, job.dev_fraction, test_ids)
   dev_share = loop_dev_share(judged, job.test_fraction, job.dev_fraction, test_ids)
   requested = mine_dev_fraction(job.test_fraction, job.dev_fraction, test_ids is not None)
@@ -432,13 +443,12 @@ def _write_splits(job: LoopJobConfig, splits_dir: str) -> tuple[dict, dict[str, 
     paths[name] = _write_parquet(
         queries.filter(pl.col(job.query_id_column).cast(pl.String).is_in(ids)),
         os.path.join(splits_dir, f'{name}.parquet'))
-  known = set(queries[job.query_id_column].cast(pl.String).to_list())
   missing = {name: sum(q not in known for q in ids) for name, ids in splits.items()}
   if missing['test']:
     logger.warning('%s: warning: %d test queries are judged but not in --queries',
                    PROG, missing['test'])
   return {'files': paths, 'judged_not_in_queries': missing,
-          'mine_dev_fraction': dev_share}, splits
+          'mine_dev_fraction': dev_share, 'test_queries_check': test_check}, splits
 
 
 def _mined_query_ids(pairs_dir: str) -> dict[str, set[str]]:
@@ -818,6 +828,7 @@ def execute(job: LoopJobConfig) -> LoopResult:
           'test_queries': job.test_queries,
           'mine_dev_fraction': split_info['mine_dev_fraction'],
           'judged_not_in_queries': split_info['judged_not_in_queries'],
+          'test_queries_check': split_info['test_queries_check'],
           'files': files,
       },
       'mined': {'rows': mined.rows, 'queries': mined_queries,

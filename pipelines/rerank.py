@@ -14,13 +14,14 @@ import time
 from typing import Optional, Sequence
 
 import apache_beam as beam
+import polars as pl
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import common, default_cross_encoder
 from pipelines import encode as encode_job
 from pipelines.evaluate import evaluate_ranked
-from transforms import evaluation, inference_settings
+from transforms import evaluation, inference_settings, query_accounting
 from transforms.bm25 import BM25Settings
 from transforms.errors import UserInputError
 from transforms.fusion import (
@@ -40,6 +41,7 @@ from transforms.parquet_sink import (
     committed_files,
     committed_output_exists,
     read_json,
+    unreadable_parquet,
     write_json,
 )
 from transforms.reranking import RerankConfig, build_rerank_pipeline, score_pairs
@@ -287,7 +289,6 @@ def _encode_first(job: RerankJobConfig) -> tuple[str, str]:
 
 def _write_trec(output_dir: str, tag: str) -> str:
   """OUTPUT/run.trec: the committed ranked lists in TREC run format."""
-  import polars as pl
   frame = evaluation.read_parquet_files(
       committed_files(output_dir, 'ranked', '--output'),
       ['query_id', 'doc_id', 'rank', 'score']).sort('query_id', 'rank')
@@ -352,14 +353,57 @@ def _stage_plan(job: RerankJobConfig, score_column: Optional[str]) -> StagePlan:
                          f'{error}') from None
 
 
-def read_tuning_qrels(pattern: str) -> dict[str, dict[str, int]]:
-  """--tune-qrels -> query_id -> doc_id -> relevance."""
+def read_tuning_qrels(
+    pattern: str, query_ids: Optional[Sequence[str]] = None,
+) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
+  """--tune-qrels -> (query_id -> doc_id -> relevance of the queries fusion is
+  tuned on, what the check found).
+
+  The tuning queries are the judged queries of this run (``query_ids``) with
+  at least one relevant judgment. Rows with a null, duplicate (query, doc)
+  pairs (the highest relevance is kept), negative relevance (not relevant),
+  ids not among the queries and queries without a relevant doc are each
+  counted and warned about in one line; so is a file with no rows.
+  """
   checked = check_parquet_input(
       pattern, '--tune-qrels', {'query_id': 'id', 'doc_id': 'id', 'relevance': 'int'})
+  raw = evaluation.read_parquet_files(checked.files, ['query_id', 'doc_id', 'relevance'])
+  rows = raw.height
+  frame = evaluation.read_qrels(checked.files)
+  deduplicated = frame.group_by('query_id', 'doc_id').agg(pl.col('relevance').max())
+  judged = set(deduplicated['query_id'].to_list())
+  known = judged if query_ids is None else judged & set(query_ids)
+  relevant = set(deduplicated.filter(
+      (pl.col('relevance') > 0) & pl.col('query_id').is_in(list(known)))['query_id'].to_list())
+  found = {
+      'rows': rows,
+      'null_rows': rows - frame.height,
+      'duplicate_rows': frame.height - deduplicated.height,
+      'negative_relevance_rows': int((deduplicated['relevance'] < 0).sum()),
+      'judged_queries': len(judged),
+      'unknown_query_ids': len(judged - known),
+      'queries_without_relevant': len(known - relevant),
+      'tuning_queries': len(relevant),
+  }
+  problems = {
+      'null_rows': 'rows with a null id or relevance (left out)',
+      'duplicate_rows': 'duplicate (query, doc) rows (the highest relevance kept)',
+      'negative_relevance_rows': 'rows with a negative relevance (read as not relevant)',
+      'unknown_query_ids': 'query ids that are not in --queries (left out)',
+      'queries_without_relevant': 'judged queries without a relevant doc (nothing to tune '
+                                  'on: left out)',
+  }
+  if not rows:
+    logger.warning('%s: warning: --tune-qrels %r has no rows: fusion cannot be tuned',
+                   PROG, pattern)
+  for key, what in problems.items():
+    if found[key]:
+      logger.warning('%s: warning: --tune-qrels has %s %s', PROG, f'{found[key]:,}', what)
   qrels: dict[str, dict[str, int]] = {}
-  for query_id, doc_id, relevance in evaluation.read_qrels(checked.files).iter_rows():
+  for query_id, doc_id, relevance in deduplicated.filter(
+      pl.col('query_id').is_in(list(relevant))).sort('query_id', 'doc_id').iter_rows():
     qrels.setdefault(query_id, {})[doc_id] = int(relevance)
-  return qrels
+  return qrels, found
 
 
 def check_inputs(job: RerankJobConfig) -> _CheckedInputs:
@@ -429,19 +473,23 @@ def _previous_scores(
     return (), None
   previous = job.previous.rstrip('/')
   manifest_path = FileSystems.join(previous, MANIFEST_NAME)
-  if not FileSystems.exists(manifest_path):
-    if previous != job.output.rstrip('/'):
-      raise UserInputError(f'--previous {job.previous!r} has no {MANIFEST_NAME}: not a '
-                           'finished rerank output')
-    manifest = None
+  if not FileSystems.exists(manifest_path) and previous != job.output.rstrip('/'):
+    raise UserInputError(f'--previous {job.previous!r} has no {MANIFEST_NAME}: not a '
+                         'finished rerank output')
+  try:
+    manifest = read_json(manifest_path) if FileSystems.exists(manifest_path) else None
+    files: list[str] = []
+    if manifest and manifest.get('kind') == 'ranked' and committed_output_exists(
+        previous, 'candidates', '--previous', manifest):
+      files = committed_files(previous, 'candidates', '--previous', manifest)
+    why = unreadable_parquet(files)
+    has_hashes = bool(why) or not files or QUERY_HASH in file_columns(files[0])
+  except UserInputError as error:  # A damaged manifest, a listed file missing.
+    manifest, why, has_hashes = None, str(error), True
+  if why:
+    why = f'it cannot be read: {why}'
   else:
-    manifest = read_json(manifest_path)
-  files: list[str] = []
-  if manifest and manifest.get('kind') == 'ranked' and committed_output_exists(
-      previous, 'candidates', '--previous', manifest):
-    files = committed_files(previous, 'candidates', '--previous', manifest)
-  has_hashes = not files or QUERY_HASH in file_columns(files[0])
-  why = reusable_previous(manifest, current, has_hashes)
+    why = reusable_previous(manifest, current, has_hashes)
   if why:
     logger.warning('%s: warning: --previous %r is not reused: %s; scoring every pair',
                    PROG, job.previous, why)
@@ -464,7 +512,11 @@ def execute(job: RerankJobConfig) -> RerankResult:
   candidates_input, score_column = checked.candidates, checked.candidates_score_column
   candidates_pattern = candidates_input.pattern if candidates_input else None
   settings = job.inference
-  tuning_qrels = read_tuning_qrels(job.tune_qrels) if job.tune_qrels else {}
+  tuning_qrels, tuning_check = {}, None
+  if job.tune_qrels:
+    query_ids = evaluation.read_parquet_files(
+        queries_input.files, [job.query_id_column])[job.query_id_column].cast(pl.String).to_list()
+    tuning_qrels, tuning_check = read_tuning_qrels(job.tune_qrels, query_ids)
   # The cross-encoder is checked before any encoding.
   ce = None
   if job.uses_cross_encoder:
@@ -542,6 +594,7 @@ def execute(job: RerankJobConfig) -> RerankResult:
       'retrieval_model_fingerprint': embeddings and embeddings['model_fingerprint'],
       'fusion_requested': checked.plan.as_dict(),
       'tune_qrels': job.tune_qrels,
+      'tune_qrels_check': tuning_check,
       # Replaced by {'path', 'pairs_reused'} when the run reuses scores.
       'previous': ({'path': job.previous, 'ignored': previous_ignored}
                    if job.previous else None),
@@ -571,7 +624,6 @@ def execute(job: RerankJobConfig) -> RerankResult:
 
   counts = common.counters(result, 'rerank')
   written = read_json(FileSystems.join(output_dir, MANIFEST_NAME))
-  import polars as pl
   dead = common.dead_letter_counts(output_dir)
   by_reason = {f'{stage} {code}': rows for stage, code, rows in dead}
   candidate_dead = sum(rows for stage, _, rows in dead if stage in _CANDIDATE_STAGES)
@@ -581,10 +633,17 @@ def execute(job: RerankJobConfig) -> RerankResult:
   reused = counts.get('pairs_reused', 0)
   ranked = counts.get('candidates_ranked', 0)
   fusion = written.get('fusion')
+  query_accounts = query_accounting.summarize(
+      counts, sources, queries_in=counts.get('queries/rows_in', 0),
+      dead_lettered=sum(rows for stage, _, rows in dead if stage == 'rerank/queries'),
+      ranked=counts.get('queries_ranked', 0))
+  _warn_silent_sources(query_accounts, checked.bm25)
   report = {
       'job': 'rerank',
       'output': output_dir,
       'queries_ranked': counts.get('queries_ranked', 0),
+      'queries': query_accounts,
+      'tune_qrels_check': tuning_check,
       'candidates_in': candidates_in,
       'dense_candidates': counts.get('dense_candidates', 0),
       'bm25_candidates': counts.get('bm25_candidates', 0),
@@ -615,14 +674,15 @@ def execute(job: RerankJobConfig) -> RerankResult:
   if job.trec:
     report['trec_run'] = _write_trec(output_dir, 'beam-rerank')
   if job.qrels:
-    query_ids = evaluation.read_parquet_files(
-        queries_input.files, [job.query_id_column])[job.query_id_column].cast(
-            pl.String).to_list()
+    # The same scope as `evaluate` on this folder: every query the run read.
     report['evaluation'] = evaluate_ranked(
-        output_dir, job.qrels, job.metrics.split(','), output_dir, query_ids)
+        output_dir, job.qrels, job.metrics.split(','), output_dir)
   write_json(report, FileSystems.join(output_dir, 'report.json'))
   common.print_summary('rerank summary', [
-      ('queries ranked', report['queries_ranked']),
+      *_query_lines(query_accounts),
+      *([('tuning queries (--tune-qrels)',
+          f"{tuning_check['tuning_queries']:,} of {tuning_check['judged_queries']:,} judged")]
+        if tuning_check else []),
       ('candidates in', report['candidates_in']),
       ('  dense', report['dense_candidates']),
       ('  BM25', report['bm25_candidates']),
@@ -652,6 +712,43 @@ def execute(job: RerankJobConfig) -> RerankResult:
       output_dir=output_dir, queries_ranked=report['queries_ranked'], pairs_scored=scored,
       ranked_rows=report['ranked_rows'], metrics=evaluated['metrics'] if evaluated else None,
       report=report)
+
+
+_SOURCE_NAMES = {'dense': 'dense', 'bm25': 'BM25', 'supplied': 'supplied'}
+
+
+def _query_lines(accounts: dict) -> list[tuple[str, object]]:
+  """The summary's query accounting: in = ranked + dead-lettered + none."""
+  lines = [
+      ('queries in', accounts['in']),
+      ('  ranked', accounts['ranked']),
+      ('  dead-lettered', accounts['dead_lettered']),
+      ('  no candidates', accounts['no_candidates']),
+  ]
+  for reason, n in accounts['no_candidates_by_reason'].items():
+    if n:
+      lines.append((f'    {reason}', n))
+  lines.append(('in = ranked + dead + none', 'yes' if accounts['reconciles'] else 'NO'))
+  for source, statuses in accounts['by_source'].items():
+    misses = ', '.join(f'{status} {n:,}' for status, n in statuses.items()
+                       if status != query_accounting.WITH_CANDIDATES and n)
+    lines.append((f'{_SOURCE_NAMES[source]}: queries with candidates',
+                  f"{statuses[query_accounting.WITH_CANDIDATES]:,}"
+                  + (f' ({misses})' if misses else '')))
+  return lines
+
+
+def _warn_silent_sources(accounts: dict, bm25: Optional[BM25Settings]) -> None:
+  """One warning line per source that returned nothing for every query."""
+  accepted = accounts['in'] - accounts['dead_lettered']
+  for source, statuses in accounts['by_source'].items():
+    if accepted and not statuses[query_accounting.WITH_CANDIDATES]:
+      hint = ''
+      if source == 'bm25' and statuses.get('no_match'):
+        hint = f' (k1 {bm25.k1:g}, b {bm25.b:g}: are the settings and the corpus right?)'
+      logger.warning(
+          '%s: warning: %s returned no candidate for any of the %s queries%s',
+          PROG, _SOURCE_NAMES[source], f'{accepted:,}', hint)
 
 
 def run(argv: Sequence[str] | None = None) -> dict:

@@ -622,6 +622,29 @@ def test_incremental_with_other_settings_reencodes_everything(incremental, tmp_p
       "settings (prompt: previous '', now 'passage: '); re-encoding every row"]
 
 
+@pytest.mark.parametrize('damage', ['manifest', 'shard'])
+def test_incremental_damaged_previous_in_place_reencodes_everything(
+    incremental, tmp_path, damage):
+  """The nightly case (--previous = --output) over a truncated manifest or
+  shard: one warning, every row encoded, the fresh result."""
+  out = tmp_path / 'nightly'
+  shutil.copytree(incremental['root'] / 'v1', out)
+  if damage == 'manifest':
+    path = out / 'manifest.json'
+  else:
+    path = sorted(out.glob('part-*.parquet'))[0]
+  path.write_bytes(path.read_bytes()[:60])
+  report, _, stderr = _encode(
+      '--input', incremental['v2_path'], '--output', out, '--previous', out,
+      *incremental['model'])
+  assert (report['embeddings_reused'], report['texts_encoded']) == (0, 12)
+  warning = [line for line in stderr.splitlines() if 'warning' in line]
+  assert len(warning) == 1 and 'cannot be read' in warning[0], warning
+  fresh = tmp_path / 'fresh'
+  _encode('--input', incremental['v2_path'], '--output', fresh, *incremental['model'])
+  assert sorted(_read(fresh)[1]) == sorted(_read(out)[1])
+
+
 def test_incremental_with_another_model_reencodes_everything(
     incremental, tmp_path, tiny_1024_model_dir):
   report, _, stderr = _encode(

@@ -65,7 +65,7 @@ def _as_dict(metrics: pl.DataFrame) -> dict:
 
 
 @pytest.mark.parametrize('query_ids, scope', [
-    (None, ['q1', 'q2']),                                 # judged and ranked
+    (None, ['q1', 'q2', 'q3']),                   # every judged query (trec_eval -c)
     (['q1', 'q2', 'q3', 'q4', 'q5'], ['q1', 'q2', 'q3']),  # q3: judged, no results: 0
     (['q2'], ['q2']),
 ])
@@ -109,7 +109,8 @@ def test_evaluate_stages_without_retrieval_ranks_has_final_only():
   ranked = _ranked_frame().with_columns(retrieval_rank=pl.lit(None, pl.Int32))
   metrics = evaluation.evaluate_stages(
       ranked, _qrels_frame(), evaluation.parse_measures(['RR@10']))
-  assert metrics.rows() == [('final', 'MRR@10', 0.5, 2)]
+  # q3 is judged but has no results: it counts, as 0.
+  assert metrics.rows() == [('final', 'MRR@10', 1 / 3, 3)]
 
 
 def test_evaluate_stages_no_judged_queries():
@@ -200,12 +201,16 @@ def qrels_file(tmp_path):
 def test_evaluate_job_prints_and_writes(tmp_path, qrels_file, capsys):
   ranked = _write_ranked_dir(tmp_path / 'ranked')
   assert evaluate_job.main(['--ranked', ranked, '--qrels', qrels_file]) == 0
-  out = capsys.readouterr().out
+  captured = capsys.readouterr()
+  out = captured.out
+  # A folder written before rerank recorded its queries without candidates:
+  # only the judged queries with results can be averaged over, and it says so.
   expected = evaluation.evaluate_stages(
-      _ranked_frame(), _qrels_frame(), evaluation.parse_measures(MEASURES))
+      _ranked_frame(), _qrels_frame(), evaluation.parse_measures(MEASURES), ['q1', 'q2'])
   table = evaluation.metrics_table(expected)
   assert table in out
-  assert '== metrics (2 judged queries, candidates rows;' in out
+  assert '== metrics (2 judged queries; 0 with no result, counted as 0, candidates rows;' in out
+  assert 'cannot be counted (as 0)' in captured.err
   assert table.splitlines()[0] == '  metric       first stage       final'
 
   report = json.loads((tmp_path / 'ranked' / 'metrics.json').read_text())

@@ -127,9 +127,9 @@ def test_stage_runs_treat_nan_as_absent():
 
 def test_evaluate_stages_hand_computed():
   metrics = evaluation.evaluate_stages(
-      _frame(), _qrels(), evaluation.parse_measures(MEASURES))
+      _frame(), _qrels(), evaluation.parse_measures(MEASURES), ['qa', 'qb'])
   assert metrics['stage'].unique(maintain_order=True).to_list() == list(evaluation.STAGES)
-  assert set(metrics['queries'].to_list()) == {2}  # qa, qb (qc has no results)
+  assert set(metrics['queries'].to_list()) == {2}
   got = _as_dict(metrics)
   expected_mrr = {
       'dense': (1 + 1) / 2,           # a1 first; b2 first
@@ -155,9 +155,9 @@ def test_evaluate_stages_hand_computed():
 
 
 @pytest.mark.parametrize('query_ids, exclude, scope', [
-    (None, None, ['qa', 'qb']),
+    (None, None, ['qa', 'qb', 'qc']),  # every judged query; qc has no results: 0
     (['qa', 'qb', 'qc', 'qz'], None, ['qa', 'qb', 'qc']),  # qc judged, no results: 0
-    (None, ['qb'], ['qa']),
+    (None, ['qb'], ['qa', 'qc']),
     (['qa', 'qb', 'qc'], ['qa', 'qz'], ['qb', 'qc']),
 ])
 def test_evaluate_stages_equal_ir_measures(query_ids, exclude, scope):
@@ -283,7 +283,8 @@ def test_evaluate_job_leaves_out_tuning_queries(tmp_path, qrels_file, capsys):
   ranked = _write_folder(tmp_path / 'ranked', rows, SCHEMA, fusion)
   assert evaluate_job.main(['--ranked', ranked, '--qrels', qrels_file]) == 0
   out = capsys.readouterr().out
-  assert ('== metrics (2 held-out queries; 1 tuning queries excluded, candidates rows;'
+  assert ('== metrics (2 held-out queries; 1 tuning queries excluded; 0 with no result, '
+          'counted as 0, candidates rows;'
           in out)
   report = json.loads((tmp_path / 'ranked' / 'metrics.json').read_text())
   assert report['queries_evaluated'] == 2
@@ -328,14 +329,15 @@ def test_evaluate_job_on_an_old_folder(tmp_path, qrels_file, capsys):
   ranked = _write_folder(tmp_path / 'ranked', old_rows, OLD_SCHEMA)
   assert evaluate_job.main(['--ranked', ranked, '--qrels', qrels_file]) == 0
   out = capsys.readouterr().out
-  assert '== metrics (2 judged queries, candidates rows;' in out
+  assert '== metrics (2 judged queries; 0 with no result, counted as 0, candidates rows;' in out
   assert '  metric       first stage       final' in out
   report = json.loads((tmp_path / 'ranked' / 'metrics.json').read_text())
   assert set(report['metrics']) == {'retrieval', 'final'}
   assert (report['queries_evaluated'], report['tuning_queries_excluded']) == (2, 0)
+  # An old folder: only its judged queries with results can be known.
   expected = evaluation.evaluate_stages(
       _frame().select(*OLD_SCHEMA.names), _qrels(),
-      evaluation.parse_measures(evaluation.DEFAULT_MEASURES))
+      evaluation.parse_measures(evaluation.DEFAULT_MEASURES), ['qa', 'qb'])
   assert {(s, m): v for s, values in report['metrics'].items() for m, v in values.items()} == {
       k: pytest.approx(v) for k, v in _as_dict(expected).items()}
   assert report['metrics']['final']['MRR@10'] == pytest.approx((1 / 3 + 1 / 2) / 2)

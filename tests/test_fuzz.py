@@ -497,3 +497,74 @@ def test_mine_fuzz(tmp_path):
   assert report['qrels_in'] == len(qrels)
   assert report['reconciles'] is True
   assert report['dead_letters'] == len(dead_letters)
+
+
+# ------------------------------------------------------------------- queries
+
+
+def test_rerank_query_accounting_fuzz(tmp_path):
+  """Any mix of queries (hostile texts, duplicate ids, words in and out of the
+  corpus) with BM25 and a supplied run naming known and unknown docs: queries
+  in = ranked + dead-lettered + no candidates, in total and per source, the
+  no-candidates list is exactly the oracle's, and `evaluate` on the folder
+  equals `rerank --qrels`."""
+  from pipelines import evaluate as evaluate_job
+  from transforms.bm25 import tokenize
+  queries, hostile_queries = text_rows('q', examples=12, good=30)
+  corpus = [(f'd{i}', text) for i, text in enumerate(GOOD_TEXTS)]
+  kept_queries, dead_queries = expected_texts(queries)
+  vocabulary = {t for _, text in corpus for t in tokenize(text)}
+  rng = random.Random(7)
+  kept_ids = sorted(kept_queries)
+  supplied = [(q, rng.choice([f'd{rng.randrange(len(corpus))}', 'd_unknown']))
+              for q in rng.sample(kept_ids, k=len(kept_ids) // 3)]
+  qrels = [(q, f'd{rng.randrange(len(corpus))}', 1) for q in rng.sample(kept_ids, k=20)]
+  root = tmp_path / 'in'
+  root.mkdir()
+  pq.write_table(pa.table({
+      'query_id': pa.array([q for q, _ in supplied], pa.string()),
+      'doc_id': pa.array([d for _, d in supplied], pa.string())}), str(root / 's.parquet'))
+  pq.write_table(pa.Table.from_pylist(
+      [dict(zip(QRELS_SCHEMA.names, r)) for r in qrels], schema=QRELS_SCHEMA),
+      str(root / 'qrels.parquet'))
+  out = tmp_path / 'ranked'
+  report, _ = quiet(rerank_job.run, [
+      '--queries', write_texts(root / 'q.parquet', 'query_id', queries),
+      '--corpus', write_texts(root / 'c.parquet', 'doc_id', corpus),
+      '--bm25', '--candidates', root / 's.parquet', '--cross-encoder', 'none',
+      '--qrels', root / 'qrels.parquet', '--output', out])
+  print(f'\n[fuzz] query accounting: {len(queries)} query rows, {hostile_queries} hostile')
+
+  # The oracle.
+  bm25_hits = {q for q, text in kept_queries.items() if set(tokenize(text)) & vocabulary}
+  supplied_known = {q for q, d in supplied if d != 'd_unknown'}
+  supplied_any = {q for q, _ in supplied}
+  ranked = bm25_hits | supplied_known
+  expected_none = {}
+  for q in kept_queries:
+    if q in ranked:
+      continue
+    expected_none[q] = ('all_candidates_dead_lettered' if q in supplied_any
+                        else 'no_source_returned_candidates')
+  accounts = report['queries']
+  assert accounts['in'] == len(queries)
+  assert accounts['dead_lettered'] == len(dead_queries)
+  assert accounts['ranked'] == len(ranked)
+  assert accounts['no_candidates'] == len(expected_none)
+  assert accounts['in'] == accounts['ranked'] + accounts['dead_lettered'] + accounts[
+      'no_candidates']
+  assert accounts['reconciles'] is True
+  for source, statuses in accounts['by_source'].items():
+    assert sum(statuses.values()) == len(kept_queries), source
+  assert accounts['by_source']['bm25']['with_candidates'] == len(bm25_hits)
+  assert accounts['by_source']['bm25']['no_tokens'] == sum(
+      not tokenize(t) for t in kept_queries.values())
+  assert accounts['by_source']['supplied']['with_candidates'] == len(supplied_any)
+  got_none = {r['query_id']: r['reason'] for r in read_dir(out / 'no_candidates')}
+  assert got_none == expected_none
+  evaluated, _ = quiet(evaluate_job.run, ['--ranked', out, '--qrels', root / 'qrels.parquet'])
+  assert evaluated['metrics'] == report['evaluation']['metrics']
+  assert evaluated['queries_evaluated'] == report['evaluation']['queries_evaluated']
+  judged_in_run = {q for q, _, _ in qrels}
+  assert evaluated['queries_evaluated'] == len(judged_in_run)
+  assert evaluated['queries_without_results'] == len(judged_in_run - ranked)

@@ -147,3 +147,41 @@ def test_previous_that_is_not_an_output_is_one_error_line(
                  'manifest.json: not a finished rerank output']
 
 
+
+
+@pytest.mark.parametrize('damage', ['manifest', 'candidates', 'missing_file'])
+def test_a_damaged_previous_into_the_same_folder_is_ignored_with_a_warning(
+    tmp_path, base, tiny_cross_encoder_dir, caplog, damage):
+  """The nightly case (--previous = --output) with a previous output that cannot
+  be read: one warning naming why, every pair scored, the fresh result."""
+  import shutil
+  root, inputs, full = base
+  out = tmp_path / 'nightly'
+  shutil.copytree(root / 'full', out)
+  if damage == 'manifest':
+    path = out / 'manifest.json'
+    path.write_bytes(path.read_bytes()[:40])
+  else:
+    part = sorted((out / 'candidates').glob('part-*.parquet'))[0]
+    if damage == 'candidates':
+      part.write_bytes(part.read_bytes()[:100])
+    else:
+      part.unlink()
+  with caplog.at_level(logging.WARNING):
+    report = _run(inputs, tiny_cross_encoder_dir, out, '--previous', out)
+  warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING
+              and 'not reused' in r.getMessage()]
+  assert len(warnings) == 1 and 'cannot be read' in warnings[0], warnings
+  assert report['pairs_reused'] == 0 and report['pairs_scored'] == full['pairs_scored']
+  assert report['previous']['ignored'].startswith('it cannot be read')
+  _assert_same_result(out, root / 'full')
+
+
+def test_a_damaged_previous_elsewhere_is_ignored_too(tmp_path, base, tiny_cross_encoder_dir):
+  import shutil
+  root, inputs, full = base
+  previous = tmp_path / 'previous'
+  shutil.copytree(root / 'full', previous)
+  (previous / 'manifest.json').write_text('{"kind": "ranked", "outp')
+  report = _run(inputs, tiny_cross_encoder_dir, tmp_path / 'out', '--previous', previous)
+  assert report['pairs_reused'] == 0 and report['pairs_scored'] == full['pairs_scored']

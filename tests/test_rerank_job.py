@@ -228,7 +228,7 @@ def test_two_runs_byte_identical(tmp_path, dense_run, rerank_inputs, embeddings,
   files = _files(first)
   assert sorted(files) == [
       'candidates/part-00000-of-00001.parquet', 'dead_letter/part-00000-of-00001.parquet',
-      'part-00000-of-00001.parquet']
+      'no_candidates/part-00000-of-00001.parquet', 'part-00000-of-00001.parquet']
   assert _files(second) == files
   assert json.loads((second / 'manifest.json').read_text()) == json.loads(
       (first / 'manifest.json').read_text())

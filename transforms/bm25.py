@@ -64,6 +64,11 @@ _TOKEN_PATTERN = re.compile(r'[^\W_]+', re.UNICODE)
 _SCORE_SLAB_CELLS = 1 << 22
 
 
+# Beyond this k1, float rounding flattens term frequencies (1e300 made every
+# score 0); the literature's values lie between 0.5 and 3.
+MAX_K1 = 100.0
+
+
 @dataclasses.dataclass(frozen=True)
 class BM25Settings:
   """BM25 parameters, the tokeniser's stemmer (None, 'english', 'russian') and k."""
@@ -73,8 +78,10 @@ class BM25Settings:
   top_k: int = 100
 
   def __post_init__(self):
-    if self.k1 < 0:
-      raise ValueError(f'k1 must be >= 0, got {self.k1}')
+    if not 0 <= self.k1 <= MAX_K1:
+      raise ValueError(
+          f'k1 must be in [0, {MAX_K1:g}] (usual values 0.5 to 3: the term-frequency '
+          f'saturation), got {self.k1:g}')
     if not 0 <= self.b <= 1:
       raise ValueError(f'b must be in [0, 1], got {self.b}')
     if self.top_k < 1:

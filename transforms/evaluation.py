@@ -16,6 +16,10 @@ import pyarrow.parquet as pq
 
 from transforms.errors import UserInputError
 from transforms.parquet_sink import committed_files, committed_output_exists, read_manifest
+from transforms.query_accounting import NO_CANDIDATES
+
+# The dead-letter stage of a rerank run's rejected query rows.
+QUERY_DEAD_LETTER_STAGE = 'rerank/queries'
 
 DEFAULT_MEASURES = ('nDCG@10', 'RR@10', 'R@100')
 DISPLAY_NAMES = {'RR': 'MRR', 'R': 'Recall'}
@@ -125,14 +129,45 @@ def query_scope(
     exclude_query_ids: Optional[Iterable[str]] = None,
 ) -> list[str]:
   """The queries metrics are averaged over, sorted: the judged ones among
-  ``query_ids`` (default: among those in ``ranked``), less ``exclude_query_ids``
-  (e.g. the queries fusion weights were tuned on)."""
+  ``query_ids`` (default: every judged query, as trec_eval's ``-c``), less
+  ``exclude_query_ids`` (e.g. the queries fusion weights were tuned on).
+
+  Whether a query has rows in ``ranked`` never matters: a judged query with no
+  result counts as 0, it does not drop out of the mean.
+  """
+  del ranked  # The scope never depends on which queries have results.
   judged = set(qrels['query_id'].unique().to_list())
-  if query_ids is None:
-    scope = judged & set(ranked['query_id'].unique().to_list())
-  else:
-    scope = judged & set(query_ids)
-  return sorted(scope - set(exclude_query_ids or ()))
+  if query_ids is not None:
+    judged &= set(query_ids)
+  return sorted(judged - set(exclude_query_ids or ()))
+
+
+def queries_without_results(ranked: pl.DataFrame, scope: Iterable[str]) -> list[str]:
+  """The queries of ``scope`` with no row in ``ranked`` (they count as 0)."""
+  have = set(ranked['query_id'].unique().to_list()) if ranked.height else set()
+  return sorted(set(scope) - have)
+
+
+def run_query_ids(ranked_dir: str, manifest: Mapping[str, Any],
+                  ranked: pl.DataFrame) -> Optional[list[str]]:
+  """Every query a rerank output read: those with rows in ``ranked``, those in
+  its ``no_candidates`` output and the query rows it dead-lettered. None for
+  a folder written before ``no_candidates`` existed (its queries without a
+  result cannot be known)."""
+  if not committed_output_exists(ranked_dir, NO_CANDIDATES, '--ranked', manifest):
+    return None
+  ids = set(ranked['query_id'].unique().to_list()) if ranked.height else set()
+  none = read_parquet_files(
+      committed_files(ranked_dir, NO_CANDIDATES, '--ranked', manifest), ['query_id'])
+  if none.height:
+    ids |= set(none['query_id'].to_list())
+  dead = read_parquet_files(
+      committed_files(ranked_dir, 'dead_letter', '--ranked', manifest), ['stage', 'record_id'])
+  if dead.height:
+    ids |= set(dead.filter(
+        (pl.col('stage') == QUERY_DEAD_LETTER_STAGE) & pl.col('record_id').is_not_null())[
+            'record_id'].to_list())
+  return sorted(ids)
 
 
 def evaluate_stages(
@@ -149,7 +184,7 @@ def evaluate_stages(
     qrels: ``query_id, doc_id, relevance``.
     measures: ir-measures measure objects.
     query_ids: the queries to average over (missing results count 0); by
-      default the judged queries that appear in ``ranked``.
+      default every judged query (trec_eval's ``-c``).
     exclude_query_ids: queries never averaged over (e.g. fusion's tuning queries).
   """
   scope = query_scope(ranked, qrels, query_ids, exclude_query_ids)

@@ -477,7 +477,8 @@ def weight_grid(signals: Sequence[str]) -> list[dict[str, float]]:
 def _tuning_queries(
     per_query_candidates: Mapping[str, Sequence[Candidate]],
     qrels: Mapping[str, Mapping[str, int]]) -> list[str]:
-  """Queries with candidates listed and at least one judged relevant doc."""
+  """Queries listed in ``per_query_candidates`` (an empty list counts: it
+  scores 0 under every weighting) with at least one judged relevant doc."""
   return sorted(q for q in per_query_candidates
                 if any(r > 0 for r in qrels.get(q, {}).values()))
 
@@ -498,6 +499,8 @@ def _evaluate_grid(
   weights = np.array([[w[s] for s in signals] for w in grid])
   out = np.zeros((len(queries), len(grid)))
   for i, query_id in enumerate(queries):
+    if not per_query_candidates.get(query_id):
+      continue  # No candidates: nDCG@10 0 for every weight vector.
     query = _prepare(per_query_candidates[query_id], signals)
     if method == 'linear':
       features = _linear_features(query, normalisation)
@@ -517,6 +520,8 @@ def _single_ndcg(
   """(queries, signals) nDCG@10 of ranking by each signal alone (method none)."""
   out = np.zeros((len(queries), len(signals)))
   for i, query_id in enumerate(queries):
+    if not per_query_candidates.get(query_id):
+      continue  # No candidates: nDCG@10 0 for every signal.
     query = _prepare(per_query_candidates[query_id], signals)
     orders = np.stack([_single_order(query, j) for j in range(len(signals))], axis=1)
     out[i] = _grid_ndcg(query, orders, qrels[query_id])

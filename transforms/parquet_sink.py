@@ -89,9 +89,30 @@ def write_json(value: Any, path: str) -> None:
 
 
 def read_json(path: str) -> Any:
+  """A JSON file (any Beam filesystem); a damaged one (truncated, not UTF-8)
+  is one error line naming it, not a traceback."""
   with FileSystems.open(
       path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-    return json.loads(handle.read().decode('utf-8'))
+    data = handle.read()
+  try:
+    return json.loads(data.decode('utf-8'))
+  except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    raise UserInputError(
+        f'{path} is not valid JSON ({error}): damaged or cut off while being written?'
+    ) from None
+
+
+def unreadable_parquet(files: Iterable[str]) -> Optional[str]:
+  """Why one of ``files`` cannot be read as Parquet (its footer: where a
+  truncated file breaks), or None when all can. Reads footers only."""
+  for path in files:
+    try:
+      with FileSystems.open(
+          path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        pq.read_metadata(handle)
+    except (OSError, pa.ArrowException) as error:
+      return f'{path} is not a readable Parquet file ({error})'
+  return None
 
 
 # Rows per output file, every job.

@@ -27,6 +27,12 @@ from transforms.parquet_sink import (
     ShardedOutput,
     WriteParquetShards,
 )
+from transforms.query_accounting import (
+    NO_CANDIDATES,
+    NO_CANDIDATES_SCHEMA,
+    SOURCES,
+    AccountQueries,
+)
 from transforms.ranking import ALL_TAG, RANKED_SCHEMA, ranked_sort_key
 from transforms.retrieval import (
     DEFAULT_CORPUS_BLOCK_SIZE,
@@ -115,6 +121,7 @@ def build_rerank_pipeline(
       config.doc_text_column, config.doc_title_column, config.title_separator)
 
   candidate_sources = []
+  by_source = {}  # Each source's rows, for the query accounting.
   dead_letters = [queries[DEAD_LETTER_TAG], corpus[DEAD_LETTER_TAG]]
   if config.query_embeddings_dir:
     dense = (
@@ -131,6 +138,7 @@ def build_rerank_pipeline(
             query_groups=config.query_groups)
         | 'MarkDense' >> beam.Map(_counted_source_row, SOURCE_DENSE))
     candidate_sources.append(dense)
+    by_source['dense'] = dense
   if config.bm25 is not None:
     bm25 = (
         {
@@ -142,18 +150,19 @@ def build_rerank_pipeline(
         | 'ExactBM25TopK' >> BM25TopK(config.bm25)
         | 'MarkBM25' >> beam.Map(_counted_source_row, SOURCE_BM25))
     candidate_sources.append(bm25)
+    by_source['bm25'] = bm25
   if config.candidates_pattern:
     columns = ['query_id', 'doc_id']
     if config.candidates_score_column:
       columns.append(config.candidates_score_column)
-    supplied = (
-        pipeline
-        | 'ReadCandidatesParquet' >> beam.io.ReadFromParquet(
-            config.candidates_pattern, columns=columns)
-        | 'CheckSuppliedCandidates' >> SuppliedCandidates(
-            config.candidates_score_column))
+    supplied_rows = pipeline | 'ReadCandidatesParquet' >> beam.io.ReadFromParquet(
+        config.candidates_pattern, columns=columns)
+    supplied = supplied_rows | 'CheckSuppliedCandidates' >> SuppliedCandidates(
+        config.candidates_score_column)
     candidate_sources.append(supplied['candidates'])
     dead_letters.append(supplied[DEAD_LETTER_TAG])
+    by_source['supplied'] = supplied['candidates']
+    by_source['supplied_rows'] = supplied_rows
 
   candidates = (
       candidate_sources | 'FlattenCandidateSources' >> beam.Flatten()
@@ -188,6 +197,11 @@ def build_rerank_pipeline(
     to_rank = pairs['pairs']
   ranked = to_rank | 'FuseAndRank' >> FuseStages(
       config.plan, config.tuning_qrels, config.top_n)
+  no_candidates = (
+      {'queries': queries['texts'], 'ranked': ranked['top'], **by_source}
+      | 'AccountQueries' >> AccountQueries(
+          [s for s in by_source if s in SOURCES],
+          config.bm25.stemmer if config.bm25 else None))
   dead = dead_letters | 'FlattenDeadLetters' >> beam.Flatten()
 
   def ranked_output(name, subdirectory):
@@ -203,12 +217,17 @@ def build_rerank_pipeline(
           name='dead_letter', root=config.output_dir, subdirectory='dead_letter',
           schema=DEAD_LETTER_SCHEMA, key_fn=lambda row: row['record_id'] or '',
           sort_key_fn=dead_letter_sort_key, rows_per_shard=config.rows_per_shard),
+      ShardedOutput(
+          name=NO_CANDIDATES, root=config.output_dir, subdirectory=NO_CANDIDATES,
+          schema=NO_CANDIDATES_SCHEMA, key_fn=lambda row: row['query_id'],
+          rows_per_shard=config.rows_per_shard),
   ]
   written = {
       'ranked': ranked['top'] | 'WriteRanked' >> WriteParquetShards(outputs[0]),
       'candidates': ranked[ALL_TAG] | 'WriteScoredCandidates' >> WriteParquetShards(
           outputs[1]),
       'dead_letter': dead | 'WriteDeadLetters' >> WriteParquetShards(outputs[2]),
+      NO_CANDIDATES: no_candidates | 'WriteNoCandidates' >> WriteParquetShards(outputs[3]),
   }
   _ = pipeline | 'CommitOutputs' >> CommitOutputs(
       outputs, written, FileSystems.join(config.output_dir, MANIFEST_NAME),

@@ -158,7 +158,9 @@ def decide(
         {best: 1.0}, 'none', True,
         f'auto fusion without tuning queries (--tune-qrels): ranks by {best} alone',
         {'queries': 0}, rrf_k=spec.rrf_k, normalisation=spec.normalisation)
-  per_query = {q: candidates_from_rows(rows) for q, rows in tuning_rows.items()}
+  # Every tuning query counts; one without candidates scores 0 for every choice.
+  per_query = {q: candidates_from_rows(tuning_rows.get(q, ()))
+               for q in sorted(set(tuning_rows) | set(qrels))}
   return choose_fusion(
       per_query, qrels, spec, signals=signals, min_queries=MIN_TUNING_QUERIES,
       alpha=ALPHA, folds=GUARD_FOLDS, seed=GUARD_SEED,
@@ -245,10 +247,11 @@ def _decide_final(tuning_rows, first, plan, qrels):
 
 def _decisions(first: Optional[FusionDecision], final: Optional[FusionDecision],
                tuning_query_ids: Sequence[str]) -> dict:
-  counts = [d.tuning.get('queries', 0) for d in (first, final) if d is not None]
+  # Every tuning query counts in every decision that tunes (one without
+  # candidates at 0), so each decision's count is this one.
   return {'first_stage': first.as_dict() if first else None,
           'final': final.as_dict() if final else None,
-          'tuning_queries': max(counts, default=0),
+          'tuning_queries': len(tuning_query_ids),
           'tuning_query_ids': list(tuning_query_ids)}
 
 
