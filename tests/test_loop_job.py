@@ -177,7 +177,8 @@ def test_report_structure(loop_run):
   out, _, report, _ = loop_run
   assert report['job'] == 'loop' and report['kind'] == 'both'
   assert set(report['splits']) >= {'train', 'dev', 'test', 'rule', 'files'}
-  assert report['splits']['train'] + report['splits']['dev'] + report['splits']['test'] == 24
+  splits = report['splits']
+  assert splits['train'] + splits['dev'] + splits['test'] == 36  # the sample's judged queries
   steps = report['steps']
   assert set(steps['train']) == {'cross-encoder', 'bi-encoder'}
   assert set(steps['rerank']) == {'cross-encoder', 'base', 'bi-encoder'}

@@ -199,6 +199,19 @@ def test_default_cross_encoder_recipe_id_and_cache_dir(monkeypatch, tmp_path):
   assert dce.default_cache_dir() != str(tmp_path / f'default-cross-encoder-{rid}')
 
 
+def test_default_cross_encoder_precision_auto_is_bf16_only_where_native(monkeypatch):
+  import torch
+
+  from pipelines import default_cross_encoder as dce
+  assert dce.RECIPE['precision'] == 'auto'
+  monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+  monkeypatch.setattr(dce, 'cpu_supports_bf16', lambda: True)
+  assert dce.training_precision('auto') == 'bf16'
+  monkeypatch.setattr(dce, 'cpu_supports_bf16', lambda: False)
+  assert dce.training_precision('auto') == 'fp32'
+  assert dce.training_precision('fp32') == 'fp32'
+
+
 def test_default_cross_encoder_cached_info(tmp_path, monkeypatch):
   from pipelines import default_cross_encoder as dce
   assert dce.cached_info(str(tmp_path)) is None  # nothing built

@@ -1,7 +1,7 @@
 """A small bilingual (English/Russian) sample collection the project writes itself.
 
-Twelve topics, three passages each, two queries per topic (one of them often in
-the other language), graded judgments: the first passage of a topic answers
+Twelve topics, three passages each, three queries per topic (English and
+Russian mixed), graded judgments: the first passage of a topic answers
 its queries best (relevance 2), the other two are related (relevance 1).
 Used by run_local.sh and the tests; not a benchmark.
 """
@@ -27,7 +27,8 @@ TOPICS = [
          'Отрыв пограничного слоя на крыле самолёта приводит к сваливанию; щитки и закрылки '
          'задерживают отрыв потока при больших углах атаки.'),
     ], ['where does the boundary layer on a flat plate become turbulent',
-        'переход ламинарного пограничного слоя в турбулентный']),
+        'переход ламинарного пограничного слоя в турбулентный',
+        'free-stream turbulence and transition on a flat plate']),
     ('heat_transfer', [
         ('Heat transfer in hypersonic flow',
          'Aerodynamic heating of blunt bodies in hypersonic flow is dominated by the stagnation '
@@ -39,7 +40,8 @@ TOPICS = [
          'Transient heat conduction in a slab made of two layers is solved with Laplace '
          'transforms; the interface temperature depends on the ratio of conductivities.'),
     ], ['stagnation point heating of blunt bodies at hypersonic speed',
-        'нагрев аппарата при входе в атмосферу']),
+        'нагрев аппарата при входе в атмосферу',
+        'аэродинамический нагрев затупленного тела']),
     ('patents_packaging', [
         ('СОСТАВ ДЛЯ БИОРАЗЛАГАЕМОЙ ПОЛИМЕРНОЙ ПЛЕНКИ',
          'Изобретение относится к биоразлагаемой упаковочной плёнке на основе крахмала и '
@@ -50,7 +52,8 @@ TOPICS = [
         ('Упаковка для замороженных продуктов',
          'Многослойная плёнка для замороженных продуктов сохраняет прочность при минус '
          'сорока градусах.'),
-    ], ['биоразлагаемая упаковка для продуктов', 'biodegradable film for food packaging']),
+    ], ['биоразлагаемая упаковка для продуктов', 'biodegradable film for food packaging',
+        'плёнка из крахмала и полимолочной кислоты']),
     ('online_learning', [
         ('Платформа для онлайн-обучения врачей',
          'Интерактивная платформа для профессионального медицинского образования объединяет '
@@ -61,7 +64,8 @@ TOPICS = [
         ('Дистанционные экзамены',
          'Системы прокторинга следят за студентом через камеру во время дистанционного '
          'экзамена.'),
-    ], ['интерактивные платформы для онлайн-обучения', 'virtual training platform for doctors']),
+    ], ['интерактивные платформы для онлайн-обучения', 'virtual training platform for doctors',
+        'simulations and lectures for medical education']),
     ('bread', [
         ('Sourdough bread fermentation',
          'Sourdough bread rises because wild yeast and lactic acid bacteria ferment the flour; a '
@@ -72,7 +76,8 @@ TOPICS = [
         ('Kneading and gluten',
          'Kneading develops gluten networks that trap carbon dioxide, so the dough holds its '
          'shape while baking.'),
-    ], ['how does sourdough make bread rise', 'как испечь хлеб на закваске']),
+    ], ['how does sourdough make bread rise', 'как испечь хлеб на закваске',
+        'wild yeast and lactic acid bacteria in bread']),
     ('tea', [
         ('Brewing green tea',
          'Green tea should be brewed with water at seventy to eighty degrees for two minutes; '
@@ -81,7 +86,8 @@ TOPICS = [
          'Во время китайской чайной церемонии чай заваривают много раз небольшими порциями.'),
         ('Caffeine in tea and coffee',
          'A cup of black tea has about half the caffeine of a cup of drip coffee.'),
-    ], ['what water temperature for green tea', 'как правильно заваривать зелёный чай']),
+    ], ['what water temperature for green tea', 'как правильно заваривать зелёный чай',
+        'why does boiling water make green tea bitter']),
     ('python', [
         ('Python list comprehensions',
          'A list comprehension builds a new list from an iterable in one expression, for example '
@@ -91,7 +97,8 @@ TOPICS = [
          'последовательность в памяти.'),
         ('Python virtual environments',
          'A virtual environment keeps the packages of one project apart from the system Python.'),
-    ], ['build a list from another list in python', 'генераторы и yield в питоне']),
+    ], ['build a list from another list in python', 'генераторы и yield в питоне',
+        'list comprehension example']),
     ('databases', [
         ('Database indexes',
          'A B-tree index lets a database find rows by key in logarithmic time instead of '
@@ -103,7 +110,7 @@ TOPICS = [
          'Columnar formats such as Parquet store each column together, which makes scans of a '
          'few columns fast and compresses well.'),
     ], ['why is a query with an index faster than a full table scan',
-        'атомарность транзакций']),
+        'атомарность транзакций', 'индекс B-дерево в базе данных']),
     ('space', [
         ('The Moon landing',
          'Apollo 11 landed on the Moon in July 1969; Neil Armstrong and Buzz Aldrin spent about '
@@ -113,7 +120,8 @@ TOPICS = [
          'корабле «Восток-1».'),
         ('The International Space Station',
          'The International Space Station orbits the Earth about every ninety minutes.'),
-    ], ['who first walked on the moon', 'первый космонавт гагарин']),
+    ], ['who first walked on the moon', 'первый космонавт гагарин',
+        'Apollo 11 landing in July 1969']),
     ('rivers', [
         ('Волга',
          'Волга — самая длинная река Европы; она впадает в Каспийское море.'),
@@ -121,7 +129,8 @@ TOPICS = [
          'The Amazon carries more water than any other river and drains much of South America.'),
         ('River deltas',
          'A delta forms where a river slows down at its mouth and drops the sediment it carries.'),
-    ], ['самая длинная река европы', 'longest river in europe']),
+    ], ['самая длинная река европы', 'longest river in europe',
+        'река впадает в Каспийское море']),
     ('chess', [
         ('Chess openings',
          'The Sicilian Defence answers 1.e4 with 1...c5 and leads to sharp, unbalanced games.'),
@@ -129,7 +138,8 @@ TOPICS = [
          'В эндшпиле король становится активной фигурой, а проходная пешка решает исход партии.'),
         ('Chess engines',
          'Modern chess engines evaluate positions with neural networks trained by self-play.'),
-    ], ['sicilian defence opening', 'роль короля в эндшпиле']),
+    ], ['sicilian defence opening', 'роль короля в эндшпиле',
+        'how to answer 1.e4 with c5']),
     ('vaccines', [
         ('How vaccines work',
          'A vaccine trains the immune system to recognise a pathogen by showing it a harmless '
@@ -139,7 +149,8 @@ TOPICS = [
         ('mRNA vaccines',
          'mRNA vaccines deliver instructions for making a viral protein; the cells make the '
          'protein and the immune system learns to recognise it.'),
-    ], ['how does a vaccine train the immune system', 'как работают вакцины']),
+    ], ['how does a vaccine train the immune system', 'как работают вакцины',
+        'immune system learns to recognise a harmless piece of a pathogen']),
 ]
 
 
