@@ -9,12 +9,13 @@ top-k, cross-encoder scoring, mining, writing):
   corpus=corpus, cross_encoder=ce, range_max=R, num_negatives=K,
   absolute_margin=M, sampling_strategy='top', output_format='triplet',
   batch_size=32)`` on (query, positive) pairs and writes the triplets. With a
-  margin set it re-scores, per query, its top ``R + max_positives`` dense
-  candidates with one ``cross_encoder.predict`` call each, then all (query,
+  margin set it re-scores, per query, its top ``R + max_positives + 1`` dense
+  candidates (sentence-transformers >= 6.3: one place for a corpus text equal
+  to the query) with one ``cross_encoder.predict`` call each, then all (query,
   positive) pairs in one more call (read from its source,
   sentence_transformers/util/hard_negatives.py). The pairs it scores are
-  counted by wrapping ``predict``: queries x (R + max_positives) + positives.
-- ours: ``rerank --model MINILM --cross-encoder CE --top-k R+max_positives
+  counted by wrapping ``predict``: queries x (R + max_positives + 1) + positives.
+- ours: ``rerank --model MINILM --cross-encoder CE --top-k R+max_positives+1
   --candidates positives.parquet`` (dense top-k unioned with the positives,
   scored in length-sorted batches across queries), then ``mine --ranked ...
   --qrels ... --range-max R --num-negatives K --absolute-margin M --format
@@ -137,7 +138,7 @@ def measure(*, num_queries: int = 225, corpus: str | None = None, range_max: int
   minilm = packaged_minilm_path()
   export_seconds = (pre_export(minilm, 'bi-encoder', backend, export_cache) +
                     pre_export(ce_dir, 'cross-encoder', backend, export_cache))
-  top_k = range_max + data['max_positives']
+  top_k = range_max + data['max_positives'] + 1  # as mine_hard_negatives (>= 6.3)
   lib_out = os.path.join(work, 'library-triplets.parquet')
   raw_args = [data['queries'], corpus, data['positives'], ce_dir, backend, export_cache or '',
               str(range_max), str(num_negatives), str(absolute_margin), lib_out]
