@@ -5,7 +5,10 @@
 Writes ``metrics.json``, ``metrics.parquet`` and ``metrics.png`` (into --output,
 default the ranked folder) and prints the stages side by side: each first-stage
 source (dense, BM25, supplied), the fused first stage, the cross-encoder alone
-and the final ranking (those the folder has). Queries the rerank job tuned
+and the final ranking (those the folder has), averaged over every judged query
+the run read (ranked, listed in ``no_candidates/`` or dead-lettered): a judged
+query with no result counts as 0, as trec_eval's ``-c`` does, so the figures
+equal ``rerank --qrels`` on the same folder. Queries the rerank job tuned
 fusion weights on (its manifest's ``fusion.tuning_query_ids``) are left out.
 The metrics themselves are ir-measures' (trec_eval); no Beam pipeline is needed
 for a table this size.
