@@ -20,7 +20,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, str]:
   parser = argparse.ArgumentParser(
       prog=PROG, description='Write corpus.parquet, queries.parquet, qrels.parquet and '
       'qrels_train.parquet (the train split: tuning queries) (36 English/Russian passages, '
-      '24 queries) into a folder.')
+      '36 queries) into a folder.')
   parser.add_argument('--output', required=True, metavar='DIR', help='Folder to write into.')
   args = parser.parse_args(argv)
   common.configure_logging()
