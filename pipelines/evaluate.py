@@ -91,8 +91,8 @@ def evaluate_ranked(
           'evaluate: warning: %s was written before rerank recorded its queries without '
           'candidates: a judged query it returned nothing for cannot be counted (as 0), '
           'so the metrics average over the judged queries that have results', ranked_dir)
-  scope = evaluation.query_scope(ranked, qrels, query_ids, tuning)
-  excluded = len(evaluation.query_scope(ranked, qrels, query_ids)) - len(scope)
+  scope = evaluation.query_scope(qrels, query_ids, tuning)
+  excluded = len(evaluation.query_scope(qrels, query_ids)) - len(scope)
   if excluded and not scope:
     logger.warning(
         'evaluate: warning: every judged query was a tuning query (%d): no held-out '

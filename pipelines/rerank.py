@@ -369,7 +369,7 @@ def read_tuning_qrels(
       pattern, '--tune-qrels', {'query_id': 'id', 'doc_id': 'id', 'relevance': 'int'})
   raw = evaluation.read_parquet_files(checked.files, ['query_id', 'doc_id', 'relevance'])
   rows = raw.height
-  frame = evaluation.read_qrels(checked.files)
+  frame = evaluation.clean_qrels(raw)
   deduplicated = frame.group_by('query_id', 'doc_id').agg(pl.col('relevance').max())
   judged = set(deduplicated['query_id'].to_list())
   known = judged if query_ids is None else judged & set(query_ids)
@@ -473,11 +473,12 @@ def _previous_scores(
     return (), None
   previous = job.previous.rstrip('/')
   manifest_path = FileSystems.join(previous, MANIFEST_NAME)
-  if not FileSystems.exists(manifest_path) and previous != job.output.rstrip('/'):
+  has_manifest = FileSystems.exists(manifest_path)
+  if not has_manifest and previous != job.output.rstrip('/'):
     raise UserInputError(f'--previous {job.previous!r} has no {MANIFEST_NAME}: not a '
                          'finished rerank output')
   try:
-    manifest = read_json(manifest_path) if FileSystems.exists(manifest_path) else None
+    manifest = read_json(manifest_path) if has_manifest else None
     files: list[str] = []
     if manifest and manifest.get('kind') == 'ranked' and committed_output_exists(
         previous, 'candidates', '--previous', manifest):

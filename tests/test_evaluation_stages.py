@@ -161,7 +161,7 @@ def test_evaluate_stages_hand_computed():
     (['qa', 'qb', 'qc'], ['qa', 'qz'], ['qb', 'qc']),
 ])
 def test_evaluate_stages_equal_ir_measures(query_ids, exclude, scope):
-  assert evaluation.query_scope(_frame(), _qrels(), query_ids, exclude) == scope
+  assert evaluation.query_scope(_qrels(), query_ids, exclude) == scope
   metrics = evaluation.evaluate_stages(
       _frame(), _qrels(), evaluation.parse_measures(MEASURES), query_ids, exclude)
   assert set(metrics['queries'].to_list()) == {len(scope)}

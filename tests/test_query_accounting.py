@@ -11,7 +11,6 @@ import json
 import pathlib
 
 import apache_beam as beam
-import polars as pl
 import pyarrow as pa
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
@@ -19,6 +18,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines import evaluate, rerank
 from tests.conftest import write_parquet
+from tests.rerank_fixtures import read_rows
 from transforms.query_accounting import AccountQueries, summarize
 
 QRELS_SCHEMA = pa.schema([
@@ -42,8 +42,7 @@ def _corpus(root: pathlib.Path) -> str:
 
 
 def _read(folder: pathlib.Path) -> list[dict]:
-  files = sorted(folder.glob('part-*.parquet'))
-  return pl.concat([pl.read_parquet(f) for f in files]).sort('query_id').to_dicts()
+  return sorted(read_rows(folder), key=lambda row: row['query_id'])
 
 
 def test_evaluate_counts_a_judged_query_without_candidates_as_zero(tmp_path):

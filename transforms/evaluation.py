@@ -123,7 +123,6 @@ def per_query_metrics(
 
 
 def query_scope(
-    ranked: pl.DataFrame,
     qrels: pl.DataFrame,
     query_ids: Optional[Iterable[str]] = None,
     exclude_query_ids: Optional[Iterable[str]] = None,
@@ -132,10 +131,9 @@ def query_scope(
   ``query_ids`` (default: every judged query, as trec_eval's ``-c``), less
   ``exclude_query_ids`` (e.g. the queries fusion weights were tuned on).
 
-  Whether a query has rows in ``ranked`` never matters: a judged query with no
-  result counts as 0, it does not drop out of the mean.
+  Whether a query has results never matters: a judged query with none counts
+  as 0, it does not drop out of the mean.
   """
-  del ranked  # The scope never depends on which queries have results.
   judged = set(qrels['query_id'].unique().to_list())
   if query_ids is not None:
     judged &= set(query_ids)
@@ -187,7 +185,7 @@ def evaluate_stages(
       default every judged query (trec_eval's ``-c``).
     exclude_query_ids: queries never averaged over (e.g. fusion's tuning queries).
   """
-  scope = query_scope(ranked, qrels, query_ids, exclude_query_ids)
+  scope = query_scope(qrels, query_ids, exclude_query_ids)
   frames = []
   for stage, run in stage_runs(ranked).items():
     values = per_query_metrics(run, qrels, measures)
@@ -300,7 +298,12 @@ def read_parquet_files(
 
 def read_qrels(files: Sequence[str]) -> pl.DataFrame:
   """Qrels with string ids and integer relevance."""
-  return read_parquet_files(files, ['query_id', 'doc_id', 'relevance']).select(
+  return clean_qrels(read_parquet_files(files, ['query_id', 'doc_id', 'relevance']))
+
+
+def clean_qrels(frame: pl.DataFrame) -> pl.DataFrame:
+  """Qrels rows as read -> string ids and integer relevance, rows with a null left out."""
+  return frame.select(
       pl.col('query_id').cast(pl.String), pl.col('doc_id').cast(pl.String),
       pl.col('relevance').cast(pl.Int64)).drop_nulls()
 

@@ -32,7 +32,7 @@ from transforms.candidate_checks import (
 )
 from transforms.dead_letters import DEAD_LETTER_TAG, dead_letter
 from transforms.parquet_sink import stable_hash
-from transforms.texts import METRICS_NAMESPACE, text_sha256
+from transforms.texts import METRICS_NAMESPACE
 
 STAGE = 'mine'
 GUARDS = ('positive', 'same_text_as_query', 'range_max', 'absolute_margin', 'relative_margin',
@@ -357,7 +357,8 @@ class _KnownQueryFn(beam.DoFn):
 
 
 class KnownCandidates(beam.PTransform):
-  """``{'candidates', 'queries', 'corpus'}`` (checked candidates, text records)
+  """``{'candidates', 'queries', 'corpus'}`` (checked candidates, text records
+  of ``texts.PrepareTexts``, with their ``text_sha256``)
   -> ``{'candidates', 'dead_letter'}``: only candidates whose doc and query have
   a text, once per (query, doc), marked ``same_text_as_query`` where the two
   texts are equal. Negatives are mined from these, so a missing text never
@@ -365,7 +366,7 @@ class KnownCandidates(beam.PTransform):
   def expand(self, pcolls):
     known_docs = (
         {'texts': pcolls['corpus'] | 'CorpusIds' >> beam.Map(
-            lambda r: (r['id'], text_sha256(r['text']))),
+            lambda r: (r['id'], r['text_sha256'])),
          'candidates': pcolls['candidates'] | 'CandidatesByDoc' >> beam.WithKeys(
              lambda c: c['doc_id'])}
         | 'JoinDocIds' >> beam.CoGroupByKey()
@@ -373,7 +374,7 @@ class KnownCandidates(beam.PTransform):
             DEAD_LETTER_TAG, main='candidates'))
     known = (
         {'texts': pcolls['queries'] | 'QueryIds' >> beam.Map(
-            lambda r: (r['id'], text_sha256(r['text']))),
+            lambda r: (r['id'], r['text_sha256'])),
          'candidates': known_docs.candidates | 'CandidatesByQuery' >> beam.WithKeys(
              lambda c: c['query_id'])}
         | 'JoinQueryIds' >> beam.CoGroupByKey()
