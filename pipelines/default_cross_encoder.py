@@ -62,7 +62,7 @@ RECIPE = {
     # Russian, 171): 128 truncates the tail of a few, at half the cost of 256.
     'max_length': 128,
     # bf16 autocast where the CPU computes in bfloat16 natively (AVX512-BF16 or
-    # AMX: 1.6x fp32's step rate on the 2-core development machine), else fp32.
+    # AMX: faster than fp32 there, see training.cpu_supports_bf16), else fp32.
     'precision': 'auto',
     'seed': 12,
 }
