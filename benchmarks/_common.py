@@ -83,8 +83,8 @@ def pre_export(model_dir: str, kind: str, backend: str, export_cache: str | None
   (0 for torch backends, which need none)."""
   if backend.startswith('torch'):
     return 0.0
-  code = ('import sys; from transforms.backends import BACKENDS, ensure_export; '
-          'from transforms.model_info import fingerprint_model_dir; '
+  code = ('import sys; from transforms.models.backends import BACKENDS, ensure_export; '
+          'from transforms.models.model_info import fingerprint_model_dir; '
           'print(ensure_export(sys.argv[1], fingerprint_model_dir(sys.argv[1]), sys.argv[2], '
           'BACKENDS[sys.argv[3]], sys.argv[4] or None))')
   return timed_python(['-c', code, model_dir, kind, backend, export_cache or ''],
@@ -116,8 +116,8 @@ def run_exact_top_k(query_dir: str, corpus_dir: str, k: int, output: str,
   from apache_beam.options.pipeline_options import PipelineOptions
 
   sys.path.insert(0, REPO)
-  from transforms.parquet_sink import CommitOutputs, ShardedOutput, WriteParquetShards
-  from transforms.retrieval import ExactTopK, ReadEmbeddingTables
+  from transforms.io.parquet_sink import CommitOutputs, ShardedOutput, WriteParquetShards
+  from transforms.retrieval.dense import ExactTopK, ReadEmbeddingTables
   started = time.perf_counter()
   schema = pa.schema([('query_id', pa.string()), ('doc_id', pa.string()),
                       ('retrieval_rank', pa.int32()), ('retrieval_score', pa.float32())])

@@ -40,7 +40,7 @@ from benchmarks._common import (  # noqa: E402
 RAW = r'''
 import json, resource, sys, time
 import numpy as np, pyarrow.parquet as pq, torch
-from transforms.backends import BACKENDS, inference_context, load_model
+from transforms.models.backends import BACKENDS, inference_context, load_model
 queries = dict(zip(*pq.read_table(sys.argv[1], columns=['query_id', 'text']).to_pydict().values()))
 corpus = dict(zip(*pq.read_table(sys.argv[2], columns=['doc_id', 'text']).to_pydict().values()))
 cands = pq.read_table(sys.argv[3]).to_pylist()
@@ -64,7 +64,7 @@ def random_head_cross_encoder(directory: str) -> str:
   if os.path.exists(os.path.join(directory, 'config.json')):
     return directory
   code = ('import sys, torch; from sentence_transformers import CrossEncoder; '
-          'from transforms.model_info import packaged_minilm_path; torch.manual_seed(0); '
+          'from transforms.models.model_info import packaged_minilm_path; torch.manual_seed(0); '
           'CrossEncoder(packaged_minilm_path(), num_labels=1).save(sys.argv[1])')
   timed_python(['-c', code, directory])
   return directory

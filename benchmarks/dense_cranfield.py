@@ -35,7 +35,7 @@ def main() -> None:
   import polars as pl
 
   from pipelines import encode
-  from transforms import evaluation
+  from transforms.ranking import evaluation
   emb = args.emb_dir or tempfile.mkdtemp(prefix='dense_cranfield_')
   corpus_dir, query_dir = os.path.join(emb, 'corpus'), os.path.join(emb, 'queries')
   if not os.path.exists(os.path.join(corpus_dir, 'manifest.json')):

@@ -43,8 +43,8 @@ from benchmarks._common import (  # noqa: E402
 RAW = r'''
 import json, resource, sys, time
 import pyarrow as pa, pyarrow.parquet as pq
-from transforms.backends import BACKENDS, inference_context, load_model
-from transforms.model_info import packaged_minilm_path
+from transforms.models.backends import BACKENDS, inference_context, load_model
+from transforms.models.model_info import packaged_minilm_path
 table = pq.read_table(sys.argv[1], columns=['doc_id', 'text'])
 rows = [(i, t) for i, t in zip(table.column('doc_id').to_pylist(), table.column('text').to_pylist())
         if t and t.strip()]
@@ -159,7 +159,7 @@ def measure(corpus: str, *, backend: str = 'torch', export_cache: str | None = N
 
 
 def _minilm() -> str:
-  from transforms.model_info import packaged_minilm_path
+  from transforms.models.model_info import packaged_minilm_path
   return packaged_minilm_path()
 
 

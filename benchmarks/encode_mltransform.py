@@ -44,8 +44,8 @@ def main() -> None:
   from apache_beam.ml.transforms.embeddings.huggingface import SentenceTransformerEmbeddings
   from apache_beam.options.pipeline_options import PipelineOptions
 
-  from transforms.backends import BACKENDS, _runtime_kwargs, ensure_export
-  from transforms.model_info import fingerprint_model_dir, packaged_minilm_path
+  from transforms.models.backends import BACKENDS, _runtime_kwargs, ensure_export
+  from transforms.models.model_info import fingerprint_model_dir, packaged_minilm_path
   model = args.model or packaged_minilm_path()
   backend = BACKENDS[args.backend]
   if backend.autocast or backend.half:

@@ -244,7 +244,7 @@ def reference_bm25(paths: Paths, stemmer: str | None, top_k: int, title: bool
   import pyarrow.parquet as pq
 
   from transforms.bm25 import tokenize
-  from transforms.texts import join_title
+  from transforms.core.texts import join_title
   started = time.perf_counter()
   corpus = pq.read_table(paths.corpus).to_pylist()
   copies = collections.Counter(str(row['doc_id']) for row in corpus)

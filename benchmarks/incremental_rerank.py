@@ -240,7 +240,7 @@ def run_job(name: str, work: str, inputs: str, previous: str | None,
 def _read(output: str, name: str, columns: list[str]):
   import polars as pl
 
-  from transforms.parquet_sink import committed_files
+  from transforms.io.parquet_sink import committed_files
   files = committed_files(output, name, '--output')
   return pl.read_parquet(files, columns=columns)
 

@@ -63,7 +63,7 @@ def fixed_hybrids(loop_dir: str, paths: dict) -> dict:
   import numpy as np
   import polars as pl
 
-  from transforms.fusion import candidates_from_rows, fuse_linear, fuse_rrf, ndcg_at_10
+  from transforms.ranking.fusion import candidates_from_rows, fuse_linear, fuse_rrf, ndcg_at_10
   rows = pl.read_parquet(glob.glob(os.path.join(
       loop_dir, 'rerank', 'cross-encoder', 'candidates', '*.parquet')))
   test = pl.read_parquet(paths['test_queries'])['query_id'].cast(pl.String).to_list()
@@ -90,7 +90,7 @@ def control_metrics(loop_dir: str, paths: dict, args) -> dict:
   from sentence_transformers import CrossEncoder
 
   from pipelines import rerank
-  from transforms.model_info import packaged_minilm_path
+  from transforms.models.model_info import packaged_minilm_path
   control = os.path.join(loop_dir, 'models', 'control')
   torch.manual_seed(args.seed)
   CrossEncoder(args.base_model or packaged_minilm_path(), num_labels=1,

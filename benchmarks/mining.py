@@ -57,8 +57,8 @@ import json, resource, sys, time
 import pyarrow as pa, pyarrow.parquet as pq
 from datasets import Dataset
 from sentence_transformers.util import mine_hard_negatives
-from transforms.backends import BACKENDS, inference_context, load_model
-from transforms.model_info import packaged_minilm_path
+from transforms.models.backends import BACKENDS, inference_context, load_model
+from transforms.models.model_info import packaged_minilm_path
 (queries_path, corpus_path, positives_path, ce_dir, backend_name, export_root,
  range_max, num_negatives, margin, output, cache_folder, warm_up) = sys.argv[1:13]
 backend = BACKENDS[backend_name]
@@ -129,7 +129,7 @@ def measure(*, num_queries: int = 225, corpus: str | None = None, range_max: int
   import polars as pl
 
   from benchmarks.cross_encoder import resolve_cross_encoder
-  from transforms.model_info import packaged_minilm_path
+  from transforms.models.model_info import packaged_minilm_path
   work = workdir or tempfile.mkdtemp(prefix='bench_mining_')
   os.makedirs(work, exist_ok=True)
   corpus = corpus or os.path.join(require_cranfield(), 'corpus.parquet')

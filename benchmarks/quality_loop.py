@@ -58,10 +58,10 @@ def main() -> None:
   from sentence_transformers import CrossEncoder
 
   from pipelines import encode, mine, rerank, train
-  from transforms import evaluation
-  from transforms.mining import NegativeMiningSettings
-  from transforms.model_info import packaged_minilm_path
-  from transforms.parquet_sink import committed_files, write_json
+  from transforms.io.parquet_sink import committed_files, write_json
+  from transforms.models.model_info import packaged_minilm_path
+  from transforms.ranking import evaluation
+  from transforms.training.mining import NegativeMiningSettings
   work = args.workdir or tempfile.mkdtemp(prefix='quality_loop_')
   os.makedirs(work, exist_ok=True)
   def path(*p):

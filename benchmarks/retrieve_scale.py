@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 def write_shards(directory: str, ids: list[str], matrix: np.ndarray, rows_per_shard: int):
   import pyarrow.parquet as pq
 
-  from transforms.encoding import embedding_schema, embeddings_to_table
+  from transforms.graphs.encode import embedding_schema, embeddings_to_table
   os.makedirs(directory, exist_ok=True)
   schema = embedding_schema(matrix.shape[1], 'float32', {'kind': 'embeddings'})
   num_shards = -(-len(ids) // rows_per_shard)

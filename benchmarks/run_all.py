@@ -215,7 +215,7 @@ def stage_mining(size, corpus, args, work, env):
 
 
 def stage_backends(size, corpus, args, work, env, encode_detail=None):
-  from transforms.model_info import packaged_minilm_path
+  from transforms.models.model_info import packaged_minilm_path
   texts = None
   outputs, runs = {}, {}
   for backend in ['torch', *args.compare_backends]:

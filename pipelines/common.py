@@ -18,21 +18,25 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from transforms.bm25 import MAX_K1, SUPPORTED_STEMMERS, BM25Settings
-from transforms.errors import UserInputError
-from transforms.inference_settings import InferenceSettings
-from transforms.inference_settings import non_negative_int as non_negative_int  # for the jobs
-from transforms.inference_settings import positive_int as positive_int  # re-exported for the jobs
-from transforms.parquet_sink import (
-    COMMIT_DEAD_LETTERS_COUNTER,
-    COMMIT_REFUSED_COUNTER,
-    DEAD_LETTER_OUTPUT,
-    MANIFEST_NAME,
-    STAGING_NAME,
-    CommitGateOptions,
-    committed_files,
-    read_json,
+from transforms.core.errors import UserInputError
+from transforms.core.texts import METRICS_NAMESPACE
+from transforms.io.parquet_sink import (
+  COMMIT_DEAD_LETTERS_COUNTER,
+  COMMIT_REFUSED_COUNTER,
+  DEAD_LETTER_OUTPUT,
+  MANIFEST_NAME,
+  STAGING_NAME,
+  CommitGateOptions,
+  committed_files,
+  read_json,
 )
-from transforms.texts import METRICS_NAMESPACE
+from transforms.models.inference_settings import InferenceSettings
+from transforms.models.inference_settings import (
+  non_negative_int as non_negative_int,  # for the jobs
+)
+from transforms.models.inference_settings import (
+  positive_int as positive_int,  # re-exported for the jobs
+)
 
 BEAM_EPILOG = (
     'Any Beam pipeline option passes through, e.g. --runner DataflowRunner, '
@@ -326,7 +330,7 @@ def dead_letter_counts(output_dir: str) -> list[tuple[str, str, int]]:
   """``(stage, reason code, rows)`` of an output's ``dead_letter/`` files."""
   import polars as pl
 
-  from transforms.evaluation import read_parquet_files
+  from transforms.ranking.evaluation import read_parquet_files
   files = committed_files(output_dir, DEAD_LETTER_OUTPUT, '--output')
   if not files:
     return []
@@ -400,8 +404,8 @@ def check_backend(settings: InferenceSettings, kind: str,
                   handler_factory: Callable[[str], Any], sample: Sequence[Any]) -> dict | None:
   """Checks ``settings.backend`` is usable here and close enough to float32 on
   ``sample`` (texts or pairs); returns the fidelity for the manifest."""
-  from transforms import backends
-  from transforms.backends import resolve_device
+  from transforms.models import backends
+  from transforms.models.backends import resolve_device
   backend = backends.get_backend(settings.backend, resolve_device(settings.device))
   if backend.is_reference or settings.fidelity_sample <= 0:
     return None

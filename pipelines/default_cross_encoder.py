@@ -28,12 +28,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines import encode, mine, rerank, train
-from transforms.errors import UserInputError
-from transforms.mining import NegativeMiningSettings, split_of
-from transforms.model_info import packaged_minilm_path
-from transforms.pseudo_queries import PseudoQuerySettings
-from transforms.sample_data import DEV_FRACTION, sample_tables
-from transforms.training import cpu_supports_bf16, warm_start_summary
+from transforms.core.errors import UserInputError
+from transforms.io.sample_data import DEV_FRACTION, sample_tables
+from transforms.models.model_info import packaged_minilm_path
+from transforms.training.mining import NegativeMiningSettings, split_of
+from transforms.training.pseudo_queries import PseudoQuerySettings
+from transforms.training.trainer import cpu_supports_bf16, warm_start_summary
 
 logger = logging.getLogger(__name__)
 ConfigT = TypeVar('ConfigT')

@@ -17,22 +17,27 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines import common
-from transforms import inference_settings
-from transforms.encoding import EncodeConfig, EncodeTexts, build_encode_pipeline, embedding_settings
-from transforms.errors import UserInputError
-from transforms.incremental import settings_mismatch
-from transforms.inference_settings import InferenceSettings
-from transforms.model_info import DEFAULT_BI_ENCODER, inspect_bi_encoder, resolve_model_name
-from transforms.parquet_input import check_parquet_input
-from transforms.parquet_sink import (
-    DEFAULT_ROWS_PER_SHARD,
-    MANIFEST_NAME,
-    committed_files,
-    read_json,
-    unreadable_parquet,
-    write_json,
+from transforms.core.errors import UserInputError
+from transforms.core.texts import join_title
+from transforms.graphs.encode import (
+  EncodeConfig,
+  EncodeTexts,
+  build_encode_pipeline,
+  embedding_settings,
 )
-from transforms.texts import join_title
+from transforms.io.parquet_input import check_parquet_input
+from transforms.io.parquet_sink import (
+  DEFAULT_ROWS_PER_SHARD,
+  MANIFEST_NAME,
+  committed_files,
+  read_json,
+  unreadable_parquet,
+  write_json,
+)
+from transforms.models import inference_settings
+from transforms.models.inference_settings import InferenceSettings
+from transforms.models.model_info import DEFAULT_BI_ENCODER, inspect_bi_encoder, resolve_model_name
+from transforms.reuse.embeddings import settings_mismatch
 
 PROG = 'beam-rerank encode'
 logger = logging.getLogger(__name__)

@@ -27,9 +27,9 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines import common
-from transforms import evaluation
-from transforms.parquet_input import check_parquet_input
-from transforms.parquet_sink import read_manifest, write_json
+from transforms.io.parquet_input import check_parquet_input
+from transforms.io.parquet_sink import read_manifest, write_json
+from transforms.ranking import evaluation
 
 PROG = 'beam-rerank evaluate'
 logger = logging.getLogger(__name__)

@@ -37,23 +37,25 @@ from pipelines import encode as encode_job
 from pipelines import mine as mine_job
 from pipelines import rerank as rerank_job
 from pipelines import train as train_job
-from transforms import evaluation, inference_settings, training
-from transforms.errors import UserInputError
-from transforms.fusion import AUTO
-from transforms.inference_settings import InferenceSettings
-from transforms.mining import NegativeMiningSettings, split_of
-from transforms.model_info import resolve_model_dir, resolve_model_name
-from transforms.parquet_input import check_parquet_input
-from transforms.parquet_sink import (
-    MANIFEST_NAME,
-    committed_files,
-    read_json,
-    stable_hash,
-    write_json,
+from transforms.core.errors import UserInputError
+from transforms.io.parquet_input import check_parquet_input
+from transforms.io.parquet_sink import (
+  MANIFEST_NAME,
+  committed_files,
+  read_json,
+  stable_hash,
+  write_json,
 )
-from transforms.pseudo_queries import PseudoQuerySettings
-from transforms.stage_fusion import MIN_TUNING_QUERIES
-from transforms.training import PRECISIONS, is_cross_encoder
+from transforms.models import inference_settings
+from transforms.models.inference_settings import InferenceSettings
+from transforms.models.model_info import resolve_model_dir, resolve_model_name
+from transforms.ranking import evaluation
+from transforms.ranking.fusion import AUTO
+from transforms.ranking.stage_fusion import MIN_TUNING_QUERIES
+from transforms.training import trainer as training
+from transforms.training.mining import NegativeMiningSettings, split_of
+from transforms.training.pseudo_queries import PseudoQuerySettings
+from transforms.training.trainer import PRECISIONS, is_cross_encoder
 
 PROG = 'beam-rerank loop'
 KINDS = ('cross-encoder', 'bi-encoder', 'both')

@@ -22,21 +22,26 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipelines import common
 from transforms.bm25 import BM25Settings
-from transforms.errors import UserInputError
-from transforms.fusion import AUTO, FusionDecision, parse_fusion_weights
-from transforms.mining import FORMATS, GUARDS, NegativeMiningSettings
-from transforms.parquet_input import check_parquet_files, check_parquet_input, file_columns
-from transforms.parquet_sink import (
-    DEFAULT_ROWS_PER_SHARD,
-    MANIFEST_NAME,
-    committed_files,
-    committed_output_exists,
-    read_json,
-    write_json,
+from transforms.core.errors import UserInputError
+from transforms.graphs.mine import MineConfig, build_mine_pipeline
+from transforms.io.parquet_input import check_parquet_files, check_parquet_input, file_columns
+from transforms.io.parquet_sink import (
+  DEFAULT_ROWS_PER_SHARD,
+  MANIFEST_NAME,
+  committed_files,
+  committed_output_exists,
+  read_json,
+  write_json,
 )
-from transforms.pseudo_queries import PSEUDO_SOURCES, TITLE, PseudoQuerySettings, parse_sources
-from transforms.retrieval import DEFAULT_MAX_QUERIES_IN_MEMORY
-from transforms.training_pairs import MineConfig, build_mine_pipeline
+from transforms.ranking.fusion import AUTO, FusionDecision, parse_fusion_weights
+from transforms.retrieval.dense import DEFAULT_MAX_QUERIES_IN_MEMORY
+from transforms.training.mining import FORMATS, GUARDS, NegativeMiningSettings
+from transforms.training.pseudo_queries import (
+  PSEUDO_SOURCES,
+  TITLE,
+  PseudoQuerySettings,
+  parse_sources,
+)
 
 PROG = 'beam-rerank mine'
 MINE_FUSION_WEIGHTS = 'dense=0.5,bm25=0.5'

@@ -21,37 +21,39 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipelines import common, default_cross_encoder
 from pipelines import encode as encode_job
 from pipelines.evaluate import evaluate_ranked
-from transforms import evaluation, inference_settings, query_accounting
 from transforms.bm25 import BM25Settings
-from transforms.errors import UserInputError
-from transforms.fusion import (
-    AUTO,
-    DEFAULT_RRF_K,
-    METHODS,
-    SIGNALS,
-    FusionSpec,
-    parse_fusion_weights,
+from transforms.core.errors import UserInputError
+from transforms.graphs.rerank import RerankConfig, build_rerank_pipeline, score_pairs
+from transforms.io.parquet_input import CheckedInput, check_parquet_input, file_columns
+from transforms.io.parquet_sink import (
+  DEFAULT_ROWS_PER_SHARD,
+  MANIFEST_NAME,
+  committed_files,
+  committed_output_exists,
+  read_json,
+  unreadable_parquet,
+  write_json,
 )
-from transforms.inference_settings import InferenceSettings
-from transforms.model_info import inspect_cross_encoder
-from transforms.parquet_input import CheckedInput, check_parquet_input, file_columns
-from transforms.parquet_sink import (
-    DEFAULT_ROWS_PER_SHARD,
-    MANIFEST_NAME,
-    committed_files,
-    committed_output_exists,
-    read_json,
-    unreadable_parquet,
-    write_json,
+from transforms.models import inference_settings
+from transforms.models.inference_settings import InferenceSettings
+from transforms.models.model_info import inspect_cross_encoder
+from transforms.ranking import evaluation
+from transforms.ranking.fusion import (
+  AUTO,
+  DEFAULT_RRF_K,
+  METHODS,
+  SIGNALS,
+  FusionSpec,
+  parse_fusion_weights,
 )
-from transforms.reranking import RerankConfig, build_rerank_pipeline, score_pairs
-from transforms.retrieval import (
-    DEFAULT_CORPUS_BLOCK_SIZE,
-    DEFAULT_MAX_QUERIES_IN_MEMORY,
-    DEFAULT_QUERY_BLOCK_SIZE,
+from transforms.ranking.stage_fusion import StagePlan, plan_stages
+from transforms.retrieval import query_accounting
+from transforms.retrieval.dense import (
+  DEFAULT_CORPUS_BLOCK_SIZE,
+  DEFAULT_MAX_QUERIES_IN_MEMORY,
+  DEFAULT_QUERY_BLOCK_SIZE,
 )
-from transforms.score_cache import QUERY_HASH, reusable_previous
-from transforms.stage_fusion import StagePlan, plan_stages
+from transforms.reuse.scores import QUERY_HASH, reusable_previous
 
 PROG = 'beam-rerank rerank'
 NO_CROSS_ENCODER = 'none'

@@ -10,7 +10,7 @@ import sys
 from typing import Sequence
 
 from pipelines import common
-from transforms.sample_data import write_sample_data
+from transforms.io.sample_data import write_sample_data
 
 PROG = 'beam-rerank sample-data'
 logger = logging.getLogger(__name__)

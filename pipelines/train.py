@@ -26,9 +26,9 @@ import sys
 from typing import Optional, Sequence
 
 from pipelines import common
-from transforms.errors import UserInputError
-from transforms.model_info import check_weights_format, resolve_model_dir, resolve_model_name
-from transforms.training import (
+from transforms.core.errors import UserInputError
+from transforms.models.model_info import check_weights_format, resolve_model_dir, resolve_model_name
+from transforms.training.trainer import (
     DEV_METRIC,
     PRECISIONS,
     TrainConfig,

@@ -15,9 +15,9 @@ import pytest
 from pipelines import common
 from pipelines import encode as encode_job
 from pipelines import rerank as rerank_job
-from transforms import backends
-from transforms.errors import UserInputError
-from transforms.inference_settings import InferenceSettings
+from transforms.core.errors import UserInputError
+from transforms.models import backends, handler
+from transforms.models.inference_settings import InferenceSettings
 
 pytest_plugins = ('tests.rerank_fixtures',)
 
@@ -130,12 +130,12 @@ def test_onnx_variants_get_their_own_exports(tmp_path):
 def test_handlers_collect_every_few_batches_and_trim_the_heap_on_cpu(
     monkeypatch, device, trims):
   events = []
-  monkeypatch.setattr(backends.gc, 'collect', lambda: events.append('collect'))
-  monkeypatch.setattr(backends.gc, 'freeze', lambda: events.append('freeze'))
-  monkeypatch.setattr(backends, 'release_free_heap', lambda: events.append('trim'))
-  handler = backends.BackendModelHandler('unused', InferenceSettings(device=device))
+  monkeypatch.setattr(handler.gc, 'collect', lambda: events.append('collect'))
+  monkeypatch.setattr(handler.gc, 'freeze', lambda: events.append('freeze'))
+  monkeypatch.setattr(handler, 'release_free_heap', lambda: events.append('trim'))
+  model_handler = handler.BackendModelHandler('unused', InferenceSettings(device=device))
   for _ in range(2 * backends.COLLECT_EVERY_BATCHES + 1):
-    handler._release_memory()
+    model_handler._release_memory()
   # First batch: collect then freeze; then one collection per 8 batches; on
   # CPU the heap's free pages go back after every batch.
   trim = ['trim'] if trims else []

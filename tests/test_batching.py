@@ -9,9 +9,9 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from transforms.batching import BatchByTokenLengthFn, plan_batches
-from transforms.model_info import load_tokenizer
-from transforms.texts import METRICS_NAMESPACE
+from transforms.core.texts import METRICS_NAMESPACE
+from transforms.models.batching import BatchByTokenLengthFn, plan_batches
+from transforms.models.model_info import load_tokenizer
 
 # ---------------------------------------------------------------- plan_batches
 
@@ -208,7 +208,7 @@ def test_batch_fn_in_a_pipeline_counts_batches_tokens_and_truncation():
 
 
 def test_lengths_are_measured_in_chunks_with_the_same_batches(monkeypatch):
-  from transforms import batching
+  from transforms.models import batching
   calls = []
 
   class CountingTokenizer(WordTokenizer):

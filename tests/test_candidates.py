@@ -9,16 +9,16 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from transforms.candidates import (
-    SOURCE_BM25,
-    SOURCE_DENSE,
-    SOURCE_SUPPLIED,
-    JoinTexts,
-    MergeCandidates,
-    SuppliedCandidates,
+from transforms.core.dead_letters import DEAD_LETTER_TAG, dead_letter
+from transforms.core.texts import METRICS_NAMESPACE
+from transforms.retrieval.candidates import (
+  SOURCE_BM25,
+  SOURCE_DENSE,
+  SOURCE_SUPPLIED,
+  JoinTexts,
+  MergeCandidates,
+  SuppliedCandidates,
 )
-from transforms.dead_letters import DEAD_LETTER_TAG, dead_letter
-from transforms.texts import METRICS_NAMESPACE
 
 
 def _counter(result, name: str) -> int:

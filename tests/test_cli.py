@@ -11,8 +11,8 @@ import sys
 import pytest
 
 from pipelines import cli, encode
-from transforms.batching import DEFAULT_MAX_TOKENS_PER_BATCH
-from transforms.inference_settings import InferenceSettings
+from transforms.models.batching import DEFAULT_MAX_TOKENS_PER_BATCH
+from transforms.models.inference_settings import InferenceSettings
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONSOLE_SCRIPT = pathlib.Path(sys.executable).parent / 'beam-rerank'

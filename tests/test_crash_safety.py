@@ -38,7 +38,7 @@ import pytest
 from pipelines import common
 from pipelines import encode as encode_job
 from pipelines import rerank as rerank_job
-from transforms.errors import UserInputError
+from transforms.core.errors import UserInputError
 
 pytest_plugins = ('tests.rerank_fixtures',)
 

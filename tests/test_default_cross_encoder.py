@@ -37,7 +37,7 @@ def test_builds_a_default_cross_encoder_and_reranks_with_it(
   assert 'NOTE: no --cross-encoder given' in dce.describe(path, info)
 
   sample = tmp_path / 'sample'
-  from transforms.sample_data import write_sample_data
+  from transforms.io.sample_data import write_sample_data
   files = write_sample_data(str(sample))
   result = rerank.execute(rerank.RerankJobConfig(
       queries=files['queries'], corpus=files['corpus'], doc_title_column='title',

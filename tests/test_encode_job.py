@@ -20,8 +20,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines import encode
-from transforms.dead_letters import reason_code
-from transforms.model_info import fingerprint_model_dir
+from transforms.core.dead_letters import reason_code
+from transforms.models.model_info import fingerprint_model_dir
 
 ERROR_PREFIX = 'beam-rerank encode: error:'
 METADATA_KEY = b'beam_rerank.embeddings'
@@ -906,7 +906,7 @@ def test_cranfield_corpus(tmp_path, shared_dir, minilm_dir, direct_encode):
 
 def test_failed_batches_become_dead_letters(tmp_path, corpus_writer, tiny_model_dir,
                                             monkeypatch, direct_encode):
-  from transforms import bi_encoder
+  from transforms.models import bi_encoder
   real_run_inference = bi_encoder.SentenceTransformerHandler.run_inference
 
   def run_inference(self, batch, model, inference_args=None):
@@ -953,7 +953,7 @@ def _beam_failure(error: BaseException):
      'encode_error: _CustomError: custom: with colon'),
 ])
 def test_failed_batch_reasons(error, expected):
-  from transforms.inference import _failed_batch_to_dead_letters
+  from transforms.models.inference import _failed_batch_to_dead_letters
   batch = [{'id': 'a', 'text': 'x', 'text_sha256': 'h'}, {'id': 'b', 'text': 'y'}]
   dead = list(_failed_batch_to_dead_letters(
       (batch, error), 'encode/inference', 'encode_error', lambda r: r.get('id'),
@@ -967,7 +967,7 @@ def test_failed_batch_reasons(error, expected):
 @pytest.mark.parametrize('precision, value_type', [
     ('float32', pa.float32()), ('float16', pa.float16())])
 def test_embeddings_to_table(precision, value_type):
-  from transforms.encoding import embedding_schema, embeddings_to_table
+  from transforms.graphs.encode import embedding_schema, embeddings_to_table
   schema = embedding_schema(3, precision, {'dim': 3})
   assert json.loads(schema.metadata[METADATA_KEY]) == {'dim': 3}
   rows = [{'id': 'b', 'embedding': np.array([1.5, -2.0, 0.25], np.float32),

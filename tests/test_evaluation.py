@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines import evaluate as evaluate_job
-from transforms import evaluation
-from transforms.errors import UserInputError
-from transforms.ranking import RANKED_SCHEMA
+from transforms.core.errors import UserInputError
+from transforms.ranking import evaluation
+from transforms.ranking.ranked import RANKED_SCHEMA
 
 # Rerank order per query, with each row's (doc_id, retrieval_rank).
 RANKED_LISTS = {

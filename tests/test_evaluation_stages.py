@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines import evaluate as evaluate_job
-from transforms import evaluation
-from transforms.parquet_sink import write_json
+from transforms.io.parquet_sink import write_json
+from transforms.ranking import evaluation
 
 OLD_SCHEMA = pa.schema([
     pa.field('query_id', pa.string(), nullable=False),

@@ -11,8 +11,8 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from transforms import fusion
-from transforms.fusion import Candidate, FusionDecision, FusionSpec
+from transforms.ranking import fusion
+from transforms.ranking.fusion import Candidate, FusionDecision, FusionSpec
 
 
 def _c(doc_id: str, **scores) -> Candidate:

@@ -153,7 +153,7 @@ def test_first_stage_weights_fixed_while_the_final_is_tuned(
   weights, whatever the tuning queries say; the final stage is still tuned."""
   import polars as pl
 
-  from transforms.fusion import candidates_from_rows, fuse_linear
+  from transforms.ranking.fusion import candidates_from_rows, fuse_linear
   tune = tmp_path / 'tune.parquet'
   qrels = pl.read_parquet(rerank_inputs['qrels'])
   qrels.filter(pl.col('query_id').is_in(['q1', 'q2'])).write_parquet(tune)

@@ -13,9 +13,9 @@ import polars as pl
 import pytest
 
 from pipelines import cli, loop
-from transforms import model_info
-from transforms.mining import split_of
-from transforms.sample_data import write_sample_data
+from transforms.io.sample_data import write_sample_data
+from transforms.models import model_info
+from transforms.training.mining import split_of
 
 pytest_plugins = ('tests.mine_fixtures',)
 
@@ -396,7 +396,7 @@ def test_cross_encoder_alone_reranks_the_first_stage_tuned_on_train_and_dev(
 def test_warm_start_teacher(mine_bi_encoder_dir, mine_cross_encoder_dir):
   """The cross-encoder warms up on the first-stage bi-encoder, unless there is
   nothing to warm up (a cross-encoder base, no cross-encoder, 0 steps)."""
-  from transforms.errors import UserInputError
+  from transforms.core.errors import UserInputError
   job = loop.LoopJobConfig(queries='q', corpus='c', qrels='r', output='o',
                            base_model=mine_bi_encoder_dir)
   assert job.distill_steps == loop.DEFAULT_DISTILL_STEPS > 0

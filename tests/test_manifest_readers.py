@@ -20,17 +20,18 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from transforms import evaluation, training
-from transforms.encoding import embedding_schema, embeddings_to_table
-from transforms.errors import UserInputError
-from transforms.parquet_sink import (
-    MANIFEST_NAME,
-    ShardedOutput,
-    commit_outputs,
-    shard_file_name,
-    write_table,
+from transforms.core.errors import UserInputError
+from transforms.graphs.encode import embedding_schema, embeddings_to_table
+from transforms.io.parquet_sink import (
+  MANIFEST_NAME,
+  ShardedOutput,
+  commit_outputs,
+  shard_file_name,
+  write_table,
 )
-from transforms.retrieval import ReadEmbeddingTables
+from transforms.ranking import evaluation
+from transforms.retrieval.dense import ReadEmbeddingTables
+from transforms.training import trainer as training
 
 RANKED_SCHEMA = pa.schema([
     ('query_id', pa.string()), ('doc_id', pa.string()), ('rank', pa.int32()),

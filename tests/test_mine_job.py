@@ -19,7 +19,7 @@ import pytest
 
 from pipelines import encode as encode_job
 from pipelines import mine
-from transforms.mining import GUARDS, split_of
+from transforms.training.mining import GUARDS, split_of
 
 pytest.register_assert_rewrite('tests.mine_fixtures')
 from tests.mine_fixtures import (  # noqa: E402
@@ -609,7 +609,7 @@ def _pseudo_corpus(root: pathlib.Path) -> str:
 
 
 def _pseudo_records(sources=('title', 'sentence'), per_doc=1, seed=12) -> list[dict]:
-  from transforms.pseudo_queries import sentence_queries, title_queries
+  from transforms.training.pseudo_queries import sentence_queries, title_queries
   records = []
   for doc_id, (title, text) in PSEUDO_DOCS.items():
     if 'title' in sources:
@@ -637,7 +637,7 @@ def test_pseudo_queries_rows_ids_and_hard_negatives(pseudo_run):
   """Each pseudo-query's positive is its source document without the query
   part; its negatives are BM25's order past the positive and the first one
   (--range-min 1); title queries' negatives are shown without their titles."""
-  from transforms.pseudo_queries import strip_title
+  from transforms.training.pseudo_queries import strip_title
   report, out = pseudo_run
   records = _pseudo_records()
   assert {r['source'] for r in records} == {'title', 'sentence'}
@@ -713,7 +713,7 @@ def test_pseudo_queries_mix_with_judged_queries(tmp_path):
 def test_dev_split_holds_judged_queries_only_when_there_are_some(tmp_path, judged):
   """The dev split selects checkpoints on real queries: with --qrels every
   pseudo-query trains; with pseudo-queries alone they split by id hash."""
-  from transforms.mining import split_of
+  from transforms.training.mining import split_of
   corpus = _pseudo_corpus(tmp_path)
   labels = []
   if judged:
@@ -782,7 +782,7 @@ def test_ranked_score_column_is_the_cross_encoders(tmp_path):
   without a cross-encoder, the first stage's score, and model-score rules refuse."""
   import polars as pl
 
-  from transforms.errors import UserInputError
+  from transforms.core.errors import UserInputError
   path = tmp_path / 'part.parquet'
   pl.DataFrame({'query_id': ['q'], 'doc_id': ['d'], 'score': [1.0], 'ce_score': [2.0],
                 'retrieval_rank': [1], 'retrieval_score': [0.5]}).write_parquet(path)

@@ -9,16 +9,16 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from transforms.mining import (
-    GUARDS,
-    Candidate,
-    MineNegatives,
-    NegativeMiningSettings,
-    mine_query,
-    pseudo_label,
-    split_of,
+from transforms.io.parquet_sink import stable_hash
+from transforms.training.mining import (
+  GUARDS,
+  Candidate,
+  MineNegatives,
+  NegativeMiningSettings,
+  mine_query,
+  pseudo_label,
+  split_of,
 )
-from transforms.parquet_sink import stable_hash
 
 pytest.register_assert_rewrite('tests.mine_fixtures')
 from tests.mine_fixtures import (  # noqa: E402

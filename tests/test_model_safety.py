@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines import encode, rerank, train
-from transforms.errors import UserInputError
-from transforms.model_info import check_weights_format
+from transforms.core.errors import UserInputError
+from transforms.models.model_info import check_weights_format
 
 
 @pytest.fixture(scope='module')

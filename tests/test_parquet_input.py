@@ -6,8 +6,8 @@ import os
 import pyarrow as pa
 import pytest
 
-from transforms.errors import UserInputError
-from transforms.parquet_input import check_parquet_input, expand_pattern, file_columns
+from transforms.core.errors import UserInputError
+from transforms.io.parquet_input import check_parquet_input, expand_pattern, file_columns
 
 CORPUS = {'doc_id': 'id', 'text': 'string'}
 

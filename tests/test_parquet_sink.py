@@ -15,23 +15,23 @@ from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.testing.test_pipeline import TestPipeline
 
-from transforms import parquet_sink
-from transforms.errors import UserInputError
-from transforms.parquet_sink import (
-    MANIFEST_NAME,
-    STAGING_NAME,
-    CommitOutputs,
-    ShardedOutput,
-    WriteParquetShards,
-    commit_outputs,
-    committed_files,
-    committed_output_exists,
-    read_json,
-    read_manifest,
-    shard_file_name,
-    stable_hash,
-    write_json,
-    write_table,
+from transforms.core.errors import UserInputError
+from transforms.io import parquet_sink
+from transforms.io.parquet_sink import (
+  MANIFEST_NAME,
+  STAGING_NAME,
+  CommitOutputs,
+  ShardedOutput,
+  WriteParquetShards,
+  commit_outputs,
+  committed_files,
+  committed_output_exists,
+  read_json,
+  read_manifest,
+  shard_file_name,
+  stable_hash,
+  write_json,
+  write_table,
 )
 
 SCHEMA = pa.schema([('key', pa.string()), ('value', pa.int64())],
@@ -68,7 +68,7 @@ def test_stable_hash_pinned_values():
 def test_stable_hash_same_in_another_process():
   keys = ['a', 'doc-1', 'Документ 7']
   code = ('import sys; sys.path.insert(0, sys.argv[1]);'
-          'from transforms.parquet_sink import stable_hash;'
+          'from transforms.io.parquet_sink import stable_hash;'
           f'print([stable_hash(k) for k in {keys!r}])')
   env = dict(os.environ, PYTHONHASHSEED='12345')
   repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -338,7 +338,7 @@ def test_committed_files_ignore_and_report_an_unlisted_shard(tmp_path, caplog):
   _committed(tmp_path)
   write_table(SCHEMA.empty_table(), str(tmp_path / shard_file_name(2, 3)))
   (tmp_path / 'notes.txt').write_text('not a shard')
-  with caplog.at_level('WARNING', logger='transforms.parquet_sink'):
+  with caplog.at_level('WARNING', logger='transforms.io.parquet_sink'):
     files = committed_files(str(tmp_path), 'rows', '--in')
   assert [f.rsplit('/', 1)[-1] for f in files] == [shard_file_name(s, 2) for s in range(2)]
   warnings = [r for r in caplog.records if r.levelname == 'WARNING']

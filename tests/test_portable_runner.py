@@ -281,7 +281,7 @@ def test_workers_ran_in_separate_processes(runs, portable_services):
 
 def test_the_job_service_hook_keeps_project_code_out():
   result = subprocess.run(
-      [sys.executable, '-c', NO_PROJECT_CODE + 'import transforms.parquet_sink'],
+      [sys.executable, '-c', NO_PROJECT_CODE + 'import transforms.io.parquet_sink'],
       cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
   assert result.returncode != 0
   assert 'the job service must not import transforms' in result.stderr

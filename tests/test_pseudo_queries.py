@@ -8,20 +8,20 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from transforms.mining import MinedQuery
-from transforms.parquet_sink import stable_hash
-from transforms.pseudo_queries import (
-    AttachPseudoTexts,
-    CorpusColumns,
-    DocBodies,
-    PseudoQueries,
-    PseudoQuerySettings,
-    parse_sources,
-    sentence_queries,
-    sentence_spans,
-    strip_title,
-    title_end,
-    title_queries,
+from transforms.io.parquet_sink import stable_hash
+from transforms.training.mining import MinedQuery
+from transforms.training.pseudo_queries import (
+  AttachPseudoTexts,
+  CorpusColumns,
+  DocBodies,
+  PseudoQueries,
+  PseudoQuerySettings,
+  parse_sources,
+  sentence_queries,
+  sentence_spans,
+  strip_title,
+  title_end,
+  title_queries,
 )
 
 CRANFIELD_TITLE = 'experimental investigation of the aerodynamics of a wing in a slipstream .'

@@ -19,7 +19,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from pipelines import evaluate, rerank
 from tests.conftest import write_parquet
 from tests.rerank_fixtures import read_rows
-from transforms.query_accounting import AccountQueries, summarize
+from transforms.retrieval.query_accounting import AccountQueries, summarize
 
 QRELS_SCHEMA = pa.schema([
     ('query_id', pa.string()), ('doc_id', pa.string()), ('relevance', pa.int32())])

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from transforms.ranking import RANKED_SCHEMA, ranked_sort_key, ranking_key
+from transforms.ranking.ranked import RANKED_SCHEMA, ranked_sort_key, ranking_key
 
 
 def test_ranking_key_orders():

@@ -19,8 +19,8 @@ import pytest
 from pipelines import encode as encode_job
 from pipelines import evaluate as evaluate_job
 from pipelines import rerank
-from transforms import evaluation
-from transforms.ranking import ranking_key
+from transforms.ranking import evaluation
+from transforms.ranking.ranked import ranking_key
 
 pytest.register_assert_rewrite('tests.rerank_fixtures')
 from tests.rerank_fixtures import (  # noqa: E402

@@ -9,8 +9,8 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
 
-from transforms.encoding import embedding_schema, embeddings_to_table
-from transforms.retrieval import (
+from transforms.graphs.encode import embedding_schema, embeddings_to_table
+from transforms.retrieval.dense import (
     EmbeddingBlock,
     ExactTopK,
     MergeTopKFn,
@@ -255,7 +255,7 @@ def test_exact_top_k_pipeline_equals_brute_force(query_groups):
 def test_corpus_blocks_gather_rows_across_tables():
   """Small tables are gathered into blocks of the block size; within a bundle
   at most one smaller block remains, and every row arrives once."""
-  from transforms.retrieval import _ToCorpusBlocksFn
+  from transforms.retrieval.dense import _ToCorpusBlocksFn
   rng = np.random.default_rng(5)
   sizes = [3, 1, 0, 7, 2, 5]
   ids = [f'd{i:02d}' for i in range(sum(sizes))]

@@ -12,12 +12,12 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
 
 from pipelines import rerank
-from transforms.cross_encoder import CrossEncoderHandler
-from transforms.dead_letters import DEAD_LETTER_TAG
-from transforms.inference_settings import InferenceSettings
-from transforms.model_info import fingerprint_model_dir, inspect_cross_encoder
-from transforms.scoring import ScorePairs
-from transforms.texts import METRICS_NAMESPACE
+from transforms.core.dead_letters import DEAD_LETTER_TAG
+from transforms.core.texts import METRICS_NAMESPACE
+from transforms.models.cross_encoder import CrossEncoderHandler
+from transforms.models.inference_settings import InferenceSettings
+from transforms.models.model_info import fingerprint_model_dir, inspect_cross_encoder
+from transforms.ranking.scoring import ScorePairs
 
 pytest.register_assert_rewrite('tests.rerank_fixtures')
 from tests.rerank_fixtures import CORPUS, QUERIES, predict, read_rows, write_parquet  # noqa: E402
@@ -137,7 +137,7 @@ def test_two_label_model_batches_become_dead_letters(tiny_two_label_cross_encode
        'payload': f'{{"doc_id": "{r["doc_id"]}", "query_id": "{r["query_id"]}"}}'}
       for r in pairs]), label='DeadLetters')
   p.run().wait_until_finish()
-  from transforms.errors import UserInputError
+  from transforms.core.errors import UserInputError
   with pytest.raises(UserInputError, match='has 2 labels'):
     inspect_cross_encoder(tiny_two_label_cross_encoder_dir)
 

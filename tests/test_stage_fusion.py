@@ -8,9 +8,9 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from transforms.fusion import FusionDecision, FusionSpec
-from transforms.ranking import ALL_TAG
-from transforms.stage_fusion import FuseStages, plan_stages, rank_query
+from transforms.ranking.fusion import FusionDecision, FusionSpec
+from transforms.ranking.ranked import ALL_TAG
+from transforms.ranking.stage_fusion import FuseStages, plan_stages, rank_query
 
 
 def _row(doc_id, dense=None, bm25=None, supplied=None, ce=None, query_id='q'):

@@ -10,8 +10,8 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from transforms.dead_letters import DEAD_LETTER_TAG, dead_letter, reason_code
-from transforms.texts import METRICS_NAMESPACE, PrepareTexts, join_title, text_sha256
+from transforms.core.dead_letters import DEAD_LETTER_TAG, dead_letter, reason_code
+from transforms.core.texts import METRICS_NAMESPACE, PrepareTexts, join_title, text_sha256
 
 STAGE = 'encode'
 

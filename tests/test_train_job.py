@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from pipelines import mine, rerank, train
-from transforms import training
+from transforms.training import trainer as training
 
 pytest.register_assert_rewrite('tests.mine_fixtures')
 from tests.mine_fixtures import (  # noqa: E402

@@ -1,0 +1,1 @@
+"""The bottom layer: errors, dead letters, counters, progress, text rows, splits."""

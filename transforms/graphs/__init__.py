@@ -1,0 +1,1 @@
+"""The jobs' Beam graphs, built from the layers below: encode, rerank, mine."""

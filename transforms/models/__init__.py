@@ -1,0 +1,1 @@
+"""Models: backends, inference settings, batching and the Beam model handlers."""

@@ -1,0 +1,1 @@
+"""Scoring, fusion (and its guard), the ranked contract and evaluation."""

@@ -1,0 +1,1 @@
+"""First-stage candidates: exact dense top-k, BM25, supplied runs, query accounting."""

@@ -1,0 +1,1 @@
+"""What a re-run reuses from a previous output: embeddings and cross-encoder scores."""

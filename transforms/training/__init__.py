@@ -1,0 +1,1 @@
+"""Training data and models: hard-negative mining, pseudo-queries, the trainer."""
