@@ -1,7 +1,7 @@
 """BM25 top-k: the Beam pipeline (``BM25TopK``, DirectRunner) vs ``bm25s`` in one process.
 
 Each side runs as its own child process on the same data and the same tokens
-(``transforms.bm25.tokenize``; the bm25s child uses a copy of its rule, checked
+(``transforms.retrieval.bm25.tokenize``; the bm25s child uses a copy of its rule, checked
 equal by the parent, so that it does not import Beam), from reading Parquet to having the top-k of
 every query, and prints its own timings and peak RSS (``VmHWM`` of its address
 space, Linux; ``ru_maxrss`` is printed too but on Linux it carries the
@@ -52,7 +52,7 @@ def _peak_rss() -> dict:
           'ru_maxrss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-# transforms.bm25.tokenize without stemming, copied so that the bm25s child does not
+# transforms.retrieval.bm25.tokenize without stemming, copied so that the bm25s child does not
 # import Beam (~160 MB); ``_check_tokenizer`` holds the two equal.
 _TOKEN_RULE = re.compile(r'[^\W_]+', re.UNICODE)
 
@@ -62,12 +62,13 @@ def _plain_tokenize(text: str | None) -> list[str]:
 
 
 def _check_tokenizer(directory: str, sample: int = 5_000) -> None:
-  from transforms.bm25 import tokenize
+  from transforms.retrieval.bm25 import tokenize
   for name, column in (('queries.parquet', 'query_id'), ('corpus.parquet', 'doc_id')):
     _, texts = _read_pairs(os.path.join(directory, name), column)
     for text in texts[:sample]:
       if tokenize(text) != _plain_tokenize(text):
-        sys.exit(f'the benchmark tokenizer differs from transforms.bm25.tokenize on {text!r}')
+        sys.exit('the benchmark tokenizer differs from transforms.retrieval.bm25.tokenize '
+                 f'on {text!r}')
 
 
 def _read_pairs(path: str, id_column: str) -> tuple[list[str], list[str]]:
@@ -82,7 +83,7 @@ def child_beam(args, beam_args: list[str]) -> None:
   from apache_beam.metrics.metric import MetricsFilter
   from apache_beam.options.pipeline_options import PipelineOptions
 
-  from transforms.bm25 import BM25Settings, BM25TopK
+  from transforms.retrieval.bm25 import BM25Settings, BM25TopK
   after_imports = _peak_rss()['peak_rss_mb']
 
   def pairs(table, id_column):
@@ -176,7 +177,7 @@ def _load_cranfield() -> tuple[list[str], list[str], list[str], list[str]]:
 
 def _synthetic(texts: list[str], count: int, rng: np.random.Generator) -> list[str]:
   """``count`` texts: token counts drawn from ``texts``'s, words from their unigrams."""
-  from transforms.bm25 import tokenize
+  from transforms.retrieval.bm25 import tokenize
   tokens = [tokenize(text) for text in texts]
   lengths = np.array([len(t) for t in tokens if t])
   vocabulary, counts = np.unique(np.concatenate([np.array(t) for t in tokens if t]),

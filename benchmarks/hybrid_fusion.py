@@ -5,7 +5,7 @@ collection under ``$DATASETS_DIR`` (default ``../shared/datasets``), with the
 packaged all-MiniLM-L6-v2 embeddings of the texts (corpus) and of the
 queries, made by the encode job into ``WORK/<collection>/corpus_emb`` and
 ``query_emb`` (made here when missing). BM25: k1 1.5, b 0.75, the texts,
-the product's tokens (``transforms.bm25.tokenize``), no stemming unless
+the product's tokens (``transforms.retrieval.bm25.tokenize``), no stemming unless
 ``--stemmer english``. Metrics: linear-gain nDCG@10, MRR@10, Recall@100
 (ir-measures), averaged over the judged queries in scope, a query without
 results counting 0.
@@ -243,8 +243,8 @@ def reference_bm25(paths: Paths, stemmer: str | None, top_k: int, title: bool
   import bm25s
   import pyarrow.parquet as pq
 
-  from transforms.bm25 import tokenize
   from transforms.core.texts import join_title
+  from transforms.retrieval.bm25 import tokenize
   started = time.perf_counter()
   corpus = pq.read_table(paths.corpus).to_pylist()
   copies = collections.Counter(str(row['doc_id']) for row in corpus)

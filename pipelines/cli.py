@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 from typing import Sequence
 
 JOBS = {
     'encode': ('pipelines.encode', 'Parquet texts -> embedding shards + manifest'),
     'rerank': ('pipelines.rerank',
-               'queries x corpus -> dense/supplied candidates -> cross-encoder -> ranked'),
+               'queries x corpus -> dense/BM25/supplied candidates -> cross-encoder -> ranked'),
     'evaluate': ('pipelines.evaluate', 'ranked + qrels -> nDCG/MRR/Recall per stage'),
     'mine': ('pipelines.mine', 'candidates + labels -> training-pair Parquet per format'),
     'train': ('pipelines.train', 'training pairs -> a fine-tuned CrossEncoder or bi-encoder'),
@@ -16,6 +17,14 @@ JOBS = {
              'split -> mine -> train -> rerank (tuned fusion) -> test metrics, one table'),
     'sample-data': ('pipelines.sample_data', 'write the small bilingual sample collection'),
 }
+
+
+class _DropBeamImportNoise(logging.Filter):
+  """Beam warns about optional GCP client libraries when it is imported; the
+  jobs do not need them unless a gs:// path is used, so the line is only noise."""
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith('apitools not found')
+
 
 USAGE = 'usage: beam-rerank {' + ','.join(JOBS) + '} [options]   (beam-rerank JOB --help)'
 
@@ -34,6 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"beam-rerank: error: unknown job {job!r}; choose from {', '.join(JOBS)}",
           file=sys.stderr)
     return 2
+  # Installed here, by the command, before the job (and Beam) is imported.
+  logging.getLogger().addFilter(_DropBeamImportNoise())
   module = importlib.import_module(JOBS[job][0])
   return module.main(argv[1:])
 

@@ -5,21 +5,20 @@ import argparse
 import contextlib
 import dataclasses
 import gc
-import json
 import logging
 import math
 import os
 import sys
 import typing
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, TypeVar, Union
 
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from transforms.bm25 import MAX_K1, SUPPORTED_STEMMERS, BM25Settings
+from transforms.core import settings
 from transforms.core.errors import UserInputError
-from transforms.core.texts import METRICS_NAMESPACE
+from transforms.core.metrics import METRICS_NAMESPACE
 from transforms.io.parquet_sink import (
   COMMIT_DEAD_LETTERS_COUNTER,
   COMMIT_REFUSED_COUNTER,
@@ -37,6 +36,9 @@ from transforms.models.inference_settings import (
 from transforms.models.inference_settings import (
   positive_int as positive_int,  # re-exported for the jobs
 )
+from transforms.ranking.fusion import AUTO
+from transforms.retrieval.bm25 import MAX_K1, SUPPORTED_STEMMERS, BM25Settings
+from transforms.training.pseudo_queries import parse_sources
 
 BEAM_EPILOG = (
     'Any Beam pipeline option passes through, e.g. --runner DataflowRunner, '
@@ -145,7 +147,10 @@ def config_from_args(
     if field.name == 'pipeline_args':
       values['pipeline_args'] = tuple(pipeline_args)
     elif dataclasses.is_dataclass(types[field.name]):
-      values[field.name] = config_from_args(types[field.name], args)
+      group = types[field.name]
+      values[field.name] = (
+          settings.from_arguments(group, args) if settings.declares_options(group)
+          else config_from_args(group, args))
     else:
       values[field.name] = getattr(args, field.name)
   return config_type(**values)
@@ -224,6 +229,19 @@ def fraction(value: str) -> float:
   if not 0 <= number <= 1:
     raise argparse.ArgumentTypeError(f'{value!r} must be between 0 and 1')
   return number
+
+
+def pseudo_sources(value: str) -> tuple[str, ...]:
+  """argparse type: ``title,sentence`` -> ``('title', 'sentence')``."""
+  try:
+    return parse_sources(value)
+  except ValueError as error:
+    raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def bm25_weight(value: str) -> Union[float, str]:
+  """argparse type of ``--teacher-bm25-weight``: ``auto`` or a number in [0, 1]."""
+  return AUTO if value == AUTO else fraction(value)
 
 
 def add_dead_letter_limit_argument(group: Any) -> None:
@@ -313,9 +331,6 @@ def _quiet_interrupts():
     for handler in handlers:
       handler.removeFilter(drop)
 
-
-def dump_json(value: Mapping[str, Any]) -> str:
-  return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
 
 
 def query_groups(query_manifest: Mapping[str, Any] | None, max_in_memory: int) -> int:

@@ -6,41 +6,20 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import logging
-import os
 import sys
-import time
-from typing import Optional, Sequence
-
-import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
+from typing import Sequence
 
 from pipelines import common
-from transforms.core.errors import UserInputError
-from transforms.core.texts import join_title
-from transforms.graphs.encode import (
-  EncodeConfig,
-  EncodeTexts,
-  build_encode_pipeline,
-  embedding_settings,
+from pipelines.jobs.encode import (
+  PROG,
+  EncodeJobConfig,
+  execute,
 )
-from transforms.io.parquet_input import check_parquet_input
 from transforms.io.parquet_sink import (
   DEFAULT_ROWS_PER_SHARD,
-  MANIFEST_NAME,
-  committed_files,
-  read_json,
-  unreadable_parquet,
-  write_json,
 )
 from transforms.models import inference_settings
-from transforms.models.inference_settings import InferenceSettings
-from transforms.models.model_info import DEFAULT_BI_ENCODER, inspect_bi_encoder, resolve_model_name
-from transforms.reuse.embeddings import settings_mismatch
-
-PROG = 'beam-rerank encode'
-logger = logging.getLogger(__name__)
+from transforms.models.model_info import DEFAULT_BI_ENCODER
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
@@ -101,191 +80,10 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
   return parser
 
 
-def _previous_is_reusable(previous_dir: str, output_dir: str, settings: dict) -> bool:
-  same_folder = previous_dir.rstrip('/') == output_dir.rstrip('/')
-  if same_folder and not FileSystems.exists(FileSystems.join(previous_dir, MANIFEST_NAME)):
-    # A run into this folder was cut off while committing (or it never held
-    # a complete output): nothing there can be trusted, so start over.
-    logger.warning(
-        '%s: warning: --previous %r (the output folder) has no %s: an earlier run '
-        'did not finish; re-encoding every row', PROG, previous_dir, MANIFEST_NAME)
-    return False
-  why = None
-  manifest_path = FileSystems.join(previous_dir, MANIFEST_NAME)
-  if FileSystems.exists(manifest_path):
-    try:
-      read_json(manifest_path)
-    except UserInputError as error:  # A damaged manifest.
-      why = str(error)
-  if not why:
-    # No manifest, or another job's output: a mistake in the command.
-    previous = common.embedding_manifest(previous_dir, '--previous')
-    try:
-      why = unreadable_parquet(
-          committed_files(previous_dir, 'embeddings', '--previous', previous))
-    except UserInputError as error:  # A listed file is missing.
-      why = str(error)
-  if why:
-    logger.warning('%s: warning: --previous %r cannot be read (%s); re-encoding every row',
-                   PROG, previous_dir, why)
-    return False
-  mismatch = settings_mismatch(previous, settings)
-  if mismatch:
-    logger.warning(
-        '%s: warning: --previous embeddings were made with other settings (%s); '
-        're-encoding every row', PROG, '; '.join(mismatch))
-    return False
-  return True
-
-
-def _sample_texts(files: Sequence[str], config: EncodeJobConfig) -> list[str]:
-  """The first usable texts of the input (title joined as the job does), for
-  the fidelity check."""
-  limit = config.inference.fidelity_sample
-  if limit <= 0 or config.inference.backend == 'torch':
-    return []
-  if not config.title_column:
-    return [text for (text,) in common.first_values(files, [config.text_column], limit)]
-  return [join_title(title, text, config.title_separator) for text, title in
-          common.first_values(files, [config.text_column, config.title_column], limit)]
-
-
-@dataclasses.dataclass(frozen=True)
-class EncodeJobConfig:
-  """The encode job's options (the command line's, one field per option)."""
-  input: str
-  output: str
-  model: Optional[str] = None
-  id_column: str = 'doc_id'
-  text_column: str = 'text'
-  title_column: Optional[str] = None
-  title_separator: str = '\n'
-  previous: Optional[str] = None
-  rows_per_shard: int = DEFAULT_ROWS_PER_SHARD
-  max_dead_letter_fraction: float = 1.0
-  prompt: Optional[str] = None
-  max_seq_length: Optional[int] = None
-  precision: str = 'float32'
-  normalize: bool = True
-  inference: InferenceSettings = InferenceSettings()
-  pipeline_args: tuple[str, ...] = ()
-
-
-@dataclasses.dataclass(frozen=True)
-class EncodeResult:
-  """What an encode run did; ``report`` is its report.json."""
-  output_dir: str
-  embeddings_written: int
-  texts_encoded: int
-  embeddings_reused: int
-  report: dict
-
-
 def parse_config(argv: Sequence[str] | None = None) -> EncodeJobConfig:
   """The command line -> the job's config (Beam's options kept for the run)."""
   args, beam_args = build_parser().parse_known_args(argv)
   return common.config_from_args(EncodeJobConfig, args, beam_args)
-
-
-def execute(job: EncodeJobConfig) -> EncodeResult:
-  """Runs the encode job; its report is also written as report.json."""
-  common.quiet_libraries()
-  started = time.perf_counter()
-  options = common.pipeline_options(job.pipeline_args, PROG)
-  columns = {job.id_column: 'id', job.text_column: 'string'}
-  if job.title_column:
-    columns[job.title_column] = 'string'
-  checked = check_parquet_input(job.input, '--input', columns)
-  if os.path.isfile(job.output):
-    raise UserInputError(f'--output {job.output!r} is a file, not a folder')
-  model = resolve_model_name(job.model)
-  settings = job.inference
-  info = inspect_bi_encoder(
-      model, job.max_seq_length, settings.trust_remote_code, settings.allow_pickle_weights)
-  config = EncodeConfig(
-      input_pattern=checked.pattern,
-      output_dir=job.output.rstrip('/'),
-      model=model,
-      id_column=job.id_column,
-      text_column=job.text_column,
-      title_column=job.title_column,
-      title_separator=job.title_separator,
-      prompt=job.prompt,
-      max_seq_length=info.max_seq_length,
-      precision=job.precision,
-      normalize=job.normalize,
-      previous_dir=job.previous,
-      rows_per_shard=job.rows_per_shard,
-      inference=settings)
-  fidelity = common.check_backend(
-      settings, 'bi-encoder',
-      lambda backend: EncodeTexts(config, info).handler(backend),
-      _sample_texts(checked.files, job))
-  manifest_settings = embedding_settings(config, info)
-  reuse = bool(job.previous) and _previous_is_reusable(
-      job.previous, job.output, manifest_settings)
-  logger.info(
-      '[encode] %s rows in %d file(s); model %s (%d-d, max_seq_length %d, fingerprint %s...)',
-      f'{checked.num_rows:,}', len(checked.files), model, info.dim, info.max_seq_length,
-      info.fingerprint[:19])
-
-  common.limit_dead_letters(options, job.max_dead_letter_fraction, checked.num_rows)
-  pipeline = beam.Pipeline(options=options)
-  build_encode_pipeline(pipeline, config, info, reuse_previous=reuse)
-  pipeline_started = time.perf_counter()
-  result = pipeline.run()
-  result.wait_until_finish()
-  common.check_dead_letter_limit(
-      result, config.output_dir, job.max_dead_letter_fraction, checked.num_rows)
-  finished = time.perf_counter()
-
-  counts = common.counters(result, 'encode')
-  manifest = read_json(FileSystems.join(config.output_dir, MANIFEST_NAME))
-  dead_by_reason: dict[str, int] = {}
-  for _, code, rows in common.dead_letter_counts(config.output_dir):
-    dead_by_reason[code] = dead_by_reason.get(code, 0) + rows
-  encoded = counts.get('texts_encoded', 0)
-  padded = counts.get('padded_tokens', 0)
-  report = {
-      'job': 'encode',
-      'output': config.output_dir,
-      'rows_in': counts.get('rows_in', 0),
-      'embeddings_written': manifest['row_count'],
-      'texts_encoded': encoded,
-      'embeddings_reused': counts.get('embeddings_reused', 0),
-      'previous_ids_dropped': counts.get('embeddings_deleted', 0),
-      'dead_letters': manifest['outputs']['dead_letter']['rows'],
-      'dead_letters_by_reason': dead_by_reason,
-      'texts_truncated': counts.get('texts_truncated', 0),
-      'batches': counts.get('batches', 0),
-      'padding_fraction': (1 - counts.get('real_tokens', 0) / padded) if padded else 0.0,
-      'wall_seconds': finished - started,
-      'pipeline_seconds': finished - pipeline_started,
-      'texts_per_second': encoded / (finished - started) if encoded else 0.0,
-      'backend': settings.backend,
-      'backend_fidelity': fidelity,
-  }
-  write_json(report, FileSystems.join(config.output_dir, 'report.json'))
-  common.print_summary('encode summary', [
-      ('rows in', report['rows_in']),
-      ('embeddings written', report['embeddings_written']),
-      ('  encoded', report['texts_encoded']),
-      ('  reused from --previous', report['embeddings_reused']),
-      ('previous ids dropped', report['previous_ids_dropped']),
-      ('dead-lettered', report['dead_letters']),
-      *[(f'  {code}', n) for code, n in dead_by_reason.items()],
-      ('truncated at max_seq_length', report['texts_truncated']),
-      ('batches', report['batches']),
-      ('padding fraction', f"{report['padding_fraction']:.1%}"),
-      ('wall time (s)', report['wall_seconds']),
-      ('texts/s (encoded / wall)', report['texts_per_second']),
-      ('backend', settings.backend + (
-          f" (mean cosine to float32 {fidelity['mean']:.5f})" if fidelity else '')),
-      ('output', config.output_dir),
-  ])
-  return EncodeResult(
-      output_dir=config.output_dir, embeddings_written=report['embeddings_written'],
-      texts_encoded=encoded, embeddings_reused=report['embeddings_reused'], report=report)
 
 
 def run(argv: Sequence[str] | None = None) -> dict:

@@ -6,15 +6,35 @@ reason; nothing is dropped silently.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from transforms.core.dead_letters import DEAD_LETTER_TAG, dead_letter
+from transforms.core.metrics import METRICS_NAMESPACE
+from transforms.core.settings import setting
 
-METRICS_NAMESPACE = 'beam_rerank'
+
+@dataclasses.dataclass(frozen=True)
+class TextColumns:
+  """Which input columns hold the query and passage ids and texts (the
+  data contracts' names are the defaults)."""
+  query_id: str = setting('query_id', 'Query id column (default: %(default)s).',
+                          flag='--query-id-column')
+  query_text: str = setting('text', 'Query text column (default: %(default)s).',
+                            flag='--query-text-column')
+  doc_id: str = setting('doc_id', 'Passage id column (default: %(default)s).',
+                        flag='--doc-id-column')
+  doc_text: str = setting('text', 'Passage text column (default: %(default)s).',
+                          flag='--doc-text-column')
+  doc_title: Optional[str] = setting(
+      None, 'Optional title column put in front of passage texts (default: none).',
+      flag='--doc-title-column')
+  title_separator: str = setting(
+      '\n', 'What joins title and text (default: newline).', flag='--title-separator')
 
 
 def text_sha256(text: str) -> str:

@@ -8,9 +8,8 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.bm25 import BM25Settings, BM25TopK
 from transforms.core.dead_letters import DEAD_LETTER_SCHEMA, DEAD_LETTER_TAG, dead_letter_sort_key
-from transforms.core.texts import PrepareTexts, ReadTexts
+from transforms.core.texts import PrepareTexts, ReadTexts, TextColumns
 from transforms.io.parquet_sink import (
   DEFAULT_ROWS_PER_SHARD,
   MANIFEST_NAME,
@@ -20,6 +19,7 @@ from transforms.io.parquet_sink import (
 )
 from transforms.ranking.fusion import FusionDecision
 from transforms.ranking.stage_fusion import rank_query
+from transforms.retrieval.bm25 import BM25Settings, BM25TopK
 from transforms.retrieval.candidates import SOURCE_BM25, SOURCE_DENSE, MergeCandidates, source_row
 from transforms.retrieval.dense import ExactTopK, ReadEmbeddingTables
 from transforms.training.mining import (
@@ -100,12 +100,7 @@ class MineConfig:
   fusion: Optional[FusionDecision] = None  # 'hybrid': how dense and BM25 are fused
   qrels_pattern: Optional[str] = None
   positives_pattern: Optional[str] = None
-  query_id_column: str = 'query_id'
-  query_text_column: str = 'text'
-  doc_id_column: str = 'doc_id'
-  doc_text_column: str = 'text'
-  doc_title_column: Optional[str] = None
-  title_separator: str = '\n'
+  columns: TextColumns = TextColumns()
   dev_fraction: float = 0.0
   # How the dev split's queries are mined (None: as ``mining``).
   dev_mining: Optional[NegativeMiningSettings] = None
@@ -155,28 +150,28 @@ def _read_with_pseudo_queries(pipeline: beam.Pipeline, config: MineConfig):
   """
   settings = config.pseudo
   columns = CorpusColumns(
-      config.doc_id_column, config.doc_text_column, config.doc_title_column,
-      config.title_separator)
-  read = [config.doc_id_column, config.doc_text_column]
-  for column in (config.doc_title_column, settings.title_column):
+      config.columns.doc_id, config.columns.doc_text, config.columns.doc_title,
+      config.columns.title_separator)
+  read = [config.columns.doc_id, config.columns.doc_text]
+  for column in (config.columns.doc_title, settings.title_column):
     if column and column not in read:
       read.append(column)
   corpus_rows = pipeline | 'ReadCorpusParquet' >> beam.io.ReadFromParquet(
       config.corpus_pattern, columns=read)
   corpus = corpus_rows | 'PrepareCorpus' >> PrepareTexts(
-      'mine/corpus', config.doc_id_column, config.doc_text_column,
-      config.doc_title_column, config.title_separator)
+      'mine/corpus', config.columns.doc_id, config.columns.doc_text,
+      config.columns.doc_title, config.columns.title_separator)
   pseudo = corpus_rows | 'PseudoQueries' >> PseudoQueries(settings, columns)
   query_rows = [pseudo | 'PseudoQueryRows' >> beam.Map(
-      _pseudo_query_row, config.query_id_column, config.query_text_column)]
+      _pseudo_query_row, config.columns.query_id, config.columns.query_text)]
   if config.queries_pattern:
     query_rows.append(pipeline | 'ReadQueriesParquet' >> beam.io.ReadFromParquet(
-        config.queries_pattern, columns=[config.query_id_column, config.query_text_column]))
+        config.queries_pattern, columns=[config.columns.query_id, config.columns.query_text]))
   queries = (
       query_rows
       | 'FlattenQueryRows' >> beam.Flatten()
       | 'PrepareQueries' >> PrepareTexts(
-          'mine/queries', config.query_id_column, config.query_text_column))
+          'mine/queries', config.columns.query_id, config.columns.query_text))
   bodies = None
   if TITLE in settings.sources:
     bodies = corpus_rows | 'DocBodies' >> DocBodies(settings.title_column, columns)
@@ -190,11 +185,11 @@ def build_mine_pipeline(pipeline: beam.Pipeline, config: MineConfig, manifest: d
     queries, corpus, pseudo, bodies = _read_with_pseudo_queries(pipeline, config)
   else:
     queries = pipeline | 'ReadQueries' >> ReadTexts(
-        config.queries_pattern, 'mine/queries', config.query_id_column,
-        config.query_text_column)
+        config.queries_pattern, 'mine/queries', config.columns.query_id,
+        config.columns.query_text)
     corpus = pipeline | 'ReadCorpus' >> ReadTexts(
-        config.corpus_pattern, 'mine/corpus', config.doc_id_column,
-        config.doc_text_column, config.doc_title_column, config.title_separator)
+        config.corpus_pattern, 'mine/corpus', config.columns.doc_id,
+        config.columns.doc_text, config.columns.doc_title, config.columns.title_separator)
 
   if config.candidate_source in ('dense', 'bm25', 'hybrid'):
     retrieved = []

@@ -9,9 +9,9 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from transforms.bm25 import BM25Settings, BM25TopK
 from transforms.core.dead_letters import DEAD_LETTER_SCHEMA, DEAD_LETTER_TAG, dead_letter_sort_key
-from transforms.core.texts import METRICS_NAMESPACE, ReadTexts
+from transforms.core.metrics import METRICS_NAMESPACE
+from transforms.core.texts import ReadTexts, TextColumns
 from transforms.io.parquet_sink import (
   DEFAULT_ROWS_PER_SHARD,
   MANIFEST_NAME,
@@ -23,6 +23,7 @@ from transforms.models.inference_settings import InferenceSettings
 from transforms.ranking.ranked import ALL_TAG, RANKED_SCHEMA, ranked_sort_key
 from transforms.ranking.scoring import ScorePairs
 from transforms.ranking.stage_fusion import FuseStages, StagePlan
+from transforms.retrieval.bm25 import BM25Settings, BM25TopK
 from transforms.retrieval.candidates import (
   SOURCE_BM25,
   SOURCE_DENSE,
@@ -76,12 +77,7 @@ class RerankConfig:
   candidates_score_column: Optional[str] = None
   top_k: int = 100
   top_n: int = 10
-  query_id_column: str = 'query_id'
-  query_text_column: str = 'text'
-  doc_id_column: str = 'doc_id'
-  doc_text_column: str = 'text'
-  doc_title_column: Optional[str] = None
-  title_separator: str = '\n'
+  columns: TextColumns = TextColumns()
   activation: str = 'identity'
   corpus_block_size: int = DEFAULT_CORPUS_BLOCK_SIZE
   query_block_size: int = DEFAULT_QUERY_BLOCK_SIZE
@@ -114,11 +110,11 @@ def build_rerank_pipeline(
     pipeline: beam.Pipeline, config: RerankConfig, manifest: dict) -> None:
   """Wires the rerank job onto ``pipeline``; ``manifest`` describes the run."""
   queries = pipeline | 'ReadQueries' >> ReadTexts(
-      config.queries_pattern, 'rerank/queries', config.query_id_column,
-      config.query_text_column)
+      config.queries_pattern, 'rerank/queries', config.columns.query_id,
+      config.columns.query_text)
   corpus = pipeline | 'ReadCorpus' >> ReadTexts(
-      config.corpus_pattern, 'rerank/corpus', config.doc_id_column,
-      config.doc_text_column, config.doc_title_column, config.title_separator)
+      config.corpus_pattern, 'rerank/corpus', config.columns.doc_id,
+      config.columns.doc_text, config.columns.doc_title, config.columns.title_separator)
 
   candidate_sources = []
   by_source = {}  # Each source's rows, for the query accounting.

@@ -11,7 +11,6 @@ folder with a manifest is complete.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -26,6 +25,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from transforms.core.errors import UserInputError
+from transforms.core.hashing import stable_hash
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -46,23 +46,6 @@ class CommitGateOptions(PipelineOptions):
         '--max_dead_letters_to_commit', type=int, default=None,
         help='Commit outputs only if the dead_letter output has at most this '
         'many rows (default: no limit).')
-
-
-def stable_digest(key: str) -> bytes:
-  """8 bytes that are the same in every process and run: BLAKE2b-64 of the key.
-
-  The form to use where a hash becomes a Beam element or key: bytes sort as
-  ``stable_hash`` does, and Beam's integer coder takes signed 64-bit values
-  only (apache-beam >= 2.78 refuses larger ones).
-  """
-  return hashlib.blake2b(key.encode('utf-8', 'surrogatepass'), digest_size=8).digest()
-
-
-def stable_hash(key: str) -> int:
-  """A hash that is the same in every process and run (unlike ``hash``), as an
-  unsigned 64-bit integer: for ``%`` and seeds inside a step, never as a Beam
-  element (``stable_digest`` is that)."""
-  return int.from_bytes(stable_digest(key), 'big')
 
 
 def shard_file_name(shard: int, num_shards: int) -> str:

@@ -12,7 +12,7 @@ import os
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from transforms.training.mining import split_of
+from transforms.core.splits import split_of
 
 # (topic, [(title, text) x 3], [query x 2])
 TOPICS = [

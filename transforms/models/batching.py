@@ -16,7 +16,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms import window
 from apache_beam.utils import shared
 
-from transforms.core.texts import METRICS_NAMESPACE
+from transforms.core.metrics import METRICS_NAMESPACE
 
 # Padded tokens per batch by default (encode and cross-encoder scoring). On
 # CPUs, activations of ~4k tokens stay in cache: on a 2-core AMD EPYC (no

@@ -14,8 +14,8 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 
 from transforms.core.dead_letters import DEAD_LETTER_TAG, dead_letter, error_text
+from transforms.core.metrics import METRICS_NAMESPACE
 from transforms.core.progress import LogProgressFn
-from transforms.core.texts import METRICS_NAMESPACE
 from transforms.models.batching import BatchByTokenLengthFn
 from transforms.models.inference_settings import InferenceSettings
 from transforms.models.model_info import load_tokenizer, resolve_model_dir

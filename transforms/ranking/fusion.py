@@ -34,7 +34,6 @@ import logging
 import math
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
-import apache_beam as beam
 import numpy as np
 
 logger = logging.getLogger(__name__)
@@ -575,7 +574,10 @@ def paired_sign_flip_p(
   """One-sided p-value that the mean paired difference is > 0 (random sign flips).
 
   p = (1 + #flips with mean >= observed) / (1 + flips); 1.0 with no data or
-  all differences zero. Deterministic for a given seed.
+  all differences zero. Deterministic for a given seed. Kept rather than
+  ``scipy.stats.permutation_test(permutation_type='samples', alternative='greater')``:
+  that gives other p-values (it enumerates every sign pattern for small samples
+  and has no +1 correction there) and was slower (docs/benchmarks.md).
   """
   d = np.asarray(differences, dtype=float)
   if d.size == 0 or not np.any(d):
@@ -752,29 +754,3 @@ def choose_fusion(
             f'{_fmt_weights(weights)})')
   logger.info('%s', reason)
   return FusionDecision(weights, spec.method, False, reason, tuning, **base)
-
-
-# ---------------------------------------------------------------------------
-# Beam.
-
-class FuseQueryFn(beam.DoFn):
-  """``(query_id, rows)`` -> the rows with fused ``score`` and 1-based ``rank``.
-
-  Rows are dicts with ``doc_id`` and ``<signal>_score`` columns; they are
-  copied, not mutated, and yielded best first.
-  """
-
-  def __init__(self, fusion: Union[FusionDecision, FusionSpec]):
-    if isinstance(fusion.weights, str):
-      raise ValueError("fusion weights are 'auto': resolve them with choose_fusion first")
-    self._fusion = fusion
-
-  def process(self, element: tuple[str, Iterable[dict]]) -> Iterator[dict]:
-    query_id, rows = element
-    rows = list(rows)
-    by_doc = {str(row['doc_id']): row for row in rows}
-    if len(by_doc) != len(rows):
-      raise ValueError(f'duplicate doc_id among the candidates of query {query_id!r}')
-    ranked = fuse(candidates_from_rows(rows), self._fusion)
-    for rank, (doc_id, score) in enumerate(ranked, start=1):
-      yield dict(by_doc[doc_id], score=score, rank=rank)

@@ -24,7 +24,7 @@ from typing import Iterable, Iterator, Mapping, Optional, Sequence
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from transforms.core.texts import METRICS_NAMESPACE
+from transforms.core.metrics import METRICS_NAMESPACE
 from transforms.ranking.fusion import (
   AUTO,
   SINGLE_SIGNAL_PRIORITY,

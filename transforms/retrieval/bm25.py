@@ -52,7 +52,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from scipy import sparse
 
-from transforms.core.texts import METRICS_NAMESPACE
+from transforms.core.metrics import METRICS_NAMESPACE
 
 logger = logging.getLogger(__name__)
 

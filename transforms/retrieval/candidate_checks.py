@@ -17,7 +17,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from transforms.core.dead_letters import DEAD_LETTER_TAG, bad_score_reason, dead_letter
-from transforms.core.texts import METRICS_NAMESPACE
+from transforms.core.metrics import METRICS_NAMESPACE
 
 
 def is_blank(value: Any) -> bool:

@@ -14,7 +14,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from transforms.core.dead_letters import DEAD_LETTER_TAG, dead_letter
-from transforms.core.texts import METRICS_NAMESPACE
+from transforms.core.metrics import METRICS_NAMESPACE
 from transforms.retrieval.candidate_checks import (
   CheckCandidateFn,
   duplicate_pair_reason,

@@ -22,8 +22,9 @@ import numpy as np
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 
-from transforms.core.texts import METRICS_NAMESPACE
-from transforms.io.parquet_sink import committed_files, stable_hash
+from transforms.core.hashing import stable_hash
+from transforms.core.metrics import METRICS_NAMESPACE
+from transforms.io.parquet_sink import committed_files
 
 STAGE = 'retrieve'
 # Corpus rows per matrix product: the score matrix of one product is

@@ -26,8 +26,8 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 
-from transforms.bm25 import tokenize
-from transforms.core.texts import METRICS_NAMESPACE
+from transforms.core.metrics import METRICS_NAMESPACE
+from transforms.retrieval.bm25 import tokenize
 
 STAGE = 'rerank'
 # The rerank output listing the queries that got no ranked row, and why.

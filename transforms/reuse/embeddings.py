@@ -6,7 +6,7 @@ from typing import Any, Iterable, Mapping
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from transforms.core.texts import METRICS_NAMESPACE
+from transforms.core.metrics import METRICS_NAMESPACE
 
 REUSED_TAG = 'reused'
 

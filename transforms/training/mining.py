@@ -23,8 +23,9 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from transforms.core.dead_letters import DEAD_LETTER_TAG, dead_letter
-from transforms.core.texts import METRICS_NAMESPACE
-from transforms.io.parquet_sink import stable_hash
+from transforms.core.hashing import stable_hash
+from transforms.core.metrics import METRICS_NAMESPACE
+from transforms.core.splits import split_of
 from transforms.retrieval.candidate_checks import (
   CheckCandidateFn,
   candidate_problem,
@@ -481,13 +482,6 @@ class _AssembleQueryFn(beam.DoFn):
               'dead-lettered there); left out of every format',
               {'query_id': query_id, 'doc_id': doc_id, 'role': role, 'score': score}))
     yield mined, query_texts[0], doc_texts
-
-
-def split_of(query_id: str, dev_fraction: float) -> str:
-  """``train`` or ``dev``, decided by a stable hash of the query id."""
-  if dev_fraction <= 0:
-    return 'train'
-  return 'dev' if (stable_hash(query_id) % 1_000_000) < dev_fraction * 1_000_000 else 'train'
 
 
 def query_split(query_id: str, dev_fraction: float, pseudo: bool = False,

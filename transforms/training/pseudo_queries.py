@@ -32,8 +32,9 @@ from typing import Any, Iterable, Optional
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from transforms.core.texts import METRICS_NAMESPACE, join_title
-from transforms.io.parquet_sink import stable_digest, stable_hash
+from transforms.core.hashing import stable_digest, stable_hash
+from transforms.core.metrics import METRICS_NAMESPACE
+from transforms.core.texts import join_title
 
 logger = logging.getLogger(__name__)
 

@@ -27,11 +27,13 @@ from typing import Any, Callable, Mapping, Optional, TypeVar
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines import encode, mine, rerank, train
+from pipelines.jobs import encode, mine, rerank, train
 from transforms.core.errors import UserInputError
+from transforms.core.splits import split_of
+from transforms.core.texts import TextColumns
 from transforms.io.sample_data import DEV_FRACTION, sample_tables
 from transforms.models.model_info import packaged_minilm_path
-from transforms.training.mining import NegativeMiningSettings, split_of
+from transforms.training.mining import NegativeMiningSettings
 from transforms.training.pseudo_queries import PseudoQuerySettings
 from transforms.training.trainer import cpu_supports_bf16, warm_start_summary
 
@@ -143,18 +145,17 @@ def build_default_cross_encoder(
       '[default cross-encoder] building it once (a minute or two on a CPU) -> %s', path)
   with tempfile.TemporaryDirectory(prefix='beam-rerank-default-ce-') as work:
     files, dev_ids = _write_training_inputs(work, recipe['dev_fraction'])
-    emb = {name: os.path.join(work, f'emb_{name}')
-           for name in ('corpus', 'train_queries', 'dev_queries')}
-    _quietly(encode.execute, encode.EncodeJobConfig(
-        input=files['corpus'], output=emb['corpus'], model=base_model, title_column='title'))
-    for name in ('train_queries', 'dev_queries'):
-      _quietly(encode.execute, encode.EncodeJobConfig(
-          input=files[name], output=emb[name], model=base_model, id_column='query_id'))
+    columns = TextColumns(doc_title='title')
+    emb = _quietly(lambda texts: encode.encode_collection(
+        base_model, columns, os.path.join(work, 'embeddings'), texts), [
+            ('corpus', files['corpus'], 'corpus'),
+            ('train_queries', files['train_queries'], 'queries'),
+            ('dev_queries', files['dev_queries'], 'queries')])
     logger.info('[default cross-encoder] encoded the sample collection; mining labeled pairs')
     mined = _quietly(mine.execute, mine.MineJobConfig(
         query_embeddings=emb['train_queries'], corpus_embeddings=emb['corpus'], top_k=10,
         bm25=True, queries=files['train_queries'], corpus=files['corpus'],
-        doc_title_column='title', qrels=files['train_qrels'],
+        columns=columns, qrels=files['train_qrels'],
         output=os.path.join(work, 'pairs'), format='labeled-pair',
         dev_fraction=recipe['selection_fraction'],
         pseudo=PseudoQuerySettings(
@@ -177,8 +178,8 @@ def build_default_cross_encoder(
         '[default cross-encoder] trained: %d steps, loss %.3f, %.0fs; scoring held-out queries',
         trained.steps, trained.train_loss, trained.train_seconds)
     reranked = _quietly(rerank.execute, rerank.RerankJobConfig(
-        queries=files['dev_queries'], corpus=files['corpus'], doc_title_column='title',
-        query_embeddings=emb['dev_queries'], corpus_embeddings=emb['corpus'],
+        queries=files['dev_queries'], corpus=files['corpus'],
+        columns=columns, query_embeddings=emb['dev_queries'], corpus_embeddings=emb['corpus'],
         cross_encoder=staged, top_k=10, top_n=10, qrels=files['qrels'],
         output=os.path.join(work, 'ranked_dev')))
   info = {

@@ -1,0 +1,1 @@
+"""The jobs' named steps below their ``execute`` (checks, splits, reports)."""

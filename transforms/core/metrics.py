@@ -1,0 +1,2 @@
+"""The namespace of every Beam counter the product reports."""
+METRICS_NAMESPACE = 'beam_rerank'
