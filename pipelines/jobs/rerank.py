@@ -116,9 +116,6 @@ class RerankResult:
   report: dict
 
 
-@dataclasses.dataclass(frozen=True)
-
-
 def execute(job: RerankJobConfig) -> RerankResult:
   """Runs the rerank job with ``job.cross_encoder`` (a model, or 'none' for the
   fused first stage alone); its report is also written as report.json."""

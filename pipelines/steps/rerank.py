@@ -65,6 +65,7 @@ def sample_pairs(
           for i in range(size)]
 
 
+@dataclasses.dataclass(frozen=True)
 class CheckedInputs:
   options: PipelineOptions
   queries: CheckedInput
