@@ -2,6 +2,7 @@
 the tuning judgments, previous scores, the TREC run, the summary's lines."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from typing import Any, Optional, Sequence
