@@ -1,22 +1,17 @@
 """What every job's launcher shares: Beam options, error lines, summaries."""
 from __future__ import annotations
 
-import argparse
 import contextlib
-import dataclasses
 import gc
 import logging
-import math
 import os
 import sys
-import typing
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, TypeVar, Union
+from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from transforms.core import settings
 from transforms.core.errors import UserInputError
 from transforms.core.metrics import METRICS_NAMESPACE
 from transforms.io.parquet_sink import (
@@ -30,75 +25,11 @@ from transforms.io.parquet_sink import (
   read_json,
 )
 from transforms.models.inference_settings import InferenceSettings
-from transforms.models.inference_settings import (
-  non_negative_int as non_negative_int,  # for the jobs
-)
-from transforms.models.inference_settings import (
-  positive_int as positive_int,  # re-exported for the jobs
-)
-from transforms.ranking.fusion import AUTO
-from transforms.retrieval.bm25 import MAX_K1, SUPPORTED_STEMMERS, BM25Settings
-from transforms.training.pseudo_queries import parse_sources
 
 BEAM_EPILOG = (
     'Any Beam pipeline option passes through, e.g. --runner DataflowRunner, '
     '--direct_running_mode multi_processing --direct_num_workers 2, '
     '--setup_file ./setup.py.')
-
-
-def non_negative_float(value: str) -> float:
-  """argparse type: a finite number >= 0."""
-  try:
-    number = float(value)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f'{value!r} is not a number') from None
-  if not math.isfinite(number) or number < 0:
-    raise argparse.ArgumentTypeError(f'{value!r} must be a finite number >= 0')
-  return number
-
-
-def bm25_k1(value: str) -> float:
-  """argparse type: BM25's k1, a number in [0, MAX_K1]."""
-  number = non_negative_float(value)
-  if number > MAX_K1:
-    raise argparse.ArgumentTypeError(
-        f'{value!r} is above {MAX_K1:g}: the usual values are 0.5 to 3 (beyond '
-        f'{MAX_K1:g}, rounding flattens every score)')
-  return number
-
-
-def add_bm25_arguments(group) -> None:
-  """The BM25 candidate options shared by rerank and mine (config fields
-  ``bm25, bm25_k1, bm25_b, bm25_stemmer, bm25_top_k``)."""
-  defaults = BM25Settings()
-  group.add_argument(
-      '--bm25', action='store_true',
-      help='BM25 candidates: exact top-k over the passage texts (title + text with '
-      '--doc-title-column), Unicode letters and digits lowercased.')
-  group.add_argument(
-      '--bm25-k1', type=bm25_k1, default=defaults.k1,
-      help=f'Term-frequency saturation, 0 to {MAX_K1:g} (default: %(default)s).')
-  group.add_argument(
-      '--bm25-b', type=fraction, default=defaults.b, help='(default: %(default)s)')
-  group.add_argument(
-      '--bm25-stemmer', choices=('none',) + SUPPORTED_STEMMERS, default='none',
-      help='Snowball stemmer for BM25 tokens (default: %(default)s).')
-  group.add_argument(
-      '--bm25-top-k', type=positive_int, default=None,
-      help='BM25 candidates per query (default: --top-k).')
-
-
-def bm25_settings(job: Any) -> Optional[BM25Settings]:
-  """A job config's BM25 options -> settings (None without ``--bm25``)."""
-  if not job.bm25:
-    return None
-  try:
-    return BM25Settings(
-        k1=job.bm25_k1, b=job.bm25_b,
-        stemmer=None if job.bm25_stemmer == 'none' else job.bm25_stemmer,
-        top_k=job.bm25_top_k or job.top_k)
-  except ValueError as error:
-    raise UserInputError(f'BM25: {error}') from None
 
 
 _LOGGED_PACKAGES = ('pipelines', 'transforms', 'benchmarks')
@@ -132,28 +63,6 @@ def configure_logging(level: int = logging.INFO) -> None:
     if not any(isinstance(h, _CurrentStderrHandler) for h in logger.handlers):
       logger.addHandler(_CurrentStderrHandler())
     logger.propagate = False
-
-
-def config_from_args(
-    config_type: type[ConfigT], args: argparse.Namespace,
-    pipeline_args: Sequence[str] = ()) -> ConfigT:
-  """A job's config from its parsed options: one field per option (same name
-  as the option's ``dest``); a field that is itself a settings dataclass (e.g.
-  ``InferenceSettings``) is built the same way from the options of its own
-  fields; ``pipeline_args`` = the arguments left for Beam."""
-  types = typing.get_type_hints(config_type)
-  values: dict[str, Any] = {}
-  for field in dataclasses.fields(config_type):
-    if field.name == 'pipeline_args':
-      values['pipeline_args'] = tuple(pipeline_args)
-    elif dataclasses.is_dataclass(types[field.name]):
-      group = types[field.name]
-      values[field.name] = (
-          settings.from_arguments(group, args) if settings.declares_options(group)
-          else config_from_args(group, args))
-    else:
-      values[field.name] = getattr(args, field.name)
-  return config_type(**values)
 
 
 def quiet_libraries() -> None:
@@ -218,39 +127,6 @@ def print_summary(title: str, rows: Iterable[tuple[str, Any]]) -> None:
 class DeadLetterLimitExceeded(UserInputError):
   """Too many rows were dead-lettered: the run committed nothing (exit 3)."""
   exit_code = 3
-
-
-def fraction(value: str) -> float:
-  """argparse type: a number in [0, 1]."""
-  try:
-    number = float(value)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f'{value!r} is not a number') from None
-  if not 0 <= number <= 1:
-    raise argparse.ArgumentTypeError(f'{value!r} must be between 0 and 1')
-  return number
-
-
-def pseudo_sources(value: str) -> tuple[str, ...]:
-  """argparse type: ``title,sentence`` -> ``('title', 'sentence')``."""
-  try:
-    return parse_sources(value)
-  except ValueError as error:
-    raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def bm25_weight(value: str) -> Union[float, str]:
-  """argparse type of ``--teacher-bm25-weight``: ``auto`` or a number in [0, 1]."""
-  return AUTO if value == AUTO else fraction(value)
-
-
-def add_dead_letter_limit_argument(group: Any) -> None:
-  """``--max-dead-letter-fraction`` (encode, rerank, mine)."""
-  group.add_argument(
-      '--max-dead-letter-fraction', type=fraction, default=1.0, metavar='F',
-      help='Commit nothing and exit 3 when more than F x (rows of the input '
-      'files) rows are dead-lettered; the previous outputs stay as they were and '
-      'the run\'s files stay in OUTPUT/.staging/ (default: %(default)s = never).')
 
 
 def limit_dead_letters(options: PipelineOptions, max_fraction: float, rows_in: int) -> None:
@@ -332,7 +208,6 @@ def _quiet_interrupts():
       handler.removeFilter(drop)
 
 
-
 def query_groups(query_manifest: Mapping[str, Any] | None, max_in_memory: int) -> int:
   """How many groups queries are split into so one group fits in memory."""
   if not query_manifest:
@@ -366,7 +241,11 @@ def output_manifest(directory: str, option: str, kind: str, job: str) -> dict:
     raise UserInputError(
         f'{option} {directory!r} has no {MANIFEST_NAME}: not a complete output of '
         f'the {job} job')
-  manifest = read_json(path)
+  return check_output_kind(read_json(path), directory, option, kind, job)
+
+
+def check_output_kind(manifest: dict, directory: str, option: str, kind: str, job: str) -> dict:
+  """``manifest``, refused (one error line) unless it describes a ``kind`` output."""
   if manifest.get('kind') != kind:
     raise UserInputError(
         f'{option} {directory!r} is not an output of the {job} job '

@@ -25,35 +25,22 @@ from pipelines.jobs.evaluate import (
   EvaluateJobConfig,
   execute,
 )
-from transforms.ranking import evaluation
+from transforms.core import settings
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
-      prog=prog,
-      description='Score a rerank output against relevance judgments: nDCG@10, '
+  """The command line, generated from the job config's fields."""
+  return settings.build_parser(
+      EvaluateJobConfig, prog, 'Score a rerank output against relevance judgments: nDCG@10, '
       'MRR@10, Recall@100 (and any @k asked) for each stage side by side (dense, '
       'BM25, supplied, fused first stage, cross-encoder alone, final), leaving '
-      'out the queries fusion weights were tuned on.')
-  parser.add_argument(
-      '--ranked', required=True, metavar='DIR',
-      help='Output folder of the rerank job.')
-  parser.add_argument(
-      '--qrels', required=True, metavar='GLOB',
-      help='Parquet qrels: query_id, doc_id, relevance (int; > 0 is relevant).')
-  parser.add_argument(
-      '--output', metavar='DIR', default=None,
-      help='Where metrics.json/.parquet/.png go (default: the --ranked folder).')
-  parser.add_argument(
-      '--metrics', default=','.join(evaluation.DEFAULT_MEASURES),
-      help='Comma-separated ir-measures names (default: %(default)s; MRR@k and '
-      'Recall@k spellings work too).')
-  return parser
+      'out the queries fusion weights were tuned on.',
+      )
 
 
 def parse_config(argv: Sequence[str] | None = None) -> EvaluateJobConfig:
   """The command line -> the job's config."""
-  return common.config_from_args(EvaluateJobConfig, build_parser().parse_args(argv))
+  return settings.from_arguments(EvaluateJobConfig, build_parser().parse_args(argv))
 
 
 def run(argv: Sequence[str] | None = None) -> dict:

@@ -33,9 +33,14 @@ from transforms.core.splits import split_of
 from transforms.core.texts import TextColumns
 from transforms.io.sample_data import DEV_FRACTION, sample_tables
 from transforms.models.model_info import packaged_minilm_path
+from transforms.retrieval.bm25 import BM25Options
 from transforms.training.mining import NegativeMiningSettings
 from transforms.training.pseudo_queries import PseudoQuerySettings
-from transforms.training.trainer import cpu_supports_bf16, warm_start_summary
+from transforms.training.trainer import (
+  TrainingSettings,
+  cpu_supports_bf16,
+  warm_start_summary,
+)
 
 logger = logging.getLogger(__name__)
 ConfigT = TypeVar('ConfigT')
@@ -154,7 +159,7 @@ def build_default_cross_encoder(
     logger.info('[default cross-encoder] encoded the sample collection; mining labeled pairs')
     mined = _quietly(mine.execute, mine.MineJobConfig(
         query_embeddings=emb['train_queries'], corpus_embeddings=emb['corpus'], top_k=10,
-        bm25=True, queries=files['train_queries'], corpus=files['corpus'],
+        bm25=BM25Options(enabled=True), queries=files['train_queries'], corpus=files['corpus'],
         columns=columns, qrels=files['train_qrels'],
         output=os.path.join(work, 'pairs'), format='labeled-pair',
         dev_fraction=recipe['selection_fraction'],
@@ -170,10 +175,11 @@ def build_default_cross_encoder(
     precision = training_precision(recipe.get('precision', 'fp32'))
     trained = _quietly(train.execute, train.TrainJobConfig(
         pairs=mined.output_dir, kind='cross-encoder', base_model=base_model, output=staged,
-        epochs=recipe['epochs'], batch_size=recipe['batch_size'],
-        learning_rate=recipe['learning_rate'], warmup_ratio=recipe['warmup_ratio'],
-        max_length=recipe['max_length'], seed=recipe['seed'], no_progress=True,
-        distill_steps=recipe.get('distill_steps', 0), precision=precision))
+        training=TrainingSettings(
+            epochs=recipe['epochs'], batch_size=recipe['batch_size'],
+            learning_rate=recipe['learning_rate'], warmup_ratio=recipe['warmup_ratio'],
+            max_length=recipe['max_length'], seed=recipe['seed'], no_progress=True,
+            distill_steps=recipe.get('distill_steps', 0), precision=precision)))
     logger.info(
         '[default cross-encoder] trained: %d steps, loss %.3f, %.0fs; scoring held-out queries',
         trained.steps, trained.train_loss, trained.train_seconds)

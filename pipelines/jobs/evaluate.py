@@ -11,6 +11,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines import common
+from transforms.core.settings import REQUIRED, setting
 from transforms.io.parquet_input import check_parquet_input
 from transforms.io.parquet_sink import read_manifest, write_json
 from transforms.ranking import evaluation
@@ -100,10 +101,16 @@ def evaluate_ranked(
 @dataclasses.dataclass(frozen=True)
 class EvaluateJobConfig:
   """The evaluate job's options (the command line's, one field per option)."""
-  ranked: str
-  qrels: str
-  output: Optional[str] = None
-  metrics: str = ','.join(evaluation.DEFAULT_MEASURES)
+  ranked: str = setting(
+      REQUIRED, 'Output folder of the rerank job.', metavar='DIR')
+  qrels: str = setting(
+      REQUIRED, 'Parquet qrels: query_id, doc_id, relevance (int; > 0 is relevant).',
+      metavar='GLOB')
+  output: Optional[str] = setting(
+      None, 'Where metrics.json/.parquet/.png go (default: the --ranked folder).', metavar='DIR')
+  metrics: str = setting(
+      ','.join(evaluation.DEFAULT_MEASURES), 'Comma-separated ir-measures names (default: '
+      '%(default)s; MRR@k and Recall@k spellings work too).')
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """The loop job: split -> mine -> train -> rerank -> test metrics, one table."""
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import logging
 import os
@@ -26,18 +27,20 @@ from pipelines.steps.loop import (
   write_splits,
 )
 from transforms.core.errors import UserInputError
+from transforms.core.settings import REQUIRED, fraction, group, positive_int, setting
 from transforms.core.texts import TextColumns
 from transforms.io.parquet_input import check_parquet_input
 from transforms.io.parquet_sink import write_json
 from transforms.models.inference_settings import InferenceSettings
 from transforms.models.model_info import resolve_model_dir, resolve_model_name
 from transforms.ranking import evaluation
-from transforms.ranking.fusion import AUTO
-from transforms.training import trainer as training
+from transforms.ranking.fusion import AUTO, MIN_TUNING_QUERIES
+from transforms.retrieval.bm25 import BM25Options
+from transforms.training import trainer
 from transforms.training.mining import NegativeMiningSettings
-from transforms.training.pseudo_queries import PseudoQuerySettings
+from transforms.training.pseudo_queries import PseudoQuerySettings, pseudo_sources
 from transforms.training.splits import EXPLICIT_TEST_RULE, SPLIT_RULE
-from transforms.training.trainer import is_cross_encoder
+from transforms.training.trainer import TrainingSettings, is_cross_encoder
 
 PROG = 'beam-rerank loop'
 
@@ -61,44 +64,94 @@ REPORT_NAME = 'loop_report.json'
 logger = logging.getLogger(__name__)
 
 
+def bm25_weight(value: str) -> Union[float, str]:
+  """argparse type of ``--teacher-bm25-weight``: ``auto`` or a number in [0, 1]."""
+  return AUTO if value == AUTO else fraction(value)
+
+
 @dataclasses.dataclass(frozen=True)
 class LoopJobConfig:
   """The loop job's options (the command line's, one field per option)."""
-  queries: str
-  corpus: str
-  qrels: str
-  output: str
-  columns: TextColumns = TextColumns()
-  test_fraction: float = 0.5
-  test_queries: Optional[str] = None
-  dev_fraction: float = 0.2
-  kind: str = 'cross-encoder'
-  base_model: Optional[str] = None
-  bi_encoder: Optional[str] = None
-  bm25: bool = True
-  top_k: int = 100
-  rerank_top_k: int = 20
-  top_n: int = 10
-  pseudo_queries: tuple[str, ...] = ()
-  pseudo_max_docs: Optional[int] = None
-  num_negatives: int = 4
-  negatives: str = 'random'
-  dev_negatives: Optional[int] = None  # None: rerank_top_k
-  bi_encoder_format: str = 'triplet'
-  epochs: float = 1.0
-  max_steps: int = -1
-  batch_size: int = 16
-  learning_rate: float = 5e-5
-  max_length: Optional[int] = None
-  distill_steps: int = DEFAULT_DISTILL_STEPS
-  teacher_bm25_weight: Union[float, str] = 0.0
-  eval_steps: Optional[int] = None
-  early_stopping_patience: Optional[int] = None
-  train_precision: str = 'fp32'
-  seed: int = 12
-  no_progress: bool = False
-  metrics: str = ','.join(evaluation.DEFAULT_MEASURES)
-  inference: InferenceSettings = InferenceSettings()
+  queries: str = setting(
+      REQUIRED, 'Parquet queries (query_id, text).', metavar='GLOB', group='input and output')
+  corpus: str = setting(
+      REQUIRED, 'Parquet corpus (doc_id, text[, title]).', metavar='GLOB', group='input and output')
+  qrels: str = setting(
+      REQUIRED, 'Parquet judgments: query_id, doc_id, relevance (int; >= 1 relevant).',
+      metavar='GLOB', group='input and output')
+  output: str = setting(
+      REQUIRED, 'A local folder: splits/, embeddings/, pairs/, models/, rerank/, '
+      f'{REPORT_NAME}.', metavar='DIR', group='input and output')
+  columns: TextColumns = group(TextColumns(), 'input and output')
+  test_fraction: float = setting(
+      0.5, 'Share of the judged queries held out for the test metrics (default: '
+      '%(default)s).', type=fraction, group='query splits (by a stable hash of the query id)')
+  test_queries: Optional[str] = setting(
+      None, 'Parquet whose --query-id-column lists the test queries (a held-out set of '
+      'your own; default: --test-fraction by hash). Dev and train split the other judged '
+      'queries by hash.', metavar='GLOB', group='query splits (by a stable hash of the query id)')
+  dev_fraction: float = setting(
+      0.2, 'Share of the other judged queries used to pick the training checkpoint and '
+      f'tune the final fusion; raised to hold {MIN_TUNING_QUERIES} queries (the fusion '
+      f'guard\'s minimum) when the hash gives fewer and {2 * MIN_TUNING_QUERIES} or more are '
+      'not test (default: %(default)s; 0: no dev split).', type=fraction,
+      group='query splits (by a stable hash of the query id)')
+  kind: str = setting(
+      'cross-encoder', 'What to fine-tune (default: %(default)s).', choices=KINDS, group='models')
+  base_model: Optional[str] = setting(
+      None, 'The cross-encoder starts from it (a CrossEncoder, or any transformer: a new '
+      'head); default: the packaged all-MiniLM-L6-v2.', metavar='NAME_OR_PATH', group='models')
+  bi_encoder: Optional[str] = setting(
+      None, 'The first-stage sentence-transformers bi-encoder, and where --kind '
+      'bi-encoder starts from (default: the packaged all-MiniLM-L6-v2; never --base-model, '
+      'which may be a cross-encoder).', metavar='NAME_OR_PATH', group='models')
+  bm25: bool = setting(
+      True, 'BM25 candidates next to dense ones, in mining and reranking (default: on).',
+      action=argparse.BooleanOptionalAction, group='candidates and mining')
+  top_k: int = setting(
+      100, 'Candidates per query from each source that mining draws negatives from '
+      '(default: %(default)s).', type=positive_int, group='candidates and mining')
+  rerank_top_k: int = setting(
+      20, 'Candidates per query from each source that the fine-tuned cross-encoder '
+      'reranks on the dev and test queries (default: %(default)s; mining draws negatives '
+      'from --top-k).', type=positive_int, metavar='N', group='candidates and mining')
+  top_n: int = setting(
+      10, 'Ranked rows kept per query (default: %(default)s).', type=positive_int,
+      group='candidates and mining')
+  pseudo_queries: tuple[str, ...] = setting(
+      (), 'Also mine pseudo-queries made from the corpus (title,sentence; needs BM25) '
+      '(default: none).', type=pseudo_sources, metavar='SOURCES',
+      group='candidates and mining')
+  pseudo_max_docs: Optional[int] = setting(
+      None, 'Pseudo-queries from at most N documents (default: all).', type=positive_int,
+      metavar='N', group='candidates and mining')
+  num_negatives: int = setting(
+      4, 'Negatives per mined query (default: %(default)s).', type=positive_int,
+      group='candidates and mining')
+  negatives: str = setting(
+      'random', 'random: drawn at random from each query\'s top-k candidates (easy ones, '
+      'mostly; what a model trained from a bi-encoder base learns from in a short CPU run); '
+      'top: its highest-ranked non-positives (hard ones; more false negatives where '
+      'judgments are sparse) (default: %(default)s).', choices=NEGATIVE_SAMPLING,
+      group='candidates and mining')
+  dev_negatives: Optional[int] = setting(
+      None, "Negatives per dev query: its N best-ranked candidates, so the checkpoint is "
+      'chosen on the hard lists a rerank sees (default: --rerank-top-k).', type=positive_int,
+      metavar='N', group='candidates and mining')
+  bi_encoder_format: str = setting(
+      'triplet', 'Mined rows the bi-encoder trains on with MNRL (default: %(default)s).',
+      choices=('triplet', 'pair'), group='candidates and mining')
+  training: TrainingSettings = group(TrainingSettings(distill_steps=DEFAULT_DISTILL_STEPS))
+  teacher_bm25_weight: Union[float, str] = setting(
+      0.0, 'The share of BM25 in the warm-start targets (train --teacher-bm25-weight). '
+      '"auto": the first stage\'s own choice, made on the dev queries before training: '
+      'its BM25 weight when it fuses dense + BM25, 1 when it falls back to BM25, 0 when '
+      'to dense (default: %(default)s).', type=bm25_weight, metavar='W', group='training')
+  metrics: str = setting(
+      ','.join(evaluation.DEFAULT_MEASURES),
+      'Comma-separated ir-measures names (default: %(default)s).')
+  inference: InferenceSettings = group(
+      InferenceSettings(), 'inference and batching (encode and rerank)')
   pipeline_args: tuple[str, ...] = ()
 
   @property
@@ -140,14 +193,14 @@ def _mine(job: LoopJobConfig, files: Mapping[str, str], embeddings: Mapping[str,
   return mine_job.execute(mine_job.MineJobConfig(
       corpus=job.corpus, output=output, queries=files['queries_tune'],
       query_embeddings=embeddings['queries_tune'], corpus_embeddings=embeddings['corpus'],
-      top_k=job.top_k, bm25=job.bm25, columns=job.columns,
+      top_k=job.top_k, bm25=BM25Options(enabled=job.bm25), columns=job.columns,
       qrels=files['tune'], format=','.join(formats),
       mining=NegativeMiningSettings(
-          num_negatives=job.num_negatives, sampling_strategy=job.negatives, seed=job.seed),
+          num_negatives=job.num_negatives, sampling_strategy=job.negatives, seed=job.training.seed),
       dev_fraction=dev_share,
       dev_negatives=(job.dev_negatives or job.rerank_top_k) if job.dev_fraction else None,
       pseudo=PseudoQuerySettings(
-          sources=tuple(job.pseudo_queries), max_docs=job.pseudo_max_docs, seed=job.seed),
+          sources=tuple(job.pseudo_queries), max_docs=job.pseudo_max_docs, seed=job.training.seed),
       pipeline_args=job.pipeline_args))
 
 
@@ -155,12 +208,12 @@ def warm_start_teacher(job: LoopJobConfig) -> Optional[str]:
   """The cross-encoder's warm-start teacher, the first-stage bi-encoder (a local
   folder); None without a warm start: ``--distill-steps 0``, no cross-encoder
   trained, or a ``--base-model`` that is a cross-encoder already."""
-  if not job.distill_steps or 'cross-encoder' not in job.kinds:
+  if not job.training.distill_steps or 'cross-encoder' not in job.kinds:
     return None
   if is_cross_encoder(resolve_model_dir(resolve_model_name(job.base_model))):
     return None
   teacher = resolve_model_dir(resolve_model_name(job.bi_encoder))
-  training.check_teacher(
+  trainer.check_teacher(
       teacher, job.bi_encoder or teacher, 'the teacher is --bi-encoder; or turn the warm start '
       'off with --distill-steps 0')
   return teacher
@@ -170,17 +223,15 @@ def _train(job: LoopJobConfig, kind: str, pairs: str, output: str,
            teacher_bm25_weight: float = 0.0) -> train_job.TrainResult:
   base = job.base_model if kind == 'cross-encoder' else job.bi_encoder
   teacher = warm_start_teacher(job) if kind == 'cross-encoder' else None
-  if kind == 'cross-encoder' and job.distill_steps and teacher is None:
+  if kind == 'cross-encoder' and job.training.distill_steps and teacher is None:
     logger.info('[loop] --base-model is a cross-encoder already: no warm start')
   return train_job.execute(train_job.TrainJobConfig(
       pairs=pairs, kind=kind, output=output, base_model=base,
       format='labeled-pair' if kind == 'cross-encoder' else job.bi_encoder_format,
-      epochs=job.epochs, max_steps=job.max_steps, batch_size=job.batch_size,
-      learning_rate=job.learning_rate, max_length=job.max_length, seed=job.seed,
+      training=dataclasses.replace(
+          job.training, distill_steps=job.training.distill_steps if teacher else 0),
       trust_remote_code=job.inference.trust_remote_code,
-      allow_pickle_weights=job.inference.allow_pickle_weights, no_progress=job.no_progress,
-      eval_steps=job.eval_steps, early_stopping_patience=job.early_stopping_patience,
-      precision=job.train_precision, distill_steps=job.distill_steps if teacher else 0,
+      allow_pickle_weights=job.inference.allow_pickle_weights,
       teacher=teacher if teacher_bm25_weight < 1 else None,
       teacher_bm25_weight=teacher_bm25_weight if teacher else 0.0))
 
@@ -196,7 +247,7 @@ def _tune_first_stage(job: LoopJobConfig, output: str, embeddings: Mapping[str, 
       cross_encoder=rerank_job.NO_CROSS_ENCODER,
       columns=job.columns, query_embeddings=embeddings['queries_tune'],
       corpus_embeddings=embeddings['corpus'],
-      bm25=job.bm25, top_k=job.rerank_top_k, top_n=job.top_n, fusion='linear',
+      bm25=BM25Options(enabled=job.bm25), top_k=job.rerank_top_k, top_n=job.top_n, fusion='linear',
       fusion_weights='auto', tune_qrels=files['tune'], inference=job.inference,
       pipeline_args=job.pipeline_args))
 
@@ -211,8 +262,8 @@ def _rerank(job: LoopJobConfig, output: str, cross_encoder: str,
       queries=files['queries_eval'], corpus=job.corpus, output=output, cross_encoder=cross_encoder,
       columns=job.columns, query_embeddings=embeddings['queries_eval'],
       corpus_embeddings=embeddings['corpus'],
-      bm25=job.bm25, top_k=job.rerank_top_k, top_n=job.top_n,
-      max_length=job.max_length if cross_encoder != rerank_job.NO_CROSS_ENCODER else None,
+      bm25=BM25Options(enabled=job.bm25), top_k=job.rerank_top_k, top_n=job.top_n,
+      max_length=job.training.max_length if cross_encoder != rerank_job.NO_CROSS_ENCODER else None,
       qrels=files['test'], metrics=job.metrics, fusion='linear', fusion_weights='auto',
       first_stage_weights=first_stage_weights, tune_qrels=files['dev'],
       inference=job.inference, pipeline_args=job.pipeline_args))
@@ -240,9 +291,9 @@ def _check(job: LoopJobConfig) -> None:
   evaluation.parse_measures(job.metrics.split(','))
   common.pipeline_options(job.pipeline_args, PROG)
   # Checks the train step would make, before minutes of encoding and mining.
-  training.check_precision(job.train_precision)
+  trainer.check_precision(job.training.precision)
   warm_start_teacher(job)
-  if (job.eval_steps or job.early_stopping_patience) and job.dev_fraction == 0:
+  if (job.training.eval_steps or job.training.early_stopping_patience) and job.dev_fraction == 0:
     raise UserInputError(
         '--eval-steps/--early-stopping-patience need a dev split: give --dev-fraction > 0')
 
@@ -348,7 +399,7 @@ def execute(job: LoopJobConfig) -> LoopResult:
           'best_dev_score': result.report.get('best_dev_score'),
           'dev_metric': result.report.get('dev_metric'),
           'train_loss': result.train_loss, 'train_seconds': result.train_seconds,
-          'warm_start': training.warm_start_summary(result.report),
+          'warm_start': trainer.warm_start_summary(result.report),
       } for kind, result in trained.items()},
       'fusion': {name: result.report.get('fusion') for name, result in runs.items()
                  if name != 'base' or result is not runs.get('cross-encoder')},

@@ -11,19 +11,21 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipelines import common
 from transforms.core.errors import UserInputError
+from transforms.core.settings import REQUIRED, group, positive_int, setting
 from transforms.core.texts import TextColumns
 from transforms.graphs.mine import MineConfig, build_mine_pipeline
 from transforms.io.parquet_input import check_parquet_files, check_parquet_input, file_columns
 from transforms.io.parquet_sink import (
-  DEFAULT_ROWS_PER_SHARD,
   MANIFEST_NAME,
   committed_files,
   committed_output_exists,
+  dead_letter_limit_setting,
   read_json,
+  rows_per_shard_setting,
   write_json,
 )
 from transforms.ranking.fusion import AUTO, FusionDecision, parse_fusion_weights
-from transforms.retrieval.bm25 import BM25Settings
+from transforms.retrieval.bm25 import BM25Options
 from transforms.retrieval.dense import DEFAULT_MAX_QUERIES_IN_MEMORY
 from transforms.training.mining import FORMATS, GUARDS, NegativeMiningSettings
 from transforms.training.pseudo_queries import (
@@ -41,36 +43,74 @@ MINE_FUSION_WEIGHTS = 'dense=0.5,bm25=0.5'
 @dataclasses.dataclass(frozen=True)
 class MineJobConfig:
   """The mine job's options (the command line's, one field per option)."""
-  corpus: str
-  output: str
-  queries: Optional[str] = None  # optional with --pseudo-queries
-  ranked: Optional[str] = None
-  candidates: Optional[str] = None
-  query_embeddings: Optional[str] = None
-  corpus_embeddings: Optional[str] = None
-  top_k: int = 100
-  bm25: bool = False
-  bm25_k1: float = BM25Settings().k1
-  bm25_b: float = BM25Settings().b
-  bm25_stemmer: str = 'none'
-  bm25_top_k: Optional[int] = None
-  fusion: str = 'linear'
-  fusion_weights: str = MINE_FUSION_WEIGHTS
-  max_queries_in_memory: int = DEFAULT_MAX_QUERIES_IN_MEMORY
-  columns: TextColumns = TextColumns()
-  rows_per_shard: int = DEFAULT_ROWS_PER_SHARD
-  max_dead_letter_fraction: float = 1.0
-  qrels: Optional[str] = None
-  positives: Optional[str] = None
-  format: str = 'labeled-pair,pair'
+  corpus: str = setting(
+      REQUIRED, 'Parquet corpus (doc_id, text[, title]).', metavar='GLOB', group='input and output')
+  output: str = setting(
+      REQUIRED,
+      'Folder: FORMAT/train, FORMAT/dev, FORMAT/train-ids, ..., manifest.json, report.json.',
+      metavar='DIR', group='input and output')
+  queries: Optional[str] = setting(
+      None, 'Parquet queries (query_id, text); optional with --pseudo-queries.',
+      metavar='GLOB', group='input and output')
+  ranked: Optional[str] = setting(
+      None, 'Output of the rerank job (its candidates/ with cross-encoder scores).', metavar='DIR',
+      group='input and output')
+  candidates: Optional[str] = setting(
+      None, 'Candidates Parquet: query_id, doc_id[, score][, retrieval_rank].', metavar='GLOB',
+      group='input and output')
+  query_embeddings: Optional[str] = setting(
+      None, 'With --corpus-embeddings: retrieve dense candidates here.', metavar='DIR',
+      group='input and output')
+  corpus_embeddings: Optional[str] = setting(
+      None, '', metavar='DIR', group='input and output')
+  top_k: int = setting(
+      100, 'Dense (and BM25) candidates per query (default: %(default)s).', type=positive_int,
+      group='input and output')
+  bm25: BM25Options = group(BM25Options(), 'input and output')
+  fusion: str = setting(
+      'linear', 'With dense and --bm25 together: how their scores are fused into one '
+      'retrieval order, as rerank fuses its first stage (default: %(default)s). For '
+      "weights tuned on judgments, run rerank --cross-encoder none and mine its --ranked.",
+      choices=('linear', 'rrf'), group='input and output')
+  fusion_weights: str = setting(
+      MINE_FUSION_WEIGHTS, 'Fixed weights of dense and bm25 (default: %(default)s).',
+      group='input and output')
+  max_queries_in_memory: int = setting(
+      DEFAULT_MAX_QUERIES_IN_MEMORY, 'Dense: query embeddings one worker holds; more are split '
+      'into groups (default: %(default)s).', type=positive_int, group='input and output')
+  columns: TextColumns = group(TextColumns(), 'input and output')
+  rows_per_shard: int = rows_per_shard_setting()
+  max_dead_letter_fraction: float = dead_letter_limit_setting()
+  qrels: Optional[str] = setting(
+      None, 'query_id, doc_id, relevance: positives are relevance >= --min-relevance.',
+      metavar='GLOB', group='labels')
+  positives: Optional[str] = setting(
+      None, 'A positives table: query_id, doc_id (every row a positive).', metavar='GLOB',
+      group='labels')
+  format: str = setting(
+      'labeled-pair,pair', f'Comma-separated, of {",".join(FORMATS)} (default: %(default)s).',
+      group='negatives (sentence-transformers mine_hard_negatives semantics)')
   # Labels' thresholds, negatives' guards and sampling (--min-relevance,
   # --positive-threshold, --num-negatives, --range-min, ..., --sampling, --seed).
-  mining: NegativeMiningSettings = NegativeMiningSettings()
-  score_column: Optional[str] = None
-  dev_fraction: float = 0.0
-  dev_negatives: Optional[int] = None
+  mining: NegativeMiningSettings = group(NegativeMiningSettings())
+  score_column: Optional[str] = setting(
+      None, 'Candidate score used by the guards and distill labels (default: the '
+      'cross-encoder score, ce_score, for --ranked; for a --ranked made with '
+      '--cross-encoder none, the fused first stage, retrieval_score; score for '
+      '--candidates; the retrieval score when retrieving here).',
+      group='negatives (sentence-transformers mine_hard_negatives semantics)')
+  dev_fraction: float = setting(
+      0.0, 'Share of queries (by id hash) in dev/; with --qrels or --positives, of the '
+      'judged queries only: pseudo-queries then all train (default: %(default)s).', type=float,
+      group='negatives (sentence-transformers mine_hard_negatives semantics)')
+  dev_negatives: Optional[int] = setting(
+      None, "Mine each dev query's N best-ranked negatives (the other guards apply; "
+      'no --range-min, no sampling), so checkpoints are selected on the hard '
+      'candidates a rerank of the first stage sees, not on easy ones (default: as '
+      'training, --num-negatives).', type=positive_int, metavar='N',
+      group='negatives (sentence-transformers mine_hard_negatives semantics)')
   # --pseudo-queries, --pseudo-per-doc, ..., --pseudo-title-column (and --seed).
-  pseudo: PseudoQuerySettings = PseudoQuerySettings()
+  pseudo: PseudoQuerySettings = group(PseudoQuerySettings())
   pipeline_args: tuple[str, ...] = ()
 
 
@@ -96,7 +136,7 @@ def _hybrid_fusion(job: MineJobConfig) -> FusionDecision:
 def _check_pseudo_sources(job: MineJobConfig, label_sources: int) -> None:
   """--pseudo-queries: candidates from BM25, labels from the source documents
   (judged queries mixed in only with both --queries and their labels)."""
-  if not job.bm25 or job.ranked or job.candidates:
+  if not job.bm25.enabled or job.ranked or job.candidates:
     raise UserInputError(
         '--pseudo-queries needs --bm25: pseudo-queries have no embeddings and no '
         'supplied or ranked candidates; their negatives come from BM25')
@@ -160,7 +200,7 @@ def execute(job: MineJobConfig) -> MineResult:
   pseudo = job.pseudo if job.pseudo.sources else None
   if pseudo is not None:
     _check_pseudo_sources(job, sum(label_sources))
-  sources = [bool(job.ranked), bool(job.candidates), bool(job.query_embeddings or job.bm25)]
+  sources = [bool(job.ranked), bool(job.candidates), bool(job.query_embeddings or job.bm25.enabled)]
   if sum(sources) != 1:
     raise UserInputError(
         'give exactly one candidate source: --ranked, --candidates, or retrieval here '
@@ -232,7 +272,7 @@ def execute(job: MineJobConfig) -> MineResult:
     if job.query_embeddings:
       embeddings, _ = common.check_embedding_pair(job.query_embeddings, job.corpus_embeddings)
       normalize = not embeddings['normalized'] and embeddings['similarity'] == 'cosine'
-    bm25 = common.bm25_settings(job)
+    bm25 = job.bm25.settings(job.top_k)
     source = 'hybrid' if bm25 and job.query_embeddings else 'bm25' if bm25 else 'dense'
     if source == 'hybrid':
       fusion = _hybrid_fusion(job)

@@ -14,18 +14,20 @@ from pipelines import common
 from pipelines.jobs import encode as encode_job
 from pipelines.jobs.evaluate import evaluate_ranked
 from pipelines.steps.rerank import (
-    check_inputs,
-    previous_scores,
-    read_tuning_qrels,
-    run_report,
-    sample_pairs,
-    summary_lines,
-    write_trec,
+  check_inputs,
+  previous_scores,
+  read_tuning_qrels,
+  run_report,
+  sample_pairs,
+  summary_lines,
+  write_trec,
 )
+from transforms.core.settings import REQUIRED, group, non_negative_float, positive_int, setting
 from transforms.core.texts import TextColumns
 from transforms.graphs.rerank import RerankConfig, build_rerank_pipeline, score_pairs
 from transforms.io.parquet_sink import (
-  DEFAULT_ROWS_PER_SHARD,
+  dead_letter_limit_setting,
+  rows_per_shard_setting,
   write_json,
 )
 from transforms.models.inference_settings import InferenceSettings
@@ -34,8 +36,9 @@ from transforms.ranking import evaluation
 from transforms.ranking.fusion import (
   AUTO,
   DEFAULT_RRF_K,
+  METHODS,
 )
-from transforms.retrieval.bm25 import BM25Settings
+from transforms.retrieval.bm25 import BM25Options
 from transforms.retrieval.dense import (
   DEFAULT_CORPUS_BLOCK_SIZE,
   DEFAULT_MAX_QUERIES_IN_MEMORY,
@@ -61,40 +64,99 @@ class RerankJobConfig:
   resolves it (building it once) before ``execute``; ``execute`` itself needs
   a model.
   """
-  queries: str
-  corpus: str
-  output: str
-  cross_encoder: Optional[str] = None
-  columns: TextColumns = TextColumns()
-  previous: Optional[str] = None
-  trec: bool = False
-  rows_per_shard: int = DEFAULT_ROWS_PER_SHARD
-  max_dead_letter_fraction: float = 1.0
-  query_embeddings: Optional[str] = None
-  corpus_embeddings: Optional[str] = None
-  model: Optional[str] = None
-  candidates: Optional[str] = None
-  candidates_score_column: str = 'score'
-  bm25: bool = False
-  bm25_k1: float = BM25Settings().k1
-  bm25_b: float = BM25Settings().b
-  bm25_stemmer: str = 'none'
-  bm25_top_k: Optional[int] = None
-  top_k: int = 100
-  corpus_block_size: int = DEFAULT_CORPUS_BLOCK_SIZE
-  query_block_size: int = DEFAULT_QUERY_BLOCK_SIZE
-  max_queries_in_memory: int = DEFAULT_MAX_QUERIES_IN_MEMORY
-  top_n: int = 10
-  max_length: Optional[int] = None
-  activation: str = 'identity'
-  qrels: Optional[str] = None
-  metrics: str = ','.join(evaluation.DEFAULT_MEASURES)
-  fusion: str = 'linear'
-  fusion_weights: str = AUTO
-  first_stage_weights: Optional[str] = None
-  rrf_k: float = DEFAULT_RRF_K
-  tune_qrels: Optional[str] = None
-  inference: InferenceSettings = InferenceSettings()
+  queries: str = setting(
+      REQUIRED, 'Parquet queries (query_id, text).', metavar='GLOB', group='input and output')
+  corpus: str = setting(
+      REQUIRED, 'Parquet corpus (doc_id, text[, title]).', metavar='GLOB', group='input and output')
+  output: str = setting(
+      REQUIRED, 'Folder for ranked part-*.parquet (top-n per query), candidates/ '
+      '(every scored candidate), dead_letter/, manifest.json, report.json.', metavar='DIR',
+      group='input and output')
+  cross_encoder: Optional[str] = setting(
+      None, "sentence-transformers CrossEncoder directory or hub id (1 label); 'none' "
+      'ranks by the fused first stage alone (hybrid retrieval, no model scoring). '
+      'Default: a cross-encoder fine-tuned locally from the packaged all-MiniLM-L6-v2 '
+      'on the sample collection (built once, cached; see its note).', metavar='NAME_OR_PATH',
+      group='cross-encoder')
+  columns: TextColumns = group(TextColumns(), 'input and output')
+  previous: Optional[str] = setting(
+      None, 'A previous rerank output (may equal --output): a pair whose query text and '
+      'passage text are unchanged reuses its cross-encoder score when the model '
+      'fingerprint, max length, activation and backend match; every other pair is scored. '
+      'Candidates are always recomputed.', metavar='DIR', group='input and output')
+  trec: bool = setting(
+      False, 'Also write the ranked lists as a TREC run file, OUTPUT/run.trec.',
+      group='input and output')
+  rows_per_shard: int = rows_per_shard_setting()
+  max_dead_letter_fraction: float = dead_letter_limit_setting()
+  query_embeddings: Optional[str] = setting(
+      None, 'Query embedding shards made by the encode job.', metavar='DIR', group='candidates')
+  corpus_embeddings: Optional[str] = setting(
+      None, 'Corpus embedding shards made by the encode job with the same model.', metavar='DIR',
+      group='candidates')
+  model: Optional[str] = setting(
+      None, 'Bi-encoder: encode queries and corpus first (into OUTPUT/embeddings/; a '
+      're-run into the same output re-encodes only changed texts), then retrieve.',
+      metavar='NAME_OR_PATH', group='candidates')
+  candidates: Optional[str] = setting(
+      None, 'Supplied candidates Parquet: query_id, doc_id[, score] (e.g. a BM25 run).',
+      metavar='GLOB', group='candidates')
+  candidates_score_column: str = setting(
+      'score', 'Score column of --candidates, if present (default: %(default)s).',
+      group='candidates')
+  bm25: BM25Options = group(BM25Options(), 'candidates')
+  top_k: int = setting(
+      100, 'Candidates per query from each source, dense and BM25 (default: %(default)s).',
+      type=positive_int, group='candidates')
+  corpus_block_size: int = setting(
+      DEFAULT_CORPUS_BLOCK_SIZE, 'Corpus rows per matrix product; the score matrix of one '
+      'product is query block x this x 4 bytes (default: %(default)s).', type=positive_int,
+      group='candidates')
+  query_block_size: int = setting(
+      DEFAULT_QUERY_BLOCK_SIZE, 'Queries per matrix product (default: %(default)s).',
+      type=positive_int, group='candidates')
+  max_queries_in_memory: int = setting(
+      DEFAULT_MAX_QUERIES_IN_MEMORY, 'Query embeddings one worker holds as a side input; more '
+      'queries are split into groups scored in separate branches (default: %(default)s).',
+      type=positive_int, group='candidates')
+  top_n: int = setting(
+      10, 'Ranked rows kept per query (default: %(default)s).', type=positive_int,
+      group='cross-encoder')
+  max_length: Optional[int] = setting(
+      None, "Tokens per pair (default: the model's).", type=positive_int,
+      group='cross-encoder')
+  activation: str = setting(
+      'identity', 'Applied to the logit: identity = raw logits (right for BCE-trained '
+      "models), sigmoid, or the model's own default (default: %(default)s).",
+      choices=['identity', 'sigmoid', 'model'], group='cross-encoder')
+  qrels: Optional[str] = setting(
+      None, 'Evaluate against these judgments after ranking.', metavar='GLOB', group='evaluation')
+  metrics: str = setting(
+      ','.join(evaluation.DEFAULT_MEASURES), 'With --qrels (default: %(default)s).',
+      group='evaluation')
+  fusion: str = setting(
+      'linear', 'none: one signal per stage; linear: weighted sum of normalised scores; '
+      'rrf: weighted reciprocal rank fusion (default: %(default)s).', choices=METHODS,
+      group='fusion')
+  fusion_weights: str = setting(
+      AUTO, "'auto' (tuned on --tune-qrels, guarded: unless the gain holds up in a paired "
+      "test, a stage falls back to equal weights where they beat its best single signal on "
+      'the tuning queries, else to that signal), or fixed, e.g. '
+      "'dense=0.5,bm25=0.5,ce=1' (default: %(default)s).", metavar='auto|SIGNAL=W,...',
+      group='fusion')
+  first_stage_weights: Optional[str] = setting(
+      None, "With --fusion-weights auto: fix the first stage's weights (e.g. "
+      "'dense=0.55,bm25=0.45', as tuned on more judged queries than the final stage may "
+      'use) and tune only the final stage on --tune-qrels (default: both tuned).',
+      metavar='SIGNAL=W,...', group='fusion')
+  rrf_k: float = setting(
+      DEFAULT_RRF_K, '(default: %(default)s)', type=non_negative_float, group='fusion')
+  tune_qrels: Optional[str] = setting(
+      None, 'Judgments of the tuning queries (also in --queries) for auto weights; '
+      'they are left out of the reported metrics. Without it, auto ranks each stage '
+      'by one signal: the cross-encoder, else dense, supplied, BM25.', metavar='GLOB',
+      group='fusion')
+  inference: InferenceSettings = group(InferenceSettings(), 'inference and batching (both models)')
   pipeline_args: tuple[str, ...] = ()
 
   @property

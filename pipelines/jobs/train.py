@@ -7,10 +7,12 @@ from typing import Optional, Sequence
 
 from pipelines import common
 from transforms.core.errors import UserInputError
+from transforms.core.settings import REQUIRED, fraction, group, setting
 from transforms.models.model_info import check_weights_format, resolve_model_dir, resolve_model_name
 from transforms.training.trainer import (
   DEV_METRIC,
   TrainConfig,
+  TrainingSettings,
   check_evaluation_settings,
   check_precision,
   check_teacher,
@@ -23,30 +25,42 @@ PROG = 'beam-rerank train'
 @dataclasses.dataclass(frozen=True)
 class TrainJobConfig:
   """The train job's options (the command line's, one field per option)."""
-  pairs: str
-  kind: str
-  output: str
-  base_model: Optional[str] = None
-  format: Optional[str] = None
-  epochs: float = 1.0
-  max_steps: int = -1
-  batch_size: int = 16
-  learning_rate: float = 5e-5
-  warmup_ratio: float = 0.1
-  max_length: Optional[int] = None
-  pos_weight: Optional[float] = None
-  seed: int = 12
-  trust_remote_code: bool = False
-  allow_pickle_weights: bool = False
-  no_progress: bool = False
-  eval_steps: Optional[int] = None
-  early_stopping_patience: Optional[int] = None
-  no_dev: bool = False
-  then_pairs: Optional[Sequence[str]] = None
-  precision: str = 'fp32'
-  distill_steps: int = 0
-  teacher: Optional[str] = None
-  teacher_bm25_weight: float = 0.0
+  pairs: str = setting(
+      REQUIRED, 'Output folder of the mine job.', metavar='DIR')
+  kind: str = setting(
+      REQUIRED, '', choices=['cross-encoder', 'bi-encoder'])
+  output: str = setting(
+      REQUIRED, 'Where the model goes (replaced at the end).', metavar='DIR')
+  base_model: Optional[str] = setting(
+      None, 'Model to start from (default: the packaged all-MiniLM-L6-v2).', metavar='NAME_OR_PATH')
+  format: Optional[str] = setting(
+      None, 'Mined format to use (default: labeled-pair; bi-encoder: triplet, else pair).')
+  training: TrainingSettings = group(TrainingSettings())
+  pos_weight: Optional[float] = setting(
+      None, 'Cross-encoder: BCE weight of positives (e.g. #neg/#pos).', type=float)
+  trust_remote_code: bool = setting(
+      False, 'Allow models that ship Python code.')
+  allow_pickle_weights: bool = setting(
+      False, 'Allow models whose weights are only pickle files (.bin); off by default: unpickling '
+      'can run code.')
+  no_dev: bool = setting(
+      False, 'Ignore the dev split: no evaluation, the last step is the model.',
+      group='dev split, checkpoint selection and curriculum')
+  then_pairs: Optional[Sequence[str]] = setting(
+      None, 'Curriculum: after --pairs, continue training the same model on this mine output '
+      '(e.g. --pairs EASY --then-pairs HARD); repeatable, in order; --epochs/--max-steps '
+      'apply to each phase. With a dev split, the best checkpoint of all phases is kept '
+      '(dev queries of all phases together).', metavar='DIR', action='append',
+      group='dev split, checkpoint selection and curriculum')
+  teacher: Optional[str] = setting(
+      None, 'The bi-encoder of --distill-steps (default: --base-model, when it is one).',
+      metavar='NAME_OR_PATH', group='cross-encoder warm start')
+  teacher_bm25_weight: float = setting(
+      0.0, 'Blend BM25 into the warm-start targets: (1 - W) x the teacher\'s standardised '
+      'cosine + W x the standardised BM25 score of the pair (BM25 statistics over the '
+      'sampled documents, the score divided by the query\'s idf mass), as a dense + BM25 '
+      'first stage ranks; 1: BM25 alone, no teacher model (default: %(default)s).',
+      type=fraction, metavar='W', group='cross-encoder warm start')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,25 +90,27 @@ def execute(job: TrainJobConfig) -> TrainResult:
       ('--then-pairs', d) for d in job.then_pairs or ()]:
     if not os.path.isdir(folder):
       raise UserInputError(f'{option} {folder!r} is not a folder')
-  if job.learning_rate <= 0 or job.epochs <= 0:
+  training = job.training
+  if training.learning_rate <= 0 or training.epochs <= 0:
     raise UserInputError('--learning-rate and --epochs must be positive')
   config = TrainConfig(
       pairs_dir=job.pairs, kind=job.kind, base_model='', output_dir=job.output,
-      pairs_format=job.format, epochs=job.epochs, batch_size=job.batch_size,
-      learning_rate=job.learning_rate, warmup_ratio=job.warmup_ratio,
-      max_length=job.max_length, pos_weight=job.pos_weight, seed=job.seed,
-      max_steps=job.max_steps, trust_remote_code=job.trust_remote_code,
-      show_progress=not job.no_progress, then_pairs=tuple(job.then_pairs or ()),
-      dev=not job.no_dev, eval_steps=job.eval_steps,
-      early_stopping_patience=job.early_stopping_patience, precision=job.precision,
-      distill_steps=job.distill_steps, teacher_bm25_weight=job.teacher_bm25_weight)
+      pairs_format=job.format, epochs=training.epochs, batch_size=training.batch_size,
+      learning_rate=training.learning_rate, warmup_ratio=training.warmup_ratio,
+      max_length=training.max_length, pos_weight=job.pos_weight, seed=training.seed,
+      max_steps=training.max_steps, trust_remote_code=job.trust_remote_code,
+      show_progress=not training.no_progress, then_pairs=tuple(job.then_pairs or ()),
+      dev=not job.no_dev, eval_steps=training.eval_steps,
+      early_stopping_patience=training.early_stopping_patience,
+      precision=training.precision, distill_steps=training.distill_steps,
+      teacher_bm25_weight=job.teacher_bm25_weight)
   check_precision(config.precision)  # before any model is loaded
   check_evaluation_settings(config)
   if job.teacher and job.kind != 'cross-encoder':
     raise UserInputError('--teacher warms up a cross-encoder; a bi-encoder needs none')
-  if job.teacher and not job.distill_steps:
+  if job.teacher and not training.distill_steps:
     raise UserInputError('--teacher is the bi-encoder of --distill-steps: add --distill-steps N')
-  if job.teacher_bm25_weight and not job.distill_steps:
+  if job.teacher_bm25_weight and not training.distill_steps:
     raise UserInputError('--teacher-bm25-weight blends the targets of --distill-steps: '
                          'add --distill-steps N')
   if job.teacher and job.teacher_bm25_weight >= 1:
@@ -102,7 +118,7 @@ def execute(job: TrainJobConfig) -> TrainResult:
   base = resolve_model_dir(resolve_model_name(job.base_model))
   check_weights_format(base, job.base_model or base, job.allow_pickle_weights)
   teacher = None
-  if job.distill_steps and job.teacher_bm25_weight < 1:
+  if training.distill_steps and job.teacher_bm25_weight < 1:
     teacher = resolve_model_dir(resolve_model_name(job.teacher)) if job.teacher else base
     named = job.teacher or job.base_model or teacher
     check_weights_format(teacher, named, job.allow_pickle_weights)

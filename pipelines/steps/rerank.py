@@ -79,7 +79,7 @@ class CheckedInputs:
 
 def _stage_plan(job: Any, score_column: Optional[str]) -> StagePlan:
   sources = [s for s, on in (
-      ('dense', bool(job.model or job.query_embeddings)), ('bm25', job.bm25),
+      ('dense', bool(job.model or job.query_embeddings)), ('bm25', job.bm25.enabled),
       ('supplied', bool(job.candidates and score_column))) if on]
   try:
     spec = FusionSpec(job.fusion, parse_fusion_weights(job.fusion_weights), job.rrf_k)
@@ -163,7 +163,7 @@ def check_inputs(job: Any) -> CheckedInputs:
     raise UserInputError('--query-embeddings and --corpus-embeddings go together')
   if job.model and job.query_embeddings:
     raise UserInputError('give either --model or --query-embeddings/--corpus-embeddings')
-  if not (job.model or job.query_embeddings or job.candidates or job.bm25):
+  if not (job.model or job.query_embeddings or job.candidates or job.bm25.enabled):
     raise UserInputError(
         'no candidates: give --query-embeddings and --corpus-embeddings, --model, '
         '--bm25 or --candidates')
@@ -199,7 +199,7 @@ def check_inputs(job: Any) -> CheckedInputs:
         'source is given')
   return CheckedInputs(
       options, queries_input, corpus_input, candidates_input, score_column,
-      common.bm25_settings(job), plan)
+      job.bm25.settings(job.top_k), plan)
 
 
 def fusion_lines(fusion: Optional[dict]) -> list[tuple[str, str]]:

@@ -15,6 +15,7 @@ from transforms.core.texts import ReadTexts, TextColumns
 from transforms.io.parquet_sink import (
   DEFAULT_ROWS_PER_SHARD,
   MANIFEST_NAME,
+  NO_CANDIDATES,
   CommitOutputs,
   ShardedOutput,
   WriteParquetShards,
@@ -39,7 +40,6 @@ from transforms.retrieval.dense import (
   ReadEmbeddingTables,
 )
 from transforms.retrieval.query_accounting import (
-  NO_CANDIDATES,
   NO_CANDIDATES_SCHEMA,
   SOURCES,
   AccountQueries,

@@ -26,12 +26,15 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from transforms.core.errors import UserInputError
 from transforms.core.hashing import stable_hash
+from transforms.core.settings import fraction, positive_int, setting
 
 _LOGGER = logging.getLogger(__name__)
 
 MANIFEST_NAME = 'manifest.json'
 STAGING_NAME = '.staging'
 DEAD_LETTER_OUTPUT = 'dead_letter'
+# The rerank output's list of queries that got no candidate (and why).
+NO_CANDIDATES = 'no_candidates'
 # Counters of a refused commit (namespace of every job counter).
 COMMIT_REFUSED_COUNTER = 'commit/refused'
 COMMIT_DEAD_LETTERS_COUNTER = 'commit/dead_letters'
@@ -389,3 +392,18 @@ class CommitOutputs(beam.PTransform):
                 pbegin.pipeline.options.view_as(
                     CommitGateOptions).max_dead_letters_to_commit),
             **side_inputs))
+
+
+def rows_per_shard_setting(group: str = 'input and output') -> Any:
+  """The ``--rows-per-shard`` setting of a job that writes Parquet shards."""
+  return setting(DEFAULT_ROWS_PER_SHARD, 'Rows per output file (default: %(default)s).',
+                 type=positive_int, group=group)
+
+
+def dead_letter_limit_setting(group: str = 'input and output') -> Any:
+  """The ``--max-dead-letter-fraction`` setting of a job that dead-letters rows."""
+  return setting(
+      1.0, 'Commit nothing and exit 3 when more than F x (rows of the input files) rows are '
+      'dead-lettered; the previous outputs stay as they were and the run\'s files stay in '
+      'OUTPUT/.staging/ (default: %(default)s = never).', type=fraction, metavar='F',
+      group=group)

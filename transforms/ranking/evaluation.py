@@ -15,8 +15,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from transforms.core.errors import UserInputError
-from transforms.io.parquet_sink import committed_files, committed_output_exists, read_manifest
-from transforms.retrieval.query_accounting import NO_CANDIDATES
+from transforms.io.parquet_sink import (
+  NO_CANDIDATES,
+  committed_files,
+  committed_output_exists,
+  read_manifest,
+)
 
 # The dead-letter stage of a rerank run's rejected query rows.
 QUERY_DEAD_LETTER_STAGE = 'rerank/queries'

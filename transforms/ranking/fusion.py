@@ -48,6 +48,11 @@ DEFAULT_RRF_K = 60
 CUTOFF = 10
 # Tuning grids: step for two signals, and for three or four (a simplex grid).
 PAIR_STEPS = 20  # w in 0, 0.05, ..., 1
+# The guard of auto weights (choose_fusion): tuned weights are kept only with
+# >= MIN_TUNING_QUERIES judged tuning queries and a gain that a one-sided paired
+# sign-flip test supports at p < ALPHA.
+MIN_TUNING_QUERIES = 20
+ALPHA = 0.05
 SIMPLEX_STEPS = 10  # weights in 0, 0.1, ..., 1 summing to 1
 _TIE_TOLERANCE = 1e-12
 
@@ -624,8 +629,8 @@ def choose_fusion(
     qrels: Mapping[str, Mapping[str, int]],
     spec: FusionSpec,
     signals: Optional[Sequence[str]] = None,
-    min_queries: int = 20,
-    alpha: float = 0.05,
+    min_queries: int = MIN_TUNING_QUERIES,
+    alpha: float = ALPHA,
     flips: int = 10_000,
     seed: int = 0,
     folds: int = 0,

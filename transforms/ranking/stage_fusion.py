@@ -26,7 +26,9 @@ from apache_beam.metrics import Metrics
 
 from transforms.core.metrics import METRICS_NAMESPACE
 from transforms.ranking.fusion import (
+  ALPHA,
   AUTO,
+  MIN_TUNING_QUERIES,
   SINGLE_SIGNAL_PRIORITY,
   FusionDecision,
   FusionSpec,
@@ -40,12 +42,8 @@ from transforms.ranking.ranked import ALL_TAG, ranking_key
 FIRST_STAGE_SIGNALS = ('dense', 'bm25', 'supplied')
 FINAL_SIGNALS = ('retrieval', 'ce')
 SIGNAL_COLUMNS = tuple(score_column(s) for s in ('dense', 'bm25', 'supplied', 'ce'))
-# The guard of auto weights (see fusion.choose_fusion): tuned weights are kept
-# only with >= MIN_TUNING_QUERIES judged tuning queries and a gain that a
-# one-sided paired sign-flip test (p < ALPHA) supports on nDCG@10 measured
-# with GUARD_FOLDS-fold cross-validation (weights tuned on the other folds).
-MIN_TUNING_QUERIES = 20
-ALPHA = 0.05
+# The guard of auto weights (fusion.MIN_TUNING_QUERIES, fusion.ALPHA) measures
+# nDCG@10 with GUARD_FOLDS-fold cross-validation (weights tuned on the other folds).
 GUARD_FOLDS = 5
 GUARD_SEED = 0
 

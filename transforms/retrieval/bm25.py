@@ -40,6 +40,7 @@ score-0 docs instead).
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import logging
 import re
@@ -52,7 +53,9 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from scipy import sparse
 
+from transforms.core.errors import UserInputError
 from transforms.core.metrics import METRICS_NAMESPACE
+from transforms.core.settings import fraction, non_negative_float, positive_int, setting
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +92,47 @@ class BM25Settings:
     if self.stemmer is not None and self.stemmer not in SUPPORTED_STEMMERS:
       raise ValueError(f'stemmer must be one of {SUPPORTED_STEMMERS} or None, '
                        f'got {self.stemmer!r}')
+
+
+
+def bm25_k1(value: str) -> float:
+  """argparse type: BM25's k1, a number in [0, MAX_K1]."""
+  number = non_negative_float(value)
+  if number > MAX_K1:
+    raise argparse.ArgumentTypeError(
+        f'{value!r} is above {MAX_K1:g}: the usual values are 0.5 to 3 (beyond '
+        f'{MAX_K1:g}, rounding flattens every score)')
+  return number
+
+
+@dataclasses.dataclass(frozen=True)
+class BM25Options:
+  """BM25 candidates as a job's options ask for them (``settings``: what the
+  transforms take)."""
+  enabled: bool = setting(
+      False, 'BM25 candidates: exact top-k over the passage texts (title + text with '
+      '--doc-title-column), Unicode letters and digits lowercased.', flag='--bm25')
+  k1: float = setting(
+      BM25Settings.k1, f'Term-frequency saturation, 0 to {MAX_K1:g} (default: %(default)s).',
+      flag='--bm25-k1', type=bm25_k1)
+  b: float = setting(BM25Settings.b, '(default: %(default)s)', flag='--bm25-b', type=fraction)
+  stemmer: str = setting(
+      'none', 'Snowball stemmer for BM25 tokens (default: %(default)s).', flag='--bm25-stemmer',
+      choices=('none',) + SUPPORTED_STEMMERS)
+  top_k: Optional[int] = setting(
+      None, 'BM25 candidates per query (default: --top-k).', flag='--bm25-top-k',
+      type=positive_int)
+
+  def settings(self, top_k: int) -> Optional[BM25Settings]:
+    """The BM25 settings of a run retrieving ``top_k`` per source (None: no BM25)."""
+    if not self.enabled:
+      return None
+    try:
+      return BM25Settings(
+          k1=self.k1, b=self.b, stemmer=None if self.stemmer == 'none' else self.stemmer,
+          top_k=self.top_k or top_k)
+    except ValueError as error:
+      raise UserInputError(f'BM25: {error}') from None
 
 
 _STEMMERS = threading.local()  # PyStemmer objects are not thread-safe.

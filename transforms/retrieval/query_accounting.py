@@ -31,7 +31,6 @@ from transforms.retrieval.bm25 import tokenize
 
 STAGE = 'rerank'
 # The rerank output listing the queries that got no ranked row, and why.
-NO_CANDIDATES = 'no_candidates'
 SOURCES = ('dense', 'bm25', 'supplied')
 WITH_CANDIDATES = 'with_candidates'
 SOURCE_STATUSES = {

@@ -25,6 +25,7 @@ from apache_beam.metrics import Metrics
 from transforms.core.dead_letters import DEAD_LETTER_TAG, dead_letter
 from transforms.core.hashing import stable_hash
 from transforms.core.metrics import METRICS_NAMESPACE
+from transforms.core.settings import positive_int, setting
 from transforms.core.splits import split_of
 from transforms.retrieval.candidate_checks import (
   CheckCandidateFn,
@@ -44,19 +45,44 @@ GUARDS = ('positive', 'same_text_as_query', 'range_max', 'absolute_margin', 'rel
 @dataclasses.dataclass(frozen=True)
 class NegativeMiningSettings:
   """The guards and sampling of hard-negative mining (sentence-transformers' names)."""
-  num_negatives: int = 3
-  range_min: int = 0
-  range_max: Optional[int] = None
-  max_score: Optional[float] = None
-  min_score: Optional[float] = None
-  absolute_margin: Optional[float] = None
-  relative_margin: Optional[float] = None
-  sampling_strategy: Literal['top', 'random'] = 'top'
-  seed: int = 12
-  min_relevance: int = 1
+  num_negatives: int = setting(
+      3, '(default: %(default)s)', type=positive_int,
+      group='negatives (sentence-transformers mine_hard_negatives semantics)')
+  range_min: int = setting(
+      0, 'Skip the best N candidates (after the other guards) (default: %(default)s).', type=int,
+      group='negatives (sentence-transformers mine_hard_negatives semantics)')
+  range_max: Optional[int] = setting(
+      None, 'Consider only the first N candidates in retrieval order (plus one per positive).',
+      type=positive_int,
+      group='negatives (sentence-transformers mine_hard_negatives semantics)')
+  max_score: Optional[float] = setting(
+      None, 'Drop candidates scoring above this.', type=float,
+      group='negatives (sentence-transformers mine_hard_negatives semantics)')
+  min_score: Optional[float] = setting(
+      None, 'Drop candidates scoring below this.', type=float,
+      group='negatives (sentence-transformers mine_hard_negatives semantics)')
+  absolute_margin: Optional[float] = setting(
+      None, 'Keep a negative only if score + margin <= weakest positive score.', type=float,
+      group='negatives (sentence-transformers mine_hard_negatives semantics)')
+  relative_margin: Optional[float] = setting(
+      None, 'Keep a negative only if score <= p - |p| * margin (p: weakest positive score).',
+      type=float, group='negatives (sentence-transformers mine_hard_negatives semantics)')
+  sampling_strategy: Literal['top', 'random'] = setting(
+      'top', '(default: %(default)s)', flag='--sampling', choices=['top', 'random'],
+      group='negatives (sentence-transformers mine_hard_negatives semantics)')
+  seed: int = setting(
+      12, 'For --sampling random, and the sentences and documents --pseudo-queries '
+      'picks (default: %(default)s).', type=int,
+      group='negatives (sentence-transformers mine_hard_negatives semantics)')
+  min_relevance: int = setting(
+      1, '(default: %(default)s)', type=int, group='labels')
   # Pseudo-labels (no qrels): positive at/above, negative candidates at/below.
-  positive_threshold: Optional[float] = None
-  negative_threshold: Optional[float] = None
+  positive_threshold: Optional[float] = setting(
+      None, 'No qrels: candidates scoring >= this are pseudo-positives (marked as such in the '
+      'manifest).', type=float, group='labels')
+  negative_threshold: Optional[float] = setting(
+      None, 'No qrels: only candidates scoring <= this may be negatives.', type=float,
+      group='labels')
 
   def best_ranked(self, num_negatives: int) -> NegativeMiningSettings:
     """These guards, taking the ``num_negatives`` best-ranked negatives they

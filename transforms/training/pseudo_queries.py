@@ -23,6 +23,7 @@ queries' negatives without their titles too (``DocBodies``).
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import logging
 import random
@@ -34,6 +35,7 @@ from apache_beam.metrics import Metrics
 
 from transforms.core.hashing import stable_digest, stable_hash
 from transforms.core.metrics import METRICS_NAMESPACE
+from transforms.core.settings import positive_int, setting
 from transforms.core.texts import join_title
 
 logger = logging.getLogger(__name__)
@@ -50,6 +52,14 @@ _SENTENCE_END = re.compile(r'[.!?…]+["\'”’»)\]]*(?=\s|$)|\n')
 _AFTER_TITLE = ' \t\r\n:;,.|-–—'
 
 
+def pseudo_sources(value: str) -> tuple[str, ...]:
+  """argparse type: ``title,sentence`` -> ``('title', 'sentence')``."""
+  try:
+    return parse_sources(value)
+  except ValueError as error:
+    raise argparse.ArgumentTypeError(str(error)) from None
+
+
 @dataclasses.dataclass(frozen=True)
 class PseudoQuerySettings:
   """Which pseudo-queries to make, and how many.
@@ -64,12 +74,28 @@ class PseudoQuerySettings:
       sentence queries use it, when given, to skip a leading title).
     seed: picks the sentences and the sampled documents.
   """
-  sources: tuple[str, ...] = ()
-  per_doc: int = 1
-  min_chars: int = 20
-  max_docs: Optional[int] = None
-  title_column: Optional[str] = None
-  seed: int = 12
+  sources: tuple[str, ...] = setting(
+      (), f'Comma-separated, of {",".join(PSEUDO_SOURCES)} (default: none).',
+      flag='--pseudo-queries', type=pseudo_sources, metavar='SOURCES',
+      group='pseudo-queries (no judgments needed)')
+  per_doc: int = setting(
+      1, 'Sentence queries per document, at most (default: %(default)s).', flag='--pseudo-per-doc',
+      type=positive_int, metavar='N', group='pseudo-queries (no judgments needed)')
+  min_chars: int = setting(
+      20, 'The least characters of a pseudo-query and of its positive text '
+      '(default: %(default)s).', flag='--pseudo-min-chars', type=positive_int, metavar='N',
+      group='pseudo-queries (no judgments needed)')
+  max_docs: Optional[int] = setting(
+      None, 'Make pseudo-queries from at most N documents, a sample by --seed '
+      '(default: all).', flag='--pseudo-max-docs', type=positive_int, metavar='N',
+      group='pseudo-queries (no judgments needed)')
+  title_column: Optional[str] = setting(
+      None, "The corpus's title column (default: --doc-title-column, else 'title' when "
+      'the corpus has it). Title queries need it; sentence queries use it to never '
+      'take the leading title for a sentence.', flag='--pseudo-title-column', metavar='COLUMN',
+      group='pseudo-queries (no judgments needed)')
+  # The mine job's --seed (declared with the negatives' sampling).
+  seed: int = setting(12, flag='--seed', type=int)
 
   def __post_init__(self):
     unknown = [s for s in self.sources if s not in PSEUDO_SOURCES]

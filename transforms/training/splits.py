@@ -6,7 +6,7 @@ from typing import Iterable, Mapping, Optional
 
 from transforms.core.hashing import stable_hash
 from transforms.core.splits import split_of
-from transforms.ranking.stage_fusion import MIN_TUNING_QUERIES
+from transforms.ranking.fusion import MIN_TUNING_QUERIES
 
 SPLITS = ('train', 'dev', 'test')
 

@@ -21,6 +21,12 @@ import time
 from typing import Any, Literal, Optional, Sequence
 
 from transforms.core.errors import UserInputError
+from transforms.core.settings import (
+  fraction,
+  non_negative_int,
+  positive_int,
+  setting,
+)
 from transforms.io.parquet_sink import committed_files, committed_output_exists, read_manifest
 
 logger = logging.getLogger(__name__)
@@ -30,6 +36,51 @@ DEV_AT_K = 10
 PRECISIONS = ('fp32', 'fp16', 'bf16')
 REPORT_NAME = 'training_report.json'
 CURVE_NAME = 'training_curve.png'
+
+
+_TRAINING = 'training'
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingSettings:
+  """How a model is fine-tuned: the train job's and the loop's options (the
+  loop starts from its own defaults, e.g. a warm start)."""
+  epochs: float = setting(1.0, '(default: %(default)s)', type=float, group=_TRAINING)
+  max_steps: int = setting(
+      -1, 'Stop after N steps, per phase (default: off).', type=int, group=_TRAINING)
+  batch_size: int = setting(16, '(default: %(default)s)', type=positive_int, group=_TRAINING)
+  learning_rate: float = setting(
+      5e-5, '(default: %(default)s; a new cross-encoder head needs more than 2e-5)',
+      type=float, group=_TRAINING)
+  warmup_ratio: float = setting(
+      0.1, 'Share of the steps over which the learning rate rises (default: %(default)s).',
+      type=fraction, group=_TRAINING)
+  max_length: Optional[int] = setting(
+      None, "Tokens per input, in training (and in the loop's reranking) (default: the "
+      "model's).", type=positive_int, group=_TRAINING)
+  seed: int = setting(
+      12, 'Training, and the loop\'s mining (default: %(default)s).', type=int,
+      group=_TRAINING)
+  eval_steps: Optional[int] = setting(
+      None, f'Score dev {DEV_METRIC} every N steps and keep the best checkpoint (default: '
+      'once per epoch). Needs a dev split (mine --dev-fraction).', type=positive_int,
+      metavar='N', group=_TRAINING)
+  early_stopping_patience: Optional[int] = setting(
+      None, f'Stop after N evaluations without a better dev {DEV_METRIC} (default: off).',
+      type=positive_int, metavar='N', group=_TRAINING)
+  precision: str = setting(
+      'fp32', 'Mixed precision: fp16 or bf16 on a CUDA GPU, or bf16 on a CPU with native '
+      'bfloat16 (AVX512-BF16 or AMX) (default: %(default)s; refused where the machine '
+      'cannot).', aliases=('--train-precision',), choices=PRECISIONS, group=_TRAINING)
+  distill_steps: int = setting(
+      0, 'Cross-encoder warm start: first train N steps to reproduce a bi-encoder\'s cosine '
+      'similarities of the training pairs (MSELoss on standardised scores), then on the '
+      'labels; the warmed model is a dev candidate too (step 0). A head freshly put on a '
+      'bi-encoder otherwise sits at the class prior for hundreds of steps. In the loop the '
+      'teacher is the base --bi-encoder (also with --kind both), and a --base-model that is '
+      'a cross-encoder already skips it (default: %(default)s; 0 = off).',
+      type=non_negative_int, metavar='N', group=_TRAINING)
+  no_progress: bool = setting(False, 'No progress bars.', group=_TRAINING)
 
 
 @dataclasses.dataclass(frozen=True)
