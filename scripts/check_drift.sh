@@ -17,10 +17,10 @@ cd "$(dirname "$0")/.."
 # sentence-transformers' encode/predict/mine_hard_negatives/trainers, bm25s,
 # ir-measures, pyarrow/polars. About a third of the suite's time.
 DRIFT_TESTS=(
-  tests/test_mining.py tests/test_pseudo_queries.py tests/test_parquet_sink.py
-  tests/test_parquet_input.py tests/test_bm25.py tests/test_evaluation.py
-  tests/test_scoring.py tests/test_retrieval.py tests/test_batching.py
-  tests/test_train_job.py tests/test_setup_declares_imports.py
+  tests/unit/test_mining.py tests/unit/test_pseudo_queries.py tests/unit/test_parquet_sink.py
+  tests/unit/test_parquet_input.py tests/unit/test_bm25.py tests/unit/test_evaluation.py
+  tests/unit/test_scoring.py tests/unit/test_retrieval.py tests/unit/test_batching.py
+  tests/jobs/test_train_job.py tests/test_setup_declares_imports.py
 )
 if [ "$#" -eq 0 ]; then set -- "${DRIFT_TESTS[@]}"; fi
 venv="${VENV:-.venv-latest}"

@@ -22,8 +22,8 @@ for extras in "$@"; do
   echo "== $extras -> $lock (fresh resolve in $venv)"
   tests=()
   case "$extras" in
-    *openvino*) tests=(tests/test_backends.py); export REQUIRE_OPENVINO=1 ;;
-    *onnx*) tests=(tests/test_backends.py); export REQUIRE_ONNX=1 ;;
+    *openvino*) tests=(tests/jobs/test_backends.py); export REQUIRE_OPENVINO=1 ;;
+    *onnx*) tests=(tests/jobs/test_backends.py); export REQUIRE_ONNX=1 ;;
   esac
   if [ "${NO_TESTS:-0}" = 1 ]; then
     (UPGRADE=1 VENV="$venv"; source scripts/ensure_venv.sh "$extras")
