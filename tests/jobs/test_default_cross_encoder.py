@@ -8,8 +8,8 @@ import tempfile
 import polars as pl
 import pytest
 
-from pipelines import default_cross_encoder as dce
 from pipelines import rerank
+from pipelines.jobs import default_cross_encoder as dce
 
 
 @pytest.mark.slow

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines import encode
+from tests.fixtures import write_parquet
 from transforms.core.dead_letters import reason_code
 from transforms.models.model_info import fingerprint_model_dir
 
@@ -616,7 +617,8 @@ def test_incremental_with_other_settings_reencodes_everything(incremental, tmp_p
   assert report['texts_encoded'] == 12
   assert report['embeddings_written'] == 12
   assert report['previous_ids_dropped'] == 0
-  warning = [line for line in stderr.splitlines() if 'warning' in line]
+  # (A coverage warning about the tiny model on these texts may be another line.)
+  warning = [line for line in stderr.splitlines() if 'warning: --previous' in line]
   assert warning == [
       "beam-rerank encode: warning: --previous embeddings were made with other "
       "settings (prompt: previous '', now 'passage: '); re-encoding every row"]
@@ -638,7 +640,7 @@ def test_incremental_damaged_previous_in_place_reencodes_everything(
       '--input', incremental['v2_path'], '--output', out, '--previous', out,
       *incremental['model'])
   assert (report['embeddings_reused'], report['texts_encoded']) == (0, 12)
-  warning = [line for line in stderr.splitlines() if 'warning' in line]
+  warning = [line for line in stderr.splitlines() if 'warning: --previous' in line]
   assert len(warning) == 1 and 'cannot be read' in warning[0], warning
   fresh = tmp_path / 'fresh'
   _encode('--input', incremental['v2_path'], '--output', fresh, *incremental['model'])
@@ -981,3 +983,72 @@ def test_embeddings_to_table(precision, value_type):
       'text_sha256': ['hb', 'ha']}
   empty = embeddings_to_table([], schema)
   assert empty.num_rows == 0 and empty.schema.equals(schema, check_metadata=True)
+
+
+# ------------------------------------------------ --previous reads the files its manifest lists
+
+def _run(function, argv):
+  out, err = io.StringIO(), io.StringIO()
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    result = function([str(a) for a in argv])
+  return result, err.getvalue()
+
+
+def test_encode_previous_skips_an_unlisted_shard(
+    tmp_path, corpus_writer, sample_texts, tiny_model_dir):
+  model = ['--model', tiny_model_dir]
+  v1 = corpus_writer(tmp_path / 'v1.parquet', sample_texts)
+  _run(encode.run, ['--input', v1, '--output', tmp_path / 'v1', *model])
+  # An unlisted shard that, if read, would make the new text "reused" with 7s.
+  new_text = 'A new passage about supersonic flow.'
+  listed = sorted((tmp_path / 'v1').glob('part-*.parquet'))
+  schema = pq.read_schema(listed[0])
+  stale = pa.Table.from_arrays([
+      pa.array(['new'], pa.string()),
+      pa.FixedSizeListArray.from_arrays(pa.array(np.full(32, 7.0, np.float32)), 32),
+      pa.array([hashlib.sha256(new_text.encode('utf-8')).hexdigest()], pa.string()),
+  ], schema=schema)
+  pq.write_table(stale, tmp_path / 'v1' / 'part-00099-of-00100.parquet')
+  v2 = corpus_writer(tmp_path / 'v2.parquet', {**sample_texts, 'new': new_text})
+  report, _ = _run(encode.run, [
+      '--input', v2, '--output', tmp_path / 'v2', '--previous', tmp_path / 'v1', *model])
+  assert report['embeddings_reused'] == len(sample_texts)
+  assert report['texts_encoded'] == 1
+  table = pa.concat_tables(
+      pq.read_table(p) for p in sorted((tmp_path / 'v2').glob('part-*.parquet')))
+  embedding = dict(zip(table.column('id').to_pylist(),
+                       table.column('embedding').to_pylist()))['new']
+  assert not np.allclose(embedding, 7.0)
+
+  # A listed file that is missing: the previous output cannot be read, so it
+  # is not used (one warning naming the file) and every row is encoded.
+  listed[0].unlink()
+  code, err = _run(encode.main, [
+      '--input', v2, '--output', tmp_path / 'v3', '--previous', tmp_path / 'v1', *model])
+  assert code == 0
+  # (The tiny model's coverage warning about these texts is another line.)
+  lines = [line for line in err.strip().splitlines() if 'warning: --previous' in line]
+  assert len(lines) == 1 and 'cannot be read' in lines[0] and 'missing' in lines[0]
+  assert str(listed[0]) in lines[0]
+
+
+def test_the_report_says_how_the_model_covers_the_texts(tmp_path, tiny_model_dir):
+  """The tiny model has all-MiniLM-L6-v2's English vocabulary: Russian words cost
+  it many tokens each (one warning line, figures in report.json), English ones
+  do not (no warning)."""
+  russian = ['Столица Нормандии находится в городе Руан на берегу реки Сены.',
+             'Норманны приняли христианство и язык франков в десятом веке.']
+  english = ['The capital of Normandy is the city of Rouen on the river Seine.',
+             'The Normans adopted Christianity and the language of the Franks.']
+  figures = {}
+  for name, texts in (('ru', russian), ('en', english)):
+    path = write_parquet(tmp_path / f'{name}.parquet', {'doc_id': ['a', 'b'], 'text': texts})
+    report, stdout, stderr = _encode(
+        '--input', path, '--output', tmp_path / name, '--model', tiny_model_dir)
+    figures[name] = report['coverage']['bi-encoder']
+    assert figures[name]['inputs'] == 2 and figures[name]['max_length'] == 64
+    assert 'bi-encoder coverage' in stdout
+    warnings = [line for line in stderr.splitlines() if 'does not know the language' in line]
+    assert len(warnings) == (name == 'ru'), stderr
+  assert figures['ru']['tokens_per_word'] > 2.5 > 1.5 > figures['en']['tokens_per_word']
+  assert figures['ru']['warning'] and figures['en']['warning'] is None

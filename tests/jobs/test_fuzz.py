@@ -44,11 +44,7 @@ from hypothesis import strategies as st
 from pipelines import encode as encode_job
 from pipelines import mine as mine_job
 from pipelines import rerank as rerank_job
-
-pytest.register_assert_rewrite('tests.rerank_fixtures')
-from tests.rerank_fixtures import CORPUS, QUERIES  # noqa: E402
-
-pytest_plugins = ('tests.rerank_fixtures',)
+from tests.fixtures import CORPUS, QUERIES, read_rows, write_parquet
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -158,18 +154,9 @@ def sha256(text: str) -> str:
 
 
 def write_texts(path: pathlib.Path, id_column: str, rows: list[tuple]) -> str:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  pq.write_table(pa.table({
-      id_column: pa.array([r[0] for r in rows], pa.string()),
-      'text': pa.array([r[1] for r in rows], pa.string())}), str(path))
-  return str(path)
-
-
-def read_dir(directory: pathlib.Path) -> list[dict]:
-  rows = []
-  for path in sorted(directory.glob('part-*.parquet')):
-    rows.extend(pq.read_table(str(path)).to_pylist())
-  return rows
+  """An id column and a ``text`` column (strings) from ``(id, text)`` rows."""
+  return write_parquet(
+      path, {id_column: [r[0] for r in rows], 'text': [r[1] for r in rows]})
 
 
 def quiet(fn: Callable, argv: list[str]):
@@ -211,7 +198,7 @@ def test_encode_fuzz(tmp_path, tiny_model_dir, direct_encode):
                                      '--model', tiny_model_dir])
 
   kept, dead_expected = expected_texts(rows)
-  output = read_dir(out)
+  output = read_rows(out)
   assert {r['id']: r['text_sha256'] for r in output} == {
       k: sha256(v) for k, v in kept.items()}
   assert len(output) == len(kept)  # No id twice.
@@ -225,7 +212,7 @@ def test_encode_fuzz(tmp_path, tiny_model_dir, direct_encode):
   want = direct_encode(tiny_model_dir, [kept[i] for i in sample])
   np.testing.assert_allclose(np.stack([by_id[i] for i in sample]), want, atol=1e-5)
 
-  dead = read_dir(out / 'dead_letter')
+  dead = read_rows(out / 'dead_letter')
   assert dead_pairs(dead) == Counter(dead_expected)
   for letter in dead:  # The payload keeps the row.
     payload = json.loads(letter['payload'])
@@ -350,7 +337,7 @@ def test_rerank_supplied_candidates_fuzz(tmp_path, tiny_cross_encoder_dir):
     else:
       scored[(query_id, doc_id)] = score
 
-  candidates = read_dir(out / 'candidates')
+  candidates = read_rows(out / 'candidates')
   got = {(r['query_id'], r['doc_id']): r for r in candidates}
   assert len(got) == len(candidates) == len(scored)
   assert {k: r['supplied_score'] for k, r in got.items()} == {
@@ -359,11 +346,11 @@ def test_rerank_supplied_candidates_fuzz(tmp_path, tiny_cross_encoder_dir):
   assert all((r['retrieval_rank'] is None) == (r['retrieval_score'] is None)
              for r in candidates)
   per_query = Counter(q for q, _ in scored)
-  ranked = read_dir(out)
+  ranked = read_rows(out)
   assert Counter(r['query_id'] for r in ranked) == {q: min(3, n) for q, n in per_query.items()}
   assert all(got[(r['query_id'], r['doc_id'])]['score'] == r['score'] for r in ranked)
 
-  dead_letters = read_dir(out / 'dead_letter')
+  dead_letters = read_rows(out / 'dead_letter')
   got_dead = dead_pairs(dead_letters, {'rerank/candidates', 'rerank/join', 'rerank/score'})
   assert (sorted((got_dead - dead).items()), sorted((dead - got_dead).items())) == ([], [])
   assert report['candidates_in'] == len(rows)
@@ -479,7 +466,7 @@ def test_mine_fuzz(tmp_path):
         distill[(query_id, doc_id, kept_queries[query_id], kept_docs[doc_id], f32(score))] += 1
 
   def joined(fmt, columns):
-    texts, ids = read_dir(out / fmt / 'train'), read_dir(out / fmt / 'train-ids')
+    texts, ids = read_rows(out / fmt / 'train'), read_rows(out / fmt / 'train-ids')
     assert len(texts) == len(ids)
     return Counter((i['query_id'], i['doc_id'], *(t[c] for c in columns))
                    for t, i in zip(texts, ids))
@@ -488,7 +475,7 @@ def test_mine_fuzz(tmp_path):
         f'candidate/qrel dead letters expected: {dict(Counter(r for _, r in dead.elements()))}')
   assert joined('labeled-pair', ('sentence_0', 'sentence_1', 'label')) == labeled
   assert joined('distill', ('query', 'passage', 'score')) == distill
-  dead_letters = read_dir(out / 'dead_letter')
+  dead_letters = read_rows(out / 'dead_letter')
   got_dead = dead_pairs(dead_letters, {'mine/candidates', 'mine/join', 'mine/qrels'})
   assert (sorted((got_dead - dead).items()), sorted((dead - got_dead).items())) == ([], [])
   assert dead_pairs(dead_letters, {'mine/queries'}) == Counter(dead_queries)
@@ -509,7 +496,7 @@ def test_rerank_query_accounting_fuzz(tmp_path):
   no-candidates list is exactly the oracle's, and `evaluate` on the folder
   equals `rerank --qrels`."""
   from pipelines import evaluate as evaluate_job
-  from transforms.bm25 import tokenize
+  from transforms.retrieval.bm25 import tokenize
   queries, hostile_queries = text_rows('q', examples=12, good=30)
   corpus = [(f'd{i}', text) for i, text in enumerate(GOOD_TEXTS)]
   kept_queries, dead_queries = expected_texts(queries)
@@ -560,7 +547,7 @@ def test_rerank_query_accounting_fuzz(tmp_path):
   assert accounts['by_source']['bm25']['no_tokens'] == sum(
       not tokenize(t) for t in kept_queries.values())
   assert accounts['by_source']['supplied']['with_candidates'] == len(supplied_any)
-  got_none = {r['query_id']: r['reason'] for r in read_dir(out / 'no_candidates')}
+  got_none = {r['query_id']: r['reason'] for r in read_rows(out / 'no_candidates')}
   assert got_none == expected_none
   evaluated, _ = quiet(evaluate_job.run, ['--ranked', out, '--qrels', root / 'qrels.parquet'])
   assert evaluated['metrics'] == report['evaluation']['metrics']

@@ -10,9 +10,7 @@ import pytest
 
 from pipelines import encode as encode_job
 from pipelines import rerank
-
-pytest.register_assert_rewrite('tests.rerank_fixtures')
-from tests.rerank_fixtures import (  # noqa: E402
+from tests.fixtures import (
     CORPUS,
     QUERIES,
     brute_force_top_k,
@@ -21,7 +19,6 @@ from tests.rerank_fixtures import (  # noqa: E402
     read_rows,
 )
 
-pytest_plugins = ('tests.rerank_fixtures',)
 TOP_K = 4
 KNOWN_DOCS = sorted(d for d, t in CORPUS.items() if t.strip())  # d13 is blank
 
@@ -58,7 +55,7 @@ def _bm25s_scores() -> dict[tuple[str, str], float]:
   """Every positive (query, doc) BM25 score by bm25s (lucene, k1 1.5, b 0.75)."""
   import bm25s
 
-  from transforms.bm25 import tokenize
+  from transforms.retrieval.bm25 import tokenize
   retriever = bm25s.BM25(method='lucene', k1=1.5, b=0.75)
   retriever.index([tokenize(CORPUS[d]) for d in KNOWN_DOCS], show_progress=False)
   out = {}

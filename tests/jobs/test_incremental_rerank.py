@@ -10,17 +10,7 @@ import pathlib
 import pytest
 
 from pipelines import rerank
-
-pytest.register_assert_rewrite('tests.rerank_fixtures')
-from tests.rerank_fixtures import (  # noqa: E402
-    CORPUS,
-    QUERIES,
-    _build_cross_encoder,
-    read_rows,
-    write_parquet,
-)
-
-pytest_plugins = ('tests.rerank_fixtures',)
+from tests.fixtures import CORPUS, QUERIES, build_cross_encoder, read_rows, write_parquet
 
 
 def _inputs(root: pathlib.Path, queries: dict, corpus: dict) -> dict[str, str]:
@@ -100,7 +90,7 @@ def test_edits_rescore_exactly_the_changed_pairs_and_equal_a_fresh_run(
 def test_another_model_fingerprint_is_not_reused(
     tmp_path, base, tiny_bert_other_dir, caplog):
   root, inputs, full = base
-  other = _build_cross_encoder(tiny_bert_other_dir, tmp_path / 'other_ce')
+  other = build_cross_encoder(tiny_bert_other_dir, tmp_path / 'other_ce')
   with caplog.at_level(logging.WARNING):
     report = _run(inputs, other, tmp_path / 'out', '--previous', root / 'full')
   assert report['pairs_reused'] == 0 and report['pairs_scored'] == full['pairs_scored']

@@ -4,7 +4,6 @@ Beam the interrupt arrived (its runners wrap ``KeyboardInterrupt`` in
 from __future__ import annotations
 
 import os
-import pathlib
 import signal
 import subprocess
 import sys
@@ -14,8 +13,7 @@ import apache_beam as beam
 import pytest
 
 from pipelines import common
-
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+from tests.fixtures import REPO_ROOT
 
 
 def _interrupted_pipeline(argv):

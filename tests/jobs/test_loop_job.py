@@ -13,11 +13,13 @@ import polars as pl
 import pytest
 
 from pipelines import cli, loop
+from pipelines.jobs import loop as loop_job
+from pipelines.steps import loop as loop_steps
+from transforms.core.splits import split_of
 from transforms.io.sample_data import write_sample_data
 from transforms.models import model_info
-from transforms.training.mining import split_of
-
-pytest_plugins = ('tests.mine_fixtures',)
+from transforms.training import splits as loop_splits
+from transforms.training.trainer import TrainingSettings
 
 
 def _ids(path: pathlib.Path) -> set[str]:
@@ -36,7 +38,7 @@ def _mined_ids(pairs: pathlib.Path, split: str) -> set[str]:
 
 def test_splits_are_disjoint_cover_and_match_the_mine_jobs_dev_split():
   ids = [f'query-{i}' for i in range(2000)]
-  splits = loop.split_query_ids(ids + ids[:10], test_fraction=0.4, dev_fraction=0.25)
+  splits = loop_splits.split_query_ids(ids + ids[:10], test_fraction=0.4, dev_fraction=0.25)
   sets = {name: set(v) for name, v in splits.items()}
   assert sets['train'] | sets['dev'] | sets['test'] == set(ids)
   assert sum(len(v) for v in splits.values()) == len(ids)
@@ -46,29 +48,29 @@ def test_splits_are_disjoint_cover_and_match_the_mine_jobs_dev_split():
   assert 0.2 < len(sets['dev']) / (len(ids) - len(sets['test'])) < 0.3
   # The mine job, given train+dev queries and the derived fraction, puts
   # exactly the loop's dev queries in its dev split.
-  fraction = loop.mine_dev_fraction(0.4, 0.25)
+  fraction = loop_splits.mine_dev_fraction(0.4, 0.25)
   for query_id in sets['train'] | sets['dev']:
     assert (split_of(query_id, fraction) == 'dev') == (query_id in sets['dev'])
   # Stable: the same ids split the same way in any order.
-  assert loop.split_query_ids(list(reversed(ids)), 0.4, 0.25) == splits
+  assert loop_splits.split_query_ids(list(reversed(ids)), 0.4, 0.25) == splits
 
 
 def test_no_dev_fraction_means_no_dev_split():
-  splits = loop.split_query_ids([f'q{i}' for i in range(200)], 0.5, 0.0)
+  splits = loop_splits.split_query_ids([f'q{i}' for i in range(200)], 0.5, 0.0)
   assert splits['dev'] == [] and splits['train'] and splits['test']
 
 
 def test_explicit_test_queries_replace_the_hash_test_split():
   ids = [f'query-{i}' for i in range(1000)]
   held_out = ids[::2] + ['never-judged']
-  splits = loop.split_query_ids(ids, 0.5, 0.25, test_ids=held_out)
+  splits = loop_splits.split_query_ids(ids, 0.5, 0.25, test_ids=held_out)
   assert splits['test'] == sorted(ids[::2])
   rest = set(ids[1::2])
   assert set(splits['train']) | set(splits['dev']) == rest
   assert not set(splits['train']) & set(splits['dev'])
   # Dev is the hash split of the rest at --dev-fraction itself, which is what
   # the mine job does with the fraction the loop gives it.
-  fraction = loop.mine_dev_fraction(0.5, 0.25, explicit_test=True)
+  fraction = loop_splits.mine_dev_fraction(0.5, 0.25, explicit_test=True)
   assert fraction == 0.25
   for query_id in rest:
     assert (split_of(query_id, fraction) == 'dev') == (query_id in splits['dev'])
@@ -76,19 +78,19 @@ def test_explicit_test_queries_replace_the_hash_test_split():
 
 
 @pytest.mark.parametrize('judged, explicit_test, dev', [
-    (120, True, loop.MIN_DEV_QUERIES),   # 60 not test: ~12 by hash, raised to 20
-    (60, False, loop.MIN_DEV_QUERIES),   # ~48 not test (test by hash)
+    (120, True, loop_splits.MIN_DEV_QUERIES),   # 60 not test: ~12 by hash, raised to 20
+    (60, False, loop_splits.MIN_DEV_QUERIES),   # ~48 not test (test by hash)
     (70, True, None),                    # 35 not test: fewer than twice 20, left as hashed
 ])
 def test_dev_split_takes_enough_queries_for_the_guard(judged, explicit_test, dev):
   ids = [f'q{i}' for i in range(judged)]
   held_out = ids[::2] if explicit_test else None
-  requested = loop.mine_dev_fraction(0.2, 0.2, explicit_test)
-  share = loop.loop_dev_share(ids, 0.2, 0.2, held_out)
-  splits = loop.split_query_ids(ids, 0.2, 0.2, held_out)
+  requested = loop_splits.mine_dev_fraction(0.2, 0.2, explicit_test)
+  share = loop_splits.loop_dev_share(ids, 0.2, 0.2, held_out)
+  splits = loop_splits.split_query_ids(ids, 0.2, 0.2, held_out)
   rest = set(splits['train']) | set(splits['dev'])
   hashed = sum(split_of(q, requested) == 'dev' for q in rest)
-  assert hashed < loop.MIN_DEV_QUERIES  # the case: the hash alone gives too few
+  assert hashed < loop_splits.MIN_DEV_QUERIES  # the case: the hash alone gives too few
   assert len(splits['dev']) == (dev if dev is not None else hashed)
   assert (share > requested) == (dev is not None)
   assert len(splits['train']) >= len(splits['dev'])
@@ -99,12 +101,12 @@ def test_dev_split_takes_enough_queries_for_the_guard(judged, explicit_test, dev
 
 def test_no_dev_fraction_is_never_raised():
   ids = [f'q{i}' for i in range(120)]
-  assert loop.loop_dev_share(ids, 0.2, 0.0, ids[::2]) == 0.0
+  assert loop_splits.loop_dev_share(ids, 0.2, 0.0, ids[::2]) == 0.0
 
 
 def test_check_disjoint_refuses_a_shared_id():
   with pytest.raises(AssertionError, match='train and test share 1 ids'):
-    loop.check_disjoint({'train': ['a', 'b'], 'dev': [], 'test': ['b']})
+    loop_splits.check_disjoint({'train': ['a', 'b'], 'dev': [], 'test': ['b']})
 
 
 # ---------------------------------------------------------------- command line
@@ -169,7 +171,7 @@ def loop_run(tmp_path_factory, mine_bi_encoder_dir):
         '--top-k', '10', '--max-steps', '2', '--distill-steps', '2', '--batch-size', '4',
         '--teacher-bm25-weight', 'auto', '--no-progress', '--device', 'cpu'])
   assert code == 0
-  report = json.loads((out / loop.REPORT_NAME).read_text())
+  report = json.loads((out / loop_job.REPORT_NAME).read_text())
   return out, data, report, stdout.getvalue()
 
 
@@ -206,7 +208,7 @@ def test_report_structure(loop_run):
   mine_manifest = json.loads((pathlib.Path(steps['mine']) / 'manifest.json').read_text())
   assert mine_manifest['mining']['sampling_strategy'] == 'random'  # --negatives default
   assert mine_manifest['mining']['num_negatives'] == 4
-  assert set(report['table']) == set(loop.TABLE_ROWS)
+  assert set(report['table']) == set(loop_steps.TABLE_ROWS)
   for values in report['table'].values():
     assert set(values) == {'nDCG@10', 'MRR@10', 'Recall@100'}
     assert all(0 <= v <= 1 for v in values.values())
@@ -302,7 +304,7 @@ def test_printed_table_has_the_rows(loop_run):
   _, _, report, printed = loop_run
   table = printed[printed.index('== loop:'):]
   assert f"{report['splits']['test']} test queries" in table
-  labels = [report['table_labels'][row] for row in loop.TABLE_ROWS]
+  labels = [report['table_labels'][row] for row in loop_steps.TABLE_ROWS]
   rows = table.splitlines()[2:2 + len(labels)]
   assert [line[:line.index('  ', 2)].strip() for line in rows] == labels  # in this order
   # Both trained: the cross-encoder reranks the fine-tuned bi-encoder's first stage.
@@ -332,7 +334,7 @@ def test_printed_table_has_the_rows(loop_run):
     (['nDCG@10', 'RR@10', 'R@100', 'MAP'], 100, True, None),
 ])
 def test_candidate_depth_note(measures, top_k, bm25, note):
-  assert loop.candidate_depth_note(measures, top_k, bm25) == note
+  assert loop_steps.candidate_depth_note(measures, top_k, bm25) == note
 
 
 def test_bi_encoder_alone_without_bm25_or_dev(tmp_path, mine_bi_encoder_dir, capsys):
@@ -350,7 +352,7 @@ def test_bi_encoder_alone_without_bm25_or_dev(tmp_path, mine_bi_encoder_dir, cap
       'pair', '--top-k', '10', '--max-steps', '1', '--batch-size', '4', '--no-progress',
       '--device', 'cpu']))
   assert result.splits == {'train': len(judged) - 8, 'dev': 0, 'test': 8}
-  assert result.report['splits']['rule'] == loop.EXPLICIT_TEST_RULE
+  assert result.report['splits']['rule'] == loop_splits.EXPLICIT_TEST_RULE
   assert result.report['splits']['test_fraction'] is None
   assert _ids(tmp_path / 'out' / 'splits' / 'test.parquet') == set(judged[:8])
   assert result.report['test_queries_evaluated'] == 8
@@ -397,21 +399,22 @@ def test_warm_start_teacher(mine_bi_encoder_dir, mine_cross_encoder_dir):
   """The cross-encoder warms up on the first-stage bi-encoder, unless there is
   nothing to warm up (a cross-encoder base, no cross-encoder, 0 steps)."""
   from transforms.core.errors import UserInputError
-  job = loop.LoopJobConfig(queries='q', corpus='c', qrels='r', output='o',
+  job = loop_job.LoopJobConfig(queries='q', corpus='c', qrels='r', output='o',
                            base_model=mine_bi_encoder_dir)
-  assert job.distill_steps == loop.DEFAULT_DISTILL_STEPS > 0
-  assert loop.warm_start_teacher(job) == model_info.packaged_minilm_path()
-  chosen = loop.LoopJobConfig(queries='q', corpus='c', qrels='r', output='o',
+  assert job.training.distill_steps == loop_job.DEFAULT_DISTILL_STEPS > 0
+  assert loop_job.warm_start_teacher(job) == model_info.packaged_minilm_path()
+  chosen = loop_job.LoopJobConfig(queries='q', corpus='c', qrels='r', output='o',
                               bi_encoder=mine_bi_encoder_dir)
-  assert loop.warm_start_teacher(chosen) == mine_bi_encoder_dir
-  for off in [dict(base_model=mine_cross_encoder_dir), dict(distill_steps=0),
+  assert loop_job.warm_start_teacher(chosen) == mine_bi_encoder_dir
+  no_warm_start = TrainingSettings(distill_steps=0)
+  for off in [dict(base_model=mine_cross_encoder_dir), dict(training=no_warm_start),
               dict(kind='bi-encoder')]:
-    assert loop.warm_start_teacher(
-        loop.LoopJobConfig(queries='q', corpus='c', qrels='r', output='o', **off)) is None, off
-  wrong = loop.LoopJobConfig(queries='q', corpus='c', qrels='r', output='o',
+    assert loop_job.warm_start_teacher(
+        loop_job.LoopJobConfig(queries='q', corpus='c', qrels='r', output='o', **off)) is None, off
+  wrong = loop_job.LoopJobConfig(queries='q', corpus='c', qrels='r', output='o',
                              bi_encoder=mine_cross_encoder_dir)
   with pytest.raises(UserInputError, match='--distill-steps 0'):
-    loop.warm_start_teacher(wrong)
+    loop_job.warm_start_teacher(wrong)
 
 
 @pytest.mark.parametrize('weights, share', [
@@ -422,12 +425,12 @@ def test_warm_start_teacher(mine_bi_encoder_dir, mine_cross_encoder_dir):
 ])
 def test_first_stage_bm25_share(weights, share):
   fusion = {'first_stage': {'weights': weights}} if weights else None
-  assert loop.first_stage_bm25_share({'fusion': fusion}) == pytest.approx(share)
+  assert loop_steps.first_stage_bm25_share({'fusion': fusion}) == pytest.approx(share)
 
 
 @pytest.mark.parametrize('value, parsed', [('auto', 'auto'), ('0.3', 0.3), ('1', 1.0)])
 def test_teacher_bm25_weight_option(value, parsed):
-  assert loop.bm25_weight(value) == parsed
+  assert loop_job.bm25_weight(value) == parsed
   required = ['--queries', 'q', '--corpus', 'c', '--qrels', 'r', '--output', 'o']
   assert loop.parse_config(required).teacher_bm25_weight == 0.0  # dense alone, measured
   assert loop.parse_config(required + ['--teacher-bm25-weight', value]).teacher_bm25_weight \

@@ -19,27 +19,24 @@ import pytest
 
 from pipelines import encode as encode_job
 from pipelines import mine
-from transforms.training.mining import GUARDS, split_of
-
-pytest.register_assert_rewrite('tests.mine_fixtures')
-from tests.mine_fixtures import (  # noqa: E402
+from pipelines.jobs import mine as mine_steps
+from tests.fixtures import read_rows, read_schema, write_parquet
+from tests.mine_data import (
   CORPUS,
+  QRELS_SCHEMA,
   QUERIES,
   ST_ANCHORS,
   ST_CORPUS,
   ST_POSITIVES,
   ST_RANGE_MAX,
   quietly,
-  read_rows,
-  read_schema,
   st_guard_configs,
   st_reference,
   write_candidates,
   write_collection,
-  write_parquet,
 )
-
-pytest_plugins = ('tests.mine_fixtures',)
+from transforms.core.splits import split_of
+from transforms.training.mining import GUARDS
 
 ALL_FORMATS = ('labeled-pair', 'pair', 'triplet', 'n-tuple', 'distill')
 # With --dev-fraction 0.4, q1 (and q4) fall in dev, the others in train.
@@ -524,16 +521,18 @@ def test_mined_ids_without_text_are_dead_lettered(tmp_path, collection):
 # ---------------------------------------------------------------- BM25 and hybrid pools
 
 
-def _bm25s_top(queries: list[str], corpus: list[str], k: int) -> list[list[int]]:
-  """bm25s (lucene, k1 1.5, b 0.75) top-k doc indexes per query, positive scores only."""
+def _bm25s_top(queries: list[str], corpus: list[str], k: int,
+               stemmer: str | None = None) -> list[list[int]]:
+  """bm25s (lucene, k1 1.5, b 0.75) top-k doc indexes per query, positive scores
+  only, over the product's tokens (stemmed with ``stemmer``)."""
   import bm25s
 
-  from transforms.bm25 import tokenize
+  from transforms.retrieval.bm25 import tokenize
   retriever = bm25s.BM25(method='lucene', k1=1.5, b=0.75)
-  retriever.index([tokenize(t) for t in corpus], show_progress=False)
+  retriever.index([tokenize(t, stemmer) for t in corpus], show_progress=False)
   out = []
   for text in queries:
-    scores = retriever.get_scores(tokenize(text))
+    scores = retriever.get_scores(tokenize(text, stemmer))
     order = sorted(range(len(corpus)), key=lambda j: (-scores[j], j))
     out.append([j for j in order[:k] if scores[j] > 0])
   return out
@@ -556,7 +555,8 @@ def test_bm25_and_hybrid_pools(tmp_path, dense_inputs, dense):
   manifest = json.loads((out / 'manifest.json').read_text())
   assert manifest['candidate_source'] == ('hybrid' if dense else 'bm25')
   assert manifest['bm25']['k1'] == 1.5 and manifest['bm25']['top_k'] == k
-  bm25_top = _bm25s_top(ST_ANCHORS, ST_CORPUS, k)
+  assert manifest['bm25']['stemmer'] == 'english'  # --language auto on English texts
+  bm25_top = _bm25s_top(ST_ANCHORS, ST_CORPUS, k, 'english')
   mined: dict[str, list[str]] = {}
   for row in read_rows(out / 'triplet' / 'train'):
     mined.setdefault(row['anchor'], []).append(row['negative'])
@@ -574,6 +574,45 @@ def test_bm25_and_hybrid_pools(tmp_path, dense_inputs, dense):
     # Some negative came from outside BM25's list: the pool is the union.
     assert any(n not in [ST_CORPUS[j] for j in bm25_top[ST_ANCHORS.index(a)]]
                for a, negs in mined.items() for n in negs)
+
+
+RU_QUERIES = ['как крылья самолёта создают подъёмную силу', 'симптомы гриппа у детей']
+RU_POSITIVES = ['Крылья самолётов создают подъёмную силу: воздух над крылом движется быстрее.',
+                'Грипп у детей вызывает жар, кашель и усталость.']
+RU_OTHERS = ['Самолёт летит над морем.', 'Крыло птицы покрыто перьями.',
+             'Дети играют в саду.', 'Детский врач лечит простуду и грипп.',
+             'Силу ветра измеряют в метрах в секунду.', 'Книга о самолётах и птицах.']
+
+
+def test_the_russian_stemmer_reaches_the_bm25_pools(tmp_path):
+  """mine --bm25 on Russian texts: --language auto picks the Russian stemmer,
+  and the negatives are bm25s's top-k over the stemmed tokens, in its order."""
+  corpus = RU_POSITIVES + RU_OTHERS
+  doc_ids = [f'd{i}' for i in range(len(corpus))]
+  files = {
+      'corpus': write_parquet(tmp_path / 'corpus.parquet', {'doc_id': doc_ids, 'text': corpus}),
+      'queries': write_parquet(tmp_path / 'queries.parquet', {
+          'query_id': ['q0', 'q1'], 'text': RU_QUERIES}),
+      'qrels': write_parquet(tmp_path / 'qrels.parquet', {
+          'query_id': ['q0', 'q1'], 'doc_id': ['d0', 'd1'], 'relevance': [1, 1]},
+          QRELS_SCHEMA),
+  }
+  out = tmp_path / 'pairs'
+  report = quietly(mine.run, [
+      '--bm25', '--top-k', '5', '--queries', files['queries'], '--corpus', files['corpus'],
+      '--qrels', files['qrels'], '--output', str(out), '--format', 'triplet',
+      '--num-negatives', '3'])
+  assert report['language']['language'] == 'russian'
+  assert report['language']['cyrillic_share'] == 1.0
+  assert json.loads((out / 'manifest.json').read_text())['bm25']['stemmer'] == 'russian'
+  top = _bm25s_top(RU_QUERIES, corpus, 5, 'russian')
+  assert top != _bm25s_top(RU_QUERIES, corpus, 5)  # the stemmer changes these lists
+  mined: dict[str, list[str]] = {}
+  for row in read_rows(out / 'triplet' / 'train'):
+    mined.setdefault(row['anchor'], []).append(row['negative'])
+  for i, query in enumerate(RU_QUERIES):
+    pool = [corpus[j] for j in top[i] if corpus[j] != RU_POSITIVES[i]]
+    assert mined[query] == pool[:3], query
 
 
 # ---------------------------------------------------------------- pseudo-queries
@@ -644,7 +683,8 @@ def test_pseudo_queries_rows_ids_and_hard_negatives(pseudo_run):
   assert not any(r['doc_id'] == 'p05' and r['source'] == 'title' for r in records)
   doc_ids = list(PSEUDO_DOCS)
   passages = [text for _, text in PSEUDO_DOCS.values()]
-  top = _bm25s_top([r['text'] for r in records], passages, 10)
+  assert report['language']['bm25_stemmer'] == 'english'  # auto: mostly Latin letters
+  top = _bm25s_top([r['text'] for r in records], passages, 10, 'english')
   expected_texts, expected_ids = [], []
   for record, hits in sorted(zip(records, top), key=lambda pair: pair[0]['query_id']):
     negatives = [doc_ids[j] for j in hits if doc_ids[j] != record['doc_id']][1:3]
@@ -713,7 +753,7 @@ def test_pseudo_queries_mix_with_judged_queries(tmp_path):
 def test_dev_split_holds_judged_queries_only_when_there_are_some(tmp_path, judged):
   """The dev split selects checkpoints on real queries: with --qrels every
   pseudo-query trains; with pseudo-queries alone they split by id hash."""
-  from transforms.training.mining import split_of
+  from transforms.core.splits import split_of
   corpus = _pseudo_corpus(tmp_path)
   labels = []
   if judged:
@@ -789,11 +829,11 @@ def test_ranked_score_column_is_the_cross_encoders(tmp_path):
   old = tmp_path / 'old.parquet'
   pl.DataFrame({'query_id': ['q'], 'doc_id': ['d'], 'score': [1.0]}).write_parquet(old)
   job = mine.MineJobConfig(queries='q', corpus='c', output='o', ranked='r')
-  assert mine._ranked_score_column({'cross_encoder': 'ce'}, [str(path)], job) == 'ce_score'
-  assert mine._ranked_score_column({'cross_encoder': 'ce'}, [str(old)], job) == 'score'
-  assert mine._ranked_score_column({'cross_encoder': None}, [str(path)], job) == (
+  assert mine_steps._ranked_score_column({'cross_encoder': 'ce'}, [str(path)], job) == 'ce_score'
+  assert mine_steps._ranked_score_column({'cross_encoder': 'ce'}, [str(old)], job) == 'score'
+  assert mine_steps._ranked_score_column({'cross_encoder': None}, [str(path)], job) == (
       'retrieval_score')
   distill = mine.MineJobConfig(queries='q', corpus='c', output='o', ranked='r',
                                format='distill')
   with pytest.raises(UserInputError, match='ranked without a cross-encoder'):
-    mine._ranked_score_column({'cross_encoder': None}, [str(path)], distill)
+    mine_steps._ranked_score_column({'cross_encoder': None}, [str(path)], distill)

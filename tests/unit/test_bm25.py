@@ -1,4 +1,5 @@
-"""transforms.bm25: tokenisation, exact BM25 top-k in Beam against bm25s and a reference."""
+"""transforms.retrieval.bm25: tokenisation, exact BM25 top-k in Beam against bm25s
+and a reference."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,8 +14,8 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from tests.conftest import SHARED_DIR
-from transforms.bm25 import (
+from tests.fixtures import SHARED_DIR
+from transforms.retrieval.bm25 import (
     BM25Settings,
     BM25TopK,
     CorpusStats,

@@ -14,7 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import evaluate as evaluate_job
+from pipelines import evaluate as evaluate_cli
+from pipelines.jobs import evaluate as evaluate_job
 from transforms.io.parquet_sink import write_json
 from transforms.ranking import evaluation
 
@@ -281,7 +282,7 @@ def test_evaluate_job_leaves_out_tuning_queries(tmp_path, qrels_file, capsys):
   fusion = {'first_stage': {'method': 'linear'}, 'final': None, 'tuning_queries': 2,
             'tuning_query_ids': ['qb', 'qx']}  # qx: not in this folder
   ranked = _write_folder(tmp_path / 'ranked', rows, SCHEMA, fusion)
-  assert evaluate_job.main(['--ranked', ranked, '--qrels', qrels_file]) == 0
+  assert evaluate_cli.main(['--ranked', ranked, '--qrels', qrels_file]) == 0
   out = capsys.readouterr().out
   assert ('== metrics (2 held-out queries; 1 tuning queries excluded; 0 with no result, '
           'counted as 0, candidates rows;'
@@ -327,7 +328,7 @@ def test_evaluate_ranked_leaves_out_tuning_queries_of_a_given_scope(tmp_path, qr
 def test_evaluate_job_on_an_old_folder(tmp_path, qrels_file, capsys):
   old_rows = [{k: r[k] for k in OLD_SCHEMA.names} for r in _dicts()]
   ranked = _write_folder(tmp_path / 'ranked', old_rows, OLD_SCHEMA)
-  assert evaluate_job.main(['--ranked', ranked, '--qrels', qrels_file]) == 0
+  assert evaluate_cli.main(['--ranked', ranked, '--qrels', qrels_file]) == 0
   out = capsys.readouterr().out
   assert '== metrics (2 judged queries; 0 with no result, counted as 0, candidates rows;' in out
   assert '  metric       first stage       final' in out

@@ -4,15 +4,12 @@ from __future__ import annotations
 import json
 import math
 
-import apache_beam as beam
 import ir_measures
 import numpy as np
 import pytest
-from apache_beam.testing.test_pipeline import TestPipeline
-from apache_beam.testing.util import assert_that, equal_to
 
 from transforms.ranking import fusion
-from transforms.ranking.fusion import Candidate, FusionDecision, FusionSpec
+from transforms.ranking.fusion import Candidate, FusionSpec
 
 
 def _c(doc_id: str, **scores) -> Candidate:
@@ -438,22 +435,3 @@ def test_signals_present_and_candidates_from_rows():
       Candidate('b', {'dense': 3.0, 'bm25': None, 'supplied': None, 'retrieval': None, 'ce': None}),
       Candidate('c', {'dense': 2.0, 'bm25': 20.0, 'supplied': None, 'retrieval': None, 'ce': None})]
 
-
-def test_fuse_query_fn_process():
-  decision = FusionDecision({'dense': 0.5, 'bm25': 0.5}, 'linear', False, 'fixed')
-  out = list(fusion.FuseQueryFn(decision).process(('q1', iter(ROWS))))
-  assert [(r['doc_id'], r['rank'], r['score']) for r in out] == [
-      ('c', 1, 0.75), ('b', 2, 0.5), ('a', 3, 0.0)]
-  assert out[0]['bm25_score'] == 20.0 and 'score' not in ROWS[0]
-  with pytest.raises(ValueError, match='auto'):
-    fusion.FuseQueryFn(FusionSpec('linear', 'auto'))
-
-
-def test_fuse_query_fn_in_a_pipeline():
-  spec = FusionSpec('rrf', {'dense': 1.0, 'bm25': 1.0})
-  with TestPipeline() as p:
-    ranked = (
-        p | beam.Create([('q1', row) for row in ROWS]) | beam.GroupByKey()
-        | beam.ParDo(fusion.FuseQueryFn(spec))
-        | beam.Map(lambda r: (r['doc_id'], r['rank'])))
-    assert_that(ranked, equal_to([('c', 1), ('a', 2), ('b', 3)]))

@@ -6,9 +6,6 @@ with one error line.
 """
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import io
 import pathlib
 
 import apache_beam as beam
@@ -190,50 +187,3 @@ def test_training_pairs_need_a_manifest(pairs_dir):
   (pairs_dir / MANIFEST_NAME).unlink()
   with pytest.raises(UserInputError, match=r'^--pairs .*has no manifest.json'):
     training.load_pairs(_config(pairs_dir))
-
-
-# ------------------------------------------------ the encode job's --previous
-
-def _run(function, argv):
-  out, err = io.StringIO(), io.StringIO()
-  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-    result = function([str(a) for a in argv])
-  return result, err.getvalue()
-
-
-def test_encode_previous_skips_an_unlisted_shard(
-    tmp_path, corpus_writer, sample_texts, tiny_model_dir):
-  from pipelines import encode
-  model = ['--model', tiny_model_dir]
-  v1 = corpus_writer(tmp_path / 'v1.parquet', sample_texts)
-  _run(encode.run, ['--input', v1, '--output', tmp_path / 'v1', *model])
-  # An unlisted shard that, if read, would make the new text "reused" with 7s.
-  new_text = 'A new passage about supersonic flow.'
-  listed = sorted((tmp_path / 'v1').glob('part-*.parquet'))
-  schema = pq.read_schema(listed[0])
-  stale = pa.Table.from_arrays([
-      pa.array(['new'], pa.string()),
-      pa.FixedSizeListArray.from_arrays(pa.array(np.full(32, 7.0, np.float32)), 32),
-      pa.array([hashlib.sha256(new_text.encode('utf-8')).hexdigest()], pa.string()),
-  ], schema=schema)
-  pq.write_table(stale, tmp_path / 'v1' / 'part-00099-of-00100.parquet')
-  v2 = corpus_writer(tmp_path / 'v2.parquet', {**sample_texts, 'new': new_text})
-  report, _ = _run(encode.run, [
-      '--input', v2, '--output', tmp_path / 'v2', '--previous', tmp_path / 'v1', *model])
-  assert report['embeddings_reused'] == len(sample_texts)
-  assert report['texts_encoded'] == 1
-  table = pa.concat_tables(
-      pq.read_table(p) for p in sorted((tmp_path / 'v2').glob('part-*.parquet')))
-  embedding = dict(zip(table.column('id').to_pylist(),
-                       table.column('embedding').to_pylist()))['new']
-  assert not np.allclose(embedding, 7.0)
-
-  # A listed file that is missing: the previous output cannot be read, so it
-  # is not used (one warning naming the file) and every row is encoded.
-  listed[0].unlink()
-  code, err = _run(encode.main, [
-      '--input', v2, '--output', tmp_path / 'v3', '--previous', tmp_path / 'v1', *model])
-  assert code == 0
-  lines = [line for line in err.strip().splitlines() if 'warning' in line]
-  assert len(lines) == 1 and 'cannot be read' in lines[0] and 'missing' in lines[0]
-  assert str(listed[0]) in lines[0]

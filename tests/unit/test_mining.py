@@ -9,7 +9,16 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from transforms.io.parquet_sink import stable_hash
+from tests.mine_data import (
+  ST_ANCHORS,
+  ST_CORPUS,
+  ST_RANGE_MAX,
+  st_guard_configs,
+  st_reference,
+  st_scores,
+)
+from transforms.core.hashing import stable_hash
+from transforms.core.splits import split_of
 from transforms.training.mining import (
   GUARDS,
   Candidate,
@@ -17,20 +26,7 @@ from transforms.training.mining import (
   NegativeMiningSettings,
   mine_query,
   pseudo_label,
-  split_of,
 )
-
-pytest.register_assert_rewrite('tests.mine_fixtures')
-from tests.mine_fixtures import (  # noqa: E402
-    ST_ANCHORS,
-    ST_CORPUS,
-    ST_RANGE_MAX,
-    st_guard_configs,
-    st_reference,
-    st_scores,
-)
-
-pytest_plugins = ('tests.mine_fixtures',)
 
 
 def C(doc_id: str, score, rank: int) -> Candidate:  # noqa: N802 (a short maker)

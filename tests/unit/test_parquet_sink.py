@@ -15,7 +15,9 @@ from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.testing.test_pipeline import TestPipeline
 
+from tests.fixtures import REPO_ROOT
 from transforms.core.errors import UserInputError
+from transforms.core.hashing import stable_hash
 from transforms.io import parquet_sink
 from transforms.io.parquet_sink import (
   MANIFEST_NAME,
@@ -29,7 +31,6 @@ from transforms.io.parquet_sink import (
   read_json,
   read_manifest,
   shard_file_name,
-  stable_hash,
   write_json,
   write_table,
 )
@@ -68,10 +69,10 @@ def test_stable_hash_pinned_values():
 def test_stable_hash_same_in_another_process():
   keys = ['a', 'doc-1', 'Документ 7']
   code = ('import sys; sys.path.insert(0, sys.argv[1]);'
-          'from transforms.io.parquet_sink import stable_hash;'
+          'from transforms.core.hashing import stable_hash;'
           f'print([stable_hash(k) for k in {keys!r}])')
   env = dict(os.environ, PYTHONHASHSEED='12345')
-  repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  repo_root = str(REPO_ROOT)
   out = subprocess.run(
       [sys.executable, '-c', code, repo_root], env=env, check=True,
       capture_output=True, text=True, cwd=repo_root)

@@ -8,7 +8,7 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from transforms.io.parquet_sink import stable_hash
+from transforms.core.hashing import stable_hash
 from transforms.training.mining import MinedQuery
 from transforms.training.pseudo_queries import (
   AttachPseudoTexts,

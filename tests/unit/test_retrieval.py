@@ -9,6 +9,7 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
 
+from tests.fixtures import brute_force_top_k
 from transforms.graphs.encode import embedding_schema, embeddings_to_table
 from transforms.retrieval.dense import (
     EmbeddingBlock,
@@ -23,11 +24,6 @@ from transforms.retrieval.dense import (
     tables_to_blocks,
     top_k_rows,
 )
-
-pytest.register_assert_rewrite('tests.rerank_fixtures')
-from tests.rerank_fixtures import brute_force_top_k  # noqa: E402
-
-pytest_plugins = ('tests.rerank_fixtures',)
 
 
 def _blocked_rows(query_ids, queries, doc_ids, docs, k, sizes, merge='fold'):

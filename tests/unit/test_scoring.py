@@ -5,24 +5,18 @@ import itertools
 
 import apache_beam as beam
 import numpy as np
-import pyarrow as pa
 import pytest
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
 
-from pipelines import rerank
+from tests.fixtures import CORPUS, QUERIES, predict
 from transforms.core.dead_letters import DEAD_LETTER_TAG
 from transforms.core.texts import METRICS_NAMESPACE
 from transforms.models.cross_encoder import CrossEncoderHandler
 from transforms.models.inference_settings import InferenceSettings
 from transforms.models.model_info import fingerprint_model_dir, inspect_cross_encoder
 from transforms.ranking.scoring import ScorePairs
-
-pytest.register_assert_rewrite('tests.rerank_fixtures')
-from tests.rerank_fixtures import CORPUS, QUERIES, predict, read_rows, write_parquet  # noqa: E402
-
-pytest_plugins = ('tests.rerank_fixtures',)
 
 LONG_PASSAGE = ' '.join(f'sentence {i} about shock waves and wings.' for i in range(30))
 
@@ -140,29 +134,3 @@ def test_two_label_model_batches_become_dead_letters(tiny_two_label_cross_encode
   from transforms.core.errors import UserInputError
   with pytest.raises(UserInputError, match='has 2 labels'):
     inspect_cross_encoder(tiny_two_label_cross_encoder_dir)
-
-
-def test_rerank_job_with_minilm_cross_encoder_equals_predict(
-    minilm_cross_encoder_dir, rerank_inputs, tmp_path):
-  """End to end on the real MiniLM under a 1-label head: 24 supplied pairs."""
-  docs = ['d01', 'd02', 'd04', 'd06', 'd08', 'd11']
-  pairs = list(itertools.product(sorted(QUERIES), docs))
-  candidates = write_parquet(
-      tmp_path / 'candidates.parquet',
-      {'query_id': [q for q, _ in pairs], 'doc_id': [d for _, d in pairs],
-       'score': [float(i % 5) for i in range(len(pairs))]},
-      schema=pa.schema([('query_id', pa.string()), ('doc_id', pa.string()),
-                        ('score', pa.float64())]))
-  out = tmp_path / 'ranked'
-  report = rerank.run([
-      '--queries', rerank_inputs['queries'], '--corpus', rerank_inputs['corpus'],
-      '--candidates', candidates, '--cross-encoder', minilm_cross_encoder_dir,
-      '--output', str(out), '--top-n', '2', '--device', 'cpu'])
-  assert report['pairs_scored'] == len(pairs) and report['reconciles']
-  rows = read_rows(out / 'candidates')
-  reference = predict(minilm_cross_encoder_dir, [(QUERIES[q], CORPUS[d]) for q, d in pairs])
-  expected = {pair: float(s) for pair, s in zip(pairs, reference)}
-  assert len(rows) == len(pairs)
-  for row in rows:
-    assert row['score'] == pytest.approx(expected[(row['query_id'], row['doc_id'])], abs=1e-4)
-  assert len(read_rows(out)) == 2 * len(QUERIES)
