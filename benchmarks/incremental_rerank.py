@@ -96,7 +96,10 @@ if threads:
   import torch
   torch.set_num_threads(threads)
 from pipelines import rerank
-config = rerank.RerankJobConfig(**{**settings, 'pipeline_args': tuple(settings['pipeline_args'])})
+from transforms.retrieval.bm25 import BM25Options
+bm25 = BM25Options(**settings.pop('bm25'))
+config = rerank.RerankJobConfig(**{
+    **settings, 'bm25': bm25, 'pipeline_args': tuple(settings['pipeline_args'])})
 load = os.getloadavg()[0]
 cpu = resource.getrusage(resource.RUSAGE_SELF)
 started = time.perf_counter()
@@ -198,7 +201,7 @@ def run_job(name: str, work: str, inputs: str, previous: str | None,
       'corpus': os.path.join(work, inputs, 'corpus.parquet'),
       'output': output, 'previous': previous,
       'cross_encoder': args.cross_encoder,
-      'bm25': True, 'bm25_k1': 1.5, 'bm25_b': 0.75, 'bm25_stemmer': 'none',
+      'bm25': {'enabled': True, 'k1': 1.5, 'b': 0.75, 'stemmer': 'none'},
       'top_k': args.top_k, 'top_n': 10, 'fusion': 'linear', 'fusion_weights': 'auto',
       'pipeline_args': args.beam_args, 'threads': args.threads,
   }

@@ -44,7 +44,12 @@ def prepare(collection: str, no_title: bool, work: str,
     corpus = corpus.with_columns(text=text_without_title()).filter(
         pl.col('text') != '').select('doc_id', 'text')
   queries = pl.read_parquet(os.path.join(source, 'queries.parquet'))
-  test = pl.col('query_id').cast(pl.Int64) % 2 == (0 if test_ids == 'even' else 1)
+  ids = sorted(queries['query_id'].cast(pl.String).to_list())
+  if all(i.isdigit() for i in ids):
+    test = pl.col('query_id').cast(pl.Int64) % 2 == (0 if test_ids == 'even' else 1)
+  else:  # ids that are not numbers (xquad): every other id in sorted order
+    picked = ids[0::2] if test_ids == 'even' else ids[1::2]
+    test = pl.col('query_id').cast(pl.String).is_in(picked)
   paths = {name: os.path.join(work, f'{name}.parquet')
            for name in ('corpus', 'queries', 'qrels', 'test_queries')}
   corpus.write_parquet(paths['corpus'])
@@ -84,13 +89,16 @@ def fixed_hybrids(loop_dir: str, paths: dict) -> dict:
       for name, fusion in fusions.items()} | {'queries': len(per_query)}
 
 
-def control_metrics(loop_dir: str, paths: dict, args) -> dict:
-  """The test queries' candidates scored by an untrained head on the base model."""
+def control_metrics(loop_dir: str, paths: dict, args, result_language: str) -> dict:
+  """The test queries' candidates scored by an untrained head on the base model
+  (BM25 stemmed as the loop stemmed, ``result_language``)."""
   import torch
   from sentence_transformers import CrossEncoder
 
   from pipelines import rerank
+  from transforms.core.language import LanguageSettings
   from transforms.models.model_info import packaged_minilm_path
+  from transforms.retrieval.bm25 import BM25Options
   control = os.path.join(loop_dir, 'models', 'control')
   torch.manual_seed(args.seed)
   CrossEncoder(args.base_model or packaged_minilm_path(), num_labels=1,
@@ -101,7 +109,8 @@ def control_metrics(loop_dir: str, paths: dict, args) -> dict:
       output=os.path.join(loop_dir, 'rerank', 'control'), cross_encoder=control,
       query_embeddings=os.path.join(loop_dir, 'embeddings', 'base', 'queries_eval'),
       corpus_embeddings=os.path.join(loop_dir, 'embeddings', 'base', 'corpus'),
-      bm25=True, top_k=args.rerank_top_k, max_length=args.max_length,
+      bm25=BM25Options(enabled=True), language=LanguageSettings(
+          result_language), top_k=args.rerank_top_k, max_length=args.max_length,
       qrels=os.path.join(splits, 'test.parquet'),
       tune_qrels=os.path.join(splits, 'dev.parquet')))
   return dict(result.metrics['ce'])
@@ -110,7 +119,8 @@ def control_metrics(loop_dir: str, paths: dict, args) -> dict:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--collection', choices=('cranfield', 'cacm'), default='cranfield')
+  parser.add_argument('--collection', choices=('cranfield', 'cacm', 'xquad-ru', 'xquad-en'),
+                      default='cranfield')
   parser.add_argument('--no-title', action='store_true')
   parser.add_argument('--test-ids', choices=('even', 'odd'), default='even',
                       help='which query ids are the test split (default: %(default)s; odd: '
@@ -183,7 +193,8 @@ def main() -> None:
   wall = time.perf_counter() - started
   table = dict(result.table)
   if not args.no_control and args.kind != 'bi-encoder':
-    table['control'] = control_metrics(result.output_dir, paths, args)
+    language = (result.report.get('language') or {}).get('language', 'none')
+    table['control'] = control_metrics(result.output_dir, paths, args, language)
   output = {
       'collection': args.collection, 'no_title': args.no_title, 'seed': args.seed,
       'test_ids': args.test_ids,

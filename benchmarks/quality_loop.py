@@ -62,6 +62,7 @@ def main() -> None:
   from transforms.models.model_info import packaged_minilm_path
   from transforms.ranking import evaluation
   from transforms.training.mining import NegativeMiningSettings
+  from transforms.training.trainer import TrainingSettings
   work = args.workdir or tempfile.mkdtemp(prefix='quality_loop_')
   os.makedirs(work, exist_ok=True)
   def path(*p):
@@ -134,8 +135,9 @@ def main() -> None:
 
   ce_dir = path('ce_finetuned')
   trained = train.execute(train.TrainJobConfig(
-      pairs=path('pairs_combined'), kind='cross-encoder', output=ce_dir, epochs=args.epochs,
-      learning_rate=args.lr, batch_size=args.batch_size, max_length=args.max_length))
+      pairs=path('pairs_combined'), kind='cross-encoder', output=ce_dir,
+      training=TrainingSettings(epochs=args.epochs, learning_rate=args.lr,
+                                batch_size=args.batch_size, max_length=args.max_length)))
   control_dir = path('ce_control')
   torch.manual_seed(0)
   CrossEncoder(packaged_minilm_path(), num_labels=1, max_length=args.max_length).save(control_dir)

@@ -13,6 +13,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from transforms.core.errors import UserInputError
+from transforms.core.language import AUTO, SAMPLE_TEXTS, Detected, resolve_language
 from transforms.core.metrics import METRICS_NAMESPACE
 from transforms.io.parquet_sink import (
   COMMIT_DEAD_LETTERS_COUNTER,
@@ -318,3 +319,59 @@ def check_backend(settings: InferenceSettings, kind: str,
     del reference, candidate, run
     gc.collect()
   return fidelity.as_dict() if fidelity else None
+
+
+def corpus_language(requested: str, corpus_files: Sequence[str], text_column: str,
+                    job: str) -> Detected:
+  """The language of a job's texts: ``requested``, or (``auto``) detected on the
+  first texts of the corpus; logged in one line."""
+  sample = ([row[0] for row in first_values(corpus_files, [text_column], SAMPLE_TEXTS)]
+            if requested == AUTO else [])
+  detected = resolve_language(requested, sample)
+  logging.getLogger('pipelines').info(
+      '[%s] language: %s (%s)', job, detected.language,
+      detected.reason if requested == AUTO else 'given by --language')
+  return detected
+
+
+def language_line(language: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+  """The summary's line on a report's ``language`` (none when no step used it)."""
+  if not language:
+    return []
+  how = 'auto: ' + language['reason'] if language['requested'] == AUTO else 'given'
+  return [('language', f"{language['language']} ({how}; BM25 stemmer "
+                       f"{language['bm25_stemmer']})")]
+
+
+def model_coverage(model_dir: str, max_length: int, role: str, consequence: str, *,
+                   texts: Sequence[str] = (), pairs: Sequence[tuple[str, str]] = ()
+                   ) -> dict | None:
+  """How a model's tokenizer covers a sample of the run's texts (or query +
+  passage pairs), for the report; one warning line when it covers them badly.
+  None when the tokenizer cannot be loaded here (e.g. a hub id offline)."""
+  from transforms.models import coverage
+  from transforms.models.model_info import load_tokenizer
+  try:
+    tokenizer = load_tokenizer(model_dir)
+  except Exception as error:  # noqa: BLE001 (a figure for the report, never a failure)
+    logging.getLogger('pipelines').info('[coverage] %s: no tokenizer (%s)', role, error)
+    return None
+  name = os.path.basename(model_dir.rstrip('/')) or model_dir
+  figures = (coverage.pair_coverage(tokenizer, pairs, max_length, name) if pairs
+             else coverage.text_coverage(tokenizer, texts, max_length, name))
+  warning = figures.warning(role, consequence)
+  if warning:
+    logging.getLogger('pipelines').warning('%s', warning)
+  return {**figures.as_dict(), 'warning': warning}
+
+
+def coverage_lines(coverage: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+  """The summary's lines of a report's ``coverage`` (``{role: figures}``)."""
+  lines = []
+  for role, figures in (coverage or {}).items():
+    if figures:
+      what = 'pairs' if figures['pairs'] else 'texts'
+      lines.append((f'{role} coverage', f"{figures['tokens_per_word']:.2f} tokens/word, "
+                    f"{figures['unknown_share']:.1%} unknown, {figures['truncated_share']:.0%} "
+                    f"of {figures['inputs']} {what} truncated at {figures['max_length']}"))
+  return lines

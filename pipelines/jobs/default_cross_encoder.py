@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 
 from pipelines.jobs import encode, mine, rerank, train
 from transforms.core.errors import UserInputError
+from transforms.core.language import LanguageSettings
 from transforms.core.splits import split_of
 from transforms.core.texts import TextColumns
 from transforms.io.sample_data import DEV_FRACTION, sample_tables
@@ -47,7 +48,7 @@ ConfigT = TypeVar('ConfigT')
 ResultT = TypeVar('ResultT')
 
 RECIPE = {
-    'version': 4,
+    'version': 5,
     'base_model': 'all-MiniLM-L6-v2 (packaged)',
     'data': 'sample collection: train-split qrels + title and sentence pseudo-queries; '
             'negatives at random from the dense + BM25 top-10',
@@ -56,6 +57,8 @@ RECIPE = {
     # checkpoint: train-split queries, disjoint from the held-out ones.
     'selection_fraction': 0.45,
     'pseudo_queries': ['title', 'sentence'],
+    # BM25 pools stem as the texts' language asks (auto: the sample's majority).
+    'language': 'auto',
     'num_negatives': 4,
     # Warm start: first learn the packaged bi-encoder's similarities of the same
     # pairs (about two passes over them), so the new head does not sit at the
@@ -159,7 +162,8 @@ def build_default_cross_encoder(
     logger.info('[default cross-encoder] encoded the sample collection; mining labeled pairs')
     mined = _quietly(mine.execute, mine.MineJobConfig(
         query_embeddings=emb['train_queries'], corpus_embeddings=emb['corpus'], top_k=10,
-        bm25=BM25Options(enabled=True), queries=files['train_queries'], corpus=files['corpus'],
+        bm25=BM25Options(enabled=True), language=LanguageSettings(recipe['language']),
+        queries=files['train_queries'], corpus=files['corpus'],
         columns=columns, qrels=files['train_qrels'],
         output=os.path.join(work, 'pairs'), format='labeled-pair',
         dev_fraction=recipe['selection_fraction'],

@@ -31,6 +31,7 @@ from transforms.io.parquet_sink import (
   unreadable_parquet,
   write_json,
 )
+from transforms.models.coverage import SAMPLE_SIZE
 from transforms.models.inference_settings import InferenceSettings
 from transforms.models.model_info import DEFAULT_BI_ENCODER, inspect_bi_encoder, resolve_model_name
 from transforms.reuse.embeddings import settings_mismatch
@@ -80,11 +81,16 @@ def _previous_is_reusable(previous_dir: str, output_dir: str, settings: dict) ->
   return True
 
 
-def _sample_texts(files: Sequence[str], config: EncodeJobConfig) -> list[str]:
+def _sample_texts(files: Sequence[str], config: EncodeJobConfig,
+                  limit: Optional[int] = None) -> list[str]:
   """The first usable texts of the input (title joined as the job does), for
-  the fidelity check."""
-  limit = config.inference.fidelity_sample
-  if limit <= 0 or config.inference.backend == 'torch':
+  the fidelity check (``limit`` None: its sample, none on torch) or the
+  coverage figures."""
+  if limit is None:
+    limit = config.inference.fidelity_sample
+    if config.inference.backend == 'torch':
+      return []
+  if limit <= 0:
     return []
   if not config.title_column:
     return [text for (text,) in common.first_values(files, [config.text_column], limit)]
@@ -182,6 +188,10 @@ def execute(job: EncodeJobConfig) -> EncodeResult:
       settings, 'bi-encoder',
       lambda backend: EncodeTexts(config, info).handler(backend),
       _sample_texts(checked.files, job))
+  coverage = {'bi-encoder': common.model_coverage(
+      info.model_dir, info.max_seq_length, 'bi-encoder',
+      'its embeddings will be weak here (in rerank, the fusion guard decides whether '
+      'dense retrieval counts)', texts=_sample_texts(checked.files, job, SAMPLE_SIZE))}
   manifest_settings = embedding_settings(config, info)
   reuse = bool(job.previous) and _previous_is_reusable(
       job.previous, job.output, manifest_settings)
@@ -225,6 +235,7 @@ def execute(job: EncodeJobConfig) -> EncodeResult:
       'texts_per_second': encoded / (finished - started) if encoded else 0.0,
       'backend': settings.backend,
       'backend_fidelity': fidelity,
+      'coverage': coverage,
   }
   write_json(report, FileSystems.join(config.output_dir, 'report.json'))
   common.print_summary('encode summary', [
@@ -236,6 +247,7 @@ def execute(job: EncodeJobConfig) -> EncodeResult:
       ('dead-lettered', report['dead_letters']),
       *[(f'  {code}', n) for code, n in dead_by_reason.items()],
       ('truncated at max_seq_length', report['texts_truncated']),
+      *common.coverage_lines(coverage),
       ('batches', report['batches']),
       ('padding fraction', f"{report['padding_fraction']:.1%}"),
       ('wall time (s)', report['wall_seconds']),

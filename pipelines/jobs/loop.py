@@ -27,6 +27,7 @@ from pipelines.steps.loop import (
   write_splits,
 )
 from transforms.core.errors import UserInputError
+from transforms.core.language import LanguageSettings
 from transforms.core.settings import REQUIRED, fraction, group, positive_int, setting
 from transforms.core.texts import TextColumns
 from transforms.io.parquet_input import check_parquet_input
@@ -105,6 +106,7 @@ class LoopJobConfig:
       None, 'The first-stage sentence-transformers bi-encoder, and where --kind '
       'bi-encoder starts from (default: the packaged all-MiniLM-L6-v2; never --base-model, '
       'which may be a cross-encoder).', metavar='NAME_OR_PATH', group='models')
+  language: LanguageSettings = group(LanguageSettings(), 'candidates and mining')
   bm25: bool = setting(
       True, 'BM25 candidates next to dense ones, in mining and reranking (default: on).',
       action=argparse.BooleanOptionalAction, group='candidates and mining')
@@ -193,7 +195,8 @@ def _mine(job: LoopJobConfig, files: Mapping[str, str], embeddings: Mapping[str,
   return mine_job.execute(mine_job.MineJobConfig(
       corpus=job.corpus, output=output, queries=files['queries_tune'],
       query_embeddings=embeddings['queries_tune'], corpus_embeddings=embeddings['corpus'],
-      top_k=job.top_k, bm25=BM25Options(enabled=job.bm25), columns=job.columns,
+      top_k=job.top_k, bm25=BM25Options(enabled=job.bm25), language=job.language,
+      columns=job.columns,
       qrels=files['tune'], format=','.join(formats),
       mining=NegativeMiningSettings(
           num_negatives=job.num_negatives, sampling_strategy=job.negatives, seed=job.training.seed),
@@ -247,7 +250,8 @@ def _tune_first_stage(job: LoopJobConfig, output: str, embeddings: Mapping[str, 
       cross_encoder=rerank_job.NO_CROSS_ENCODER,
       columns=job.columns, query_embeddings=embeddings['queries_tune'],
       corpus_embeddings=embeddings['corpus'],
-      bm25=BM25Options(enabled=job.bm25), top_k=job.rerank_top_k, top_n=job.top_n, fusion='linear',
+      bm25=BM25Options(enabled=job.bm25), language=job.language, top_k=job.rerank_top_k,
+      top_n=job.top_n, fusion='linear',
       fusion_weights='auto', tune_qrels=files['tune'], inference=job.inference,
       pipeline_args=job.pipeline_args))
 
@@ -262,7 +266,8 @@ def _rerank(job: LoopJobConfig, output: str, cross_encoder: str,
       queries=files['queries_eval'], corpus=job.corpus, output=output, cross_encoder=cross_encoder,
       columns=job.columns, query_embeddings=embeddings['queries_eval'],
       corpus_embeddings=embeddings['corpus'],
-      bm25=BM25Options(enabled=job.bm25), top_k=job.rerank_top_k, top_n=job.top_n,
+      bm25=BM25Options(enabled=job.bm25), language=job.language, top_k=job.rerank_top_k,
+      top_n=job.top_n,
       max_length=job.training.max_length if cross_encoder != rerank_job.NO_CROSS_ENCODER else None,
       qrels=files['test'], metrics=job.metrics, fusion='linear', fusion_weights='auto',
       first_stage_weights=first_stage_weights, tune_qrels=files['dev'],
@@ -313,6 +318,13 @@ def execute(job: LoopJobConfig) -> LoopResult:
   sizes = {name: len(ids) for name, ids in splits.items()}
   logger.info('[loop] judged queries: train %d, dev %d, test %d',
               sizes['train'], sizes['dev'], sizes['test'])
+
+  language = None
+  if job.bm25:  # resolved once: every step stems as the first one does
+    corpus = check_parquet_input(job.corpus, '--corpus', {job.columns.doc_text: 'string'})
+    language = common.corpus_language(
+        job.language.language, corpus.files, job.columns.doc_text, 'loop')
+    job = dataclasses.replace(job, language=LanguageSettings(language.language))
 
   logger.info('[loop] step %d/%d: encode with the first-stage bi-encoder', next(step), steps)
   first_stage_model = job.bi_encoder  # None: the encode job's packaged default
@@ -381,6 +393,7 @@ def execute(job: LoopJobConfig) -> LoopResult:
       'job': 'loop',
       'output': root,
       'kind': job.kind,
+      'language': language.as_dict() if language else None,
       'splits': {
           **sizes, 'rule': EXPLICIT_TEST_RULE if job.test_queries else SPLIT_RULE,
           'test_fraction': None if job.test_queries else job.test_fraction,

@@ -11,6 +11,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipelines import common
 from transforms.core.errors import UserInputError
+from transforms.core.language import LanguageSettings
 from transforms.core.settings import REQUIRED, group, positive_int, setting
 from transforms.core.texts import TextColumns
 from transforms.graphs.mine import MineConfig, build_mine_pipeline
@@ -67,6 +68,7 @@ class MineJobConfig:
       100, 'Dense (and BM25) candidates per query (default: %(default)s).', type=positive_int,
       group='input and output')
   bm25: BM25Options = group(BM25Options(), 'input and output')
+  language: LanguageSettings = group(LanguageSettings(), 'input and output')
   fusion: str = setting(
       'linear', 'With dense and --bm25 together: how their scores are fused into one '
       'retrieval order, as rerank fuses its first stage (default: %(default)s). For '
@@ -243,7 +245,7 @@ def execute(job: MineJobConfig) -> MineResult:
   normalize = False
   has_rank = False
   embeddings = None
-  bm25 = fusion = None
+  bm25 = fusion = language = None
   if job.ranked:
     ranked_manifest = common.output_manifest(job.ranked, '--ranked', 'ranked', 'rerank')
     # Every scored candidate when the output has them, else the top-n.
@@ -272,7 +274,10 @@ def execute(job: MineJobConfig) -> MineResult:
     if job.query_embeddings:
       embeddings, _ = common.check_embedding_pair(job.query_embeddings, job.corpus_embeddings)
       normalize = not embeddings['normalized'] and embeddings['similarity'] == 'cosine'
-    bm25 = job.bm25.settings(job.top_k)
+    if job.bm25.enabled:
+      language = common.corpus_language(
+          job.language.language, corpus.files, job.columns.doc_text, 'mine')
+    bm25 = job.bm25.settings(job.top_k, language.stemmer if language else None)
     source = 'hybrid' if bm25 and job.query_embeddings else 'bm25' if bm25 else 'dense'
     if source == 'hybrid':
       fusion = _hybrid_fusion(job)
@@ -374,10 +379,12 @@ def execute(job: MineJobConfig) -> MineResult:
           'documents_without_queries': counts.get('pseudo_query_docs_without_queries', 0),
           **{source: counts.get(f'pseudo_queries_{source}', 0) for source in pseudo.sources},
       } if pseudo else None,
+      'language': language.as_dict() if language else None,
       'wall_seconds': finished - started,
   }
   write_json(report, FileSystems.join(output_dir, 'report.json'))
   common.print_summary('mine summary', [
+      *common.language_line(report['language']),
       ('queries with candidates', report['queries_with_candidates']),
       ('  with positives', report['queries_with_positives']),
       ('  without positives', report['queries_without_positives']),

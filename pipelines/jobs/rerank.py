@@ -15,6 +15,7 @@ from pipelines.jobs import encode as encode_job
 from pipelines.jobs.evaluate import evaluate_ranked
 from pipelines.steps.rerank import (
   check_inputs,
+  model_coverage,
   previous_scores,
   read_tuning_qrels,
   run_report,
@@ -22,6 +23,7 @@ from pipelines.steps.rerank import (
   summary_lines,
   write_trec,
 )
+from transforms.core.language import LanguageSettings
 from transforms.core.settings import REQUIRED, group, non_negative_float, positive_int, setting
 from transforms.core.texts import TextColumns
 from transforms.graphs.rerank import RerankConfig, build_rerank_pipeline, score_pairs
@@ -105,6 +107,7 @@ class RerankJobConfig:
       'score', 'Score column of --candidates, if present (default: %(default)s).',
       group='candidates')
   bm25: BM25Options = group(BM25Options(), 'candidates')
+  language: LanguageSettings = group(LanguageSettings(), 'candidates')
   top_k: int = setting(
       100, 'Candidates per query from each source, dense and BM25 (default: %(default)s).',
       type=positive_int, group='candidates')
@@ -252,6 +255,7 @@ def execute(job: RerankJobConfig) -> RerankResult:
       query_block_size=job.query_block_size,
       rows_per_shard=job.rows_per_shard,
       inference=settings)
+  coverage = model_coverage(job, ce, embeddings, queries_input.files, corpus_input.files)
   fidelity = None
   if ce:
     fidelity = common.check_backend(
@@ -303,7 +307,8 @@ def execute(job: RerankJobConfig) -> RerankResult:
   finished = time.perf_counter()
 
   report = run_report(
-      result, output_dir, sources, checked.bm25, tuning_check,
+      result, output_dir, sources, checked.bm25, tuning_check, language=checked.language,
+      coverage=coverage,
       backend=settings.backend if ce else None, fidelity=fidelity,
       seconds=(started, pipeline_started, finished))
   if job.trec:

@@ -13,6 +13,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import common
 from transforms.core.errors import UserInputError
+from transforms.core.language import Detected
 from transforms.io.parquet_input import CheckedInput, check_parquet_input, file_columns
 from transforms.io.parquet_sink import (
   MANIFEST_NAME,
@@ -21,6 +22,7 @@ from transforms.io.parquet_sink import (
   read_json,
   unreadable_parquet,
 )
+from transforms.models.coverage import SAMPLE_SIZE
 from transforms.ranking import evaluation
 from transforms.ranking.fusion import (
   SIGNALS,
@@ -75,6 +77,7 @@ class CheckedInputs:
   candidates_score_column: Optional[str]
   bm25: Optional[BM25Settings]
   plan: StagePlan
+  language: Optional[Detected] = None
 
 
 def _stage_plan(job: Any, score_column: Optional[str]) -> StagePlan:
@@ -197,9 +200,12 @@ def check_inputs(job: Any) -> CheckedInputs:
         '--cross-encoder none ranks by the candidates\' scores, and these have none: '
         f'--candidates has no {job.candidates_score_column!r} column and no dense or BM25 '
         'source is given')
+  language = common.corpus_language(
+      job.language.language, corpus_input.files, job.columns.doc_text,
+      'rerank') if job.bm25.enabled else None
   return CheckedInputs(
       options, queries_input, corpus_input, candidates_input, score_column,
-      job.bm25.settings(job.top_k), plan)
+      job.bm25.settings(job.top_k, language.stemmer if language else None), plan, language)
 
 
 def fusion_lines(fusion: Optional[dict]) -> list[tuple[str, str]]:
@@ -288,6 +294,7 @@ def warn_silent_sources(accounts: dict, bm25: Optional[BM25Settings]) -> None:
 def run_report(
     result: Any, output_dir: str, sources: Sequence[str], bm25: Optional[BM25Settings],
     tuning_check: Optional[dict], *, backend: Optional[str], fidelity: Optional[dict],
+    language: Optional[Detected] = None, coverage: Optional[dict] = None,
     seconds: tuple[float, float, float]) -> dict:
   """The report of a finished run, from its counters, manifest and dead letters
   (``backend`` None: no cross-encoder; ``seconds``: started, pipeline started,
@@ -315,6 +322,8 @@ def run_report(
       'queries_ranked': counts.get('queries_ranked', 0),
       'queries': query_accounts,
       'tune_qrels_check': tuning_check,
+      'language': language.as_dict() if language else None,
+      'coverage': coverage,
       'candidates_in': candidates_in,
       'dense_candidates': counts.get('dense_candidates', 0),
       'bm25_candidates': counts.get('bm25_candidates', 0),
@@ -356,6 +365,8 @@ def summary_lines(report: dict, previous_given: bool) -> list[tuple[str, Any]]:
       *([('tuning queries (--tune-qrels)',
           f"{tuning_check['tuning_queries']:,} of {tuning_check['judged_queries']:,} judged")]
         if tuning_check else []),
+      *common.language_line(report.get('language')),
+      *common.coverage_lines(report.get('coverage')),
       ('candidates in', report['candidates_in']),
       ('  dense', report['dense_candidates']),
       ('  BM25', report['bm25_candidates']),
@@ -380,3 +391,27 @@ def summary_lines(report: dict, previous_given: bool) -> list[tuple[str, Any]]:
              else ''))] if ce else []),
       ('output', report['output']),
   ]
+
+
+def model_coverage(job: Any, cross_encoder: Any, embeddings: Optional[dict],
+                   query_files: Sequence[str], corpus_files: Sequence[str]) -> dict:
+  """How the run's bi-encoder (passages) and cross-encoder (query + passage
+  pairs) tokenizers cover a sample of its texts: ``{role: figures}``."""
+  passages = [row[0] for row in common.first_values(
+      corpus_files, [job.columns.doc_text], SAMPLE_SIZE)]
+  found = {}
+  if embeddings and embeddings.get('model') and passages:
+    found['bi-encoder'] = common.model_coverage(
+        embeddings['model'], int(embeddings['max_seq_length']), 'bi-encoder',
+        'dense retrieval will be weak here (the fusion guard decides whether it counts)',
+        texts=passages)
+  queries = [row[0] for row in common.first_values(
+      query_files, [job.columns.query_text], SAMPLE_SIZE)]
+  if cross_encoder and queries and passages:
+    pairs = [(queries[i % len(queries)], passages[i % len(passages)])
+             for i in range(max(len(queries), len(passages)))]
+    found['cross-encoder'] = common.model_coverage(
+        cross_encoder.model_dir, cross_encoder.max_length, 'cross-encoder',
+        'its scores will be weak here (the fusion guard decides whether they count)',
+        pairs=pairs)
+  return found

@@ -117,20 +117,22 @@ class BM25Options:
       flag='--bm25-k1', type=bm25_k1)
   b: float = setting(BM25Settings.b, '(default: %(default)s)', flag='--bm25-b', type=fraction)
   stemmer: str = setting(
-      'none', 'Snowball stemmer for BM25 tokens (default: %(default)s).', flag='--bm25-stemmer',
-      choices=('none',) + SUPPORTED_STEMMERS)
+      'auto', 'Snowball stemmer for BM25 tokens: auto = the one of --language (default: '
+      '%(default)s).', flag='--bm25-stemmer', choices=('auto', 'none') + SUPPORTED_STEMMERS)
   top_k: Optional[int] = setting(
       None, 'BM25 candidates per query (default: --top-k).', flag='--bm25-top-k',
       type=positive_int)
 
-  def settings(self, top_k: int) -> Optional[BM25Settings]:
-    """The BM25 settings of a run retrieving ``top_k`` per source (None: no BM25)."""
+  def settings(self, top_k: int, language_stemmer: Optional[str] = None
+               ) -> Optional[BM25Settings]:
+    """The BM25 settings of a run retrieving ``top_k`` per source (None: no
+    BM25); ``language_stemmer``: the stemmer of the texts' language, used
+    unless ``--bm25-stemmer`` names one."""
     if not self.enabled:
       return None
+    stemmer = {'auto': language_stemmer, 'none': None}.get(self.stemmer, self.stemmer)
     try:
-      return BM25Settings(
-          k1=self.k1, b=self.b, stemmer=None if self.stemmer == 'none' else self.stemmer,
-          top_k=self.top_k or top_k)
+      return BM25Settings(k1=self.k1, b=self.b, stemmer=stemmer, top_k=self.top_k or top_k)
     except ValueError as error:
       raise UserInputError(f'BM25: {error}') from None
 
