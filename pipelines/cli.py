@@ -44,7 +44,9 @@ def main(argv: Sequence[str] | None = None) -> int:
           file=sys.stderr)
     return 2
   # Installed here, by the command, before the job (and Beam) is imported.
-  logging.getLogger().addFilter(_DropBeamImportNoise())
+  root = logging.getLogger()
+  if not any(isinstance(f, _DropBeamImportNoise) for f in root.filters):
+    root.addFilter(_DropBeamImportNoise())
   module = importlib.import_module(JOBS[job][0])
   return module.main(argv[1:])
 
