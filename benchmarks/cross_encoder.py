@@ -78,7 +78,7 @@ def resolve_cross_encoder(name: str | None, directory: str) -> str:
   if not name:
     return random_head_cross_encoder(directory)
   if name == 'default':
-    code = ('from pipelines.default_cross_encoder import ensure_default_cross_encoder; '
+    code = ('from pipelines.jobs.default_cross_encoder import ensure_default_cross_encoder; '
             'print(ensure_default_cross_encoder()[0])')
     return timed_python(['-c', code])['stdout'].strip().splitlines()[-1]
   return name

@@ -1,6 +1,6 @@
 """Hybrid retrieval (dense + BM25) and score fusion on Cranfield and CACM: the issue's figures.
 
-Every figure comes from the rerank job (``pipelines.rerank.execute``) on a real
+Every figure comes from the rerank job (``pipelines.jobs.rerank.execute``) on a real
 collection under ``$DATASETS_DIR`` (default ``../shared/datasets``), with the
 packaged all-MiniLM-L6-v2 embeddings of the texts (corpus) and of the
 queries, made by the encode job into ``WORK/<collection>/corpus_emb`` and
@@ -334,7 +334,7 @@ def rerank_config(**fields):
   known = {field.name for field in dataclasses.fields(rerank.RerankJobConfig)}
   missing = sorted(set(fields) - known - {'doc_title_column'})
   if missing:
-    raise SystemExit(f'pipelines.rerank.RerankJobConfig has no field(s) {missing} yet '
+    raise SystemExit(f'pipelines.jobs.rerank.RerankJobConfig has no field(s) {missing} yet '
                      '(the hybrid/fusion options); only --reference-only can run')
   from transforms.core.texts import TextColumns
   from transforms.retrieval.bm25 import BM25Options

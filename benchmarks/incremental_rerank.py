@@ -1,6 +1,6 @@
 """Incremental reranking on Cranfield: a re-run after a few edits reuses unchanged pairs' scores.
 
-The rerank job (``pipelines.rerank.execute``) with BM25 candidates only (k1 1.5,
+The rerank job (``pipelines.jobs.rerank.execute``) with BM25 candidates only (k1 1.5,
 b 0.75, no stemmer, ``--top-k`` per query, default 30; no embeddings, so no
 encoding), the cross-encoder ``--cross-encoder`` (default: the product's
 default one, cached under ~/.cache/beam-rerank), fusion weights 'auto' (no

@@ -1,4 +1,4 @@
-"""transforms.batching: the batch plan, and the DoFn that applies it."""
+"""transforms.models.batching: the batch plan, and the DoFn that applies it."""
 from __future__ import annotations
 
 import itertools

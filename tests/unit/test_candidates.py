@@ -1,4 +1,5 @@
-"""transforms.candidates: supplied runs checked, deduplicated, merged, joined with texts."""
+"""transforms.retrieval.candidates: supplied runs checked, deduplicated, merged,
+joined with texts."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""transforms.evaluation and the evaluate job: metrics per stage, from ir-measures."""
+"""transforms.ranking.evaluation and the evaluate job: metrics per stage, from ir-measures."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""transforms.fusion: per-query score fusion, nDCG@10, tuning and its guard."""
+"""transforms.ranking.fusion: per-query score fusion, nDCG@10, tuning and its guard."""
 from __future__ import annotations
 
 import json

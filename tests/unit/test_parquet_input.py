@@ -1,4 +1,4 @@
-"""transforms.parquet_input: up-front checks that fail with one clear message."""
+"""transforms.io.parquet_input: up-front checks that fail with one clear message."""
 from __future__ import annotations
 
 import os

@@ -1,4 +1,4 @@
-"""transforms.parquet_sink: stable sharding, staged shards, the all-or-nothing commit."""
+"""transforms.io.parquet_sink: stable sharding, staged shards, the all-or-nothing commit."""
 from __future__ import annotations
 
 import hashlib

@@ -1,4 +1,4 @@
-"""transforms.ranking: the ranked contract's schema and deterministic order."""
+"""transforms.ranking.ranked: the ranked contract's schema and deterministic order."""
 from __future__ import annotations
 
 import pyarrow as pa

@@ -1,4 +1,4 @@
-"""transforms.retrieval: exact blocked dense top-k against brute force."""
+"""transforms.retrieval.dense: exact blocked dense top-k against brute force."""
 from __future__ import annotations
 
 import functools

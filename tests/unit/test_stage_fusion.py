@@ -1,4 +1,4 @@
-"""transforms.stage_fusion: the two fusion stages, their plan, tuning and guard."""
+"""transforms.ranking.stage_fusion: the two fusion stages, their plan, tuning and guard."""
 from __future__ import annotations
 
 import random

@@ -1,4 +1,4 @@
-"""transforms.texts: title joins, hashes, and PrepareTexts with its dead letters."""
+"""transforms.core.texts: title joins, hashes, and PrepareTexts with its dead letters."""
 from __future__ import annotations
 
 import hashlib

@@ -154,7 +154,7 @@ TOPICS = [
 ]
 
 
-# Queries of the dev split (transforms.mining.split_of) are held out: the
+# Queries of the dev split (transforms.core.splits.split_of) are held out: the
 # default cross-encoder trains on the others, and run_local.sh tunes fusion on
 # them (qrels_train) and reports the dev queries.
 DEV_FRACTION = 0.25

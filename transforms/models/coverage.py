@@ -87,7 +87,8 @@ def text_coverage(tokenizer: Any, texts: Sequence[str], max_length: int,
                   model: str = '') -> Coverage:
   """The coverage of single texts (a bi-encoder's inputs)."""
   texts = [t for t in texts if isinstance(t, str)][:SAMPLE_SIZE]
-  encodings = tokenizer(list(texts), add_special_tokens=True, truncation=False, verbose=False)['input_ids']
+  encodings = tokenizer(list(texts), add_special_tokens=True, truncation=False,
+                        verbose=False)['input_ids']
   tokens, unknowns = _counts(tokenizer, encodings)
   return Coverage(
       model=model, inputs=len(texts), words=sum(len(_WORD.findall(t)) for t in texts),

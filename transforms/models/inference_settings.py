@@ -33,7 +33,7 @@ class InferenceSettings:
 
   Attributes:
     device: where the model runs on each worker; ``auto`` = CUDA when visible.
-    backend: the runtime and precision (``transforms.backends.BACKENDS``).
+    backend: the runtime and precision (``transforms.models.backends.BACKENDS``).
     export_root: where non-PyTorch exports are cached (None: the default).
     trust_remote_code: allow models that ship their own Python code.
     allow_pickle_weights: allow models whose weights are only pickle files.

@@ -433,7 +433,7 @@ def ndcg_at_10(ranked_doc_ids: Sequence[str], qrels_for_query: Mapping[str, int]
 
   Gain = relevance (unjudged or <= 0 counts 0), discount log2(rank + 1), ideal
   from all judged relevant docs; 0.0 when the query has none. Written here,
-  not taken from ir-measures (``transforms.evaluation``), because tuning scores
+  not taken from ir-measures (``transforms.ranking.evaluation``), because tuning scores
   every grid point's ranking of every query; a test keeps the two equal.
   """
   ideal = _ideal_dcg(qrels_for_query)
