@@ -19,7 +19,7 @@ import pytest
 
 from pipelines import encode as encode_job
 from pipelines import mine
-from pipelines.jobs import mine as mine_steps
+from pipelines.steps import mine as mine_steps
 from tests.fixtures import read_rows, read_schema, write_parquet
 from tests.mine_data import (
   CORPUS,
@@ -829,11 +829,11 @@ def test_ranked_score_column_is_the_cross_encoders(tmp_path):
   old = tmp_path / 'old.parquet'
   pl.DataFrame({'query_id': ['q'], 'doc_id': ['d'], 'score': [1.0]}).write_parquet(old)
   job = mine.MineJobConfig(queries='q', corpus='c', output='o', ranked='r')
-  assert mine_steps._ranked_score_column({'cross_encoder': 'ce'}, [str(path)], job) == 'ce_score'
-  assert mine_steps._ranked_score_column({'cross_encoder': 'ce'}, [str(old)], job) == 'score'
-  assert mine_steps._ranked_score_column({'cross_encoder': None}, [str(path)], job) == (
+  assert mine_steps.ranked_score_column({'cross_encoder': 'ce'}, [str(path)], job) == 'ce_score'
+  assert mine_steps.ranked_score_column({'cross_encoder': 'ce'}, [str(old)], job) == 'score'
+  assert mine_steps.ranked_score_column({'cross_encoder': None}, [str(path)], job) == (
       'retrieval_score')
   distill = mine.MineJobConfig(queries='q', corpus='c', output='o', ranked='r',
                                format='distill')
   with pytest.raises(UserInputError, match='ranked without a cross-encoder'):
-    mine_steps._ranked_score_column({'cross_encoder': None}, [str(path)], distill)
+    mine_steps.ranked_score_column({'cross_encoder': None}, [str(path)], distill)
