@@ -443,3 +443,18 @@ def test_teacher_bm25_weight_out_of_range_exits_2(capsys):
                        '--teacher-bm25-weight', '1.5'])
   assert exited.value.code == 2
   assert 'must be between 0 and 1' in capsys.readouterr().err
+
+
+def test_the_language_is_resolved_once_and_reaches_every_bm25_step(loop_run):
+  """--language auto on the bilingual sample: the loop reads the corpus once and
+  its mine and rerank steps stem BM25 with what it picked."""
+  _, _, report, _ = loop_run
+  language = report['language']
+  assert language['requested'] == 'auto' and language['texts'] == 36
+  stemmer = language['bm25_stemmer']
+  assert stemmer in ('english', 'russian')
+  mined = json.loads((pathlib.Path(report['steps']['mine']) / 'manifest.json').read_text())
+  assert mined['bm25']['stemmer'] == stemmer
+  for folder in report['steps']['rerank'].values():
+    manifest = json.loads((pathlib.Path(folder) / 'manifest.json').read_text())
+    assert manifest['bm25']['stemmer'] == stemmer, folder
