@@ -8,6 +8,10 @@ from typing import Optional, Sequence
 from pipelines import common
 from transforms.core.errors import UserInputError
 from transforms.core.settings import REQUIRED, fraction, group, setting
+from transforms.models.inference_settings import (
+    allow_pickle_weights_setting,
+    trust_remote_code_setting,
+)
 from transforms.models.model_info import check_weights_format, resolve_model_dir, resolve_model_name
 from transforms.training.trainer import (
   DEV_METRIC,
@@ -38,11 +42,8 @@ class TrainJobConfig:
   training: TrainingSettings = group(TrainingSettings())
   pos_weight: Optional[float] = setting(
       None, 'Cross-encoder: BCE weight of positives (e.g. #neg/#pos).', type=float)
-  trust_remote_code: bool = setting(
-      False, 'Allow models that ship Python code.')
-  allow_pickle_weights: bool = setting(
-      False, 'Allow models whose weights are only pickle files (.bin); off by default: unpickling '
-      'can run code.')
+  trust_remote_code: bool = trust_remote_code_setting()
+  allow_pickle_weights: bool = allow_pickle_weights_setting()
   no_dev: bool = setting(
       False, 'Ignore the dev split: no evaluation, the last step is the model.',
       group='dev split, checkpoint selection and curriculum')

@@ -8,7 +8,7 @@ Every default lives here, once.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Any, Optional
 
 from transforms.core.settings import positive_int, setting
 from transforms.models.backends import (
@@ -25,6 +25,17 @@ from transforms.models.batching import DEFAULT_MAX_TOKENS_PER_BATCH
 DEFAULT_MAX_BATCH_SIZE = 256
 # Texts sorted together by token length before batching (bounds memory per worker).
 DEFAULT_SORT_WINDOW = 8192
+
+
+def trust_remote_code_setting() -> Any:
+  """``--trust-remote-code``: every job that loads a model declares it with this."""
+  return setting(False, 'Allow models that ship their own Python code (off by default).')
+
+
+def allow_pickle_weights_setting() -> Any:
+  """``--allow-pickle-weights``: every job that loads a model declares it with this."""
+  return setting(False, 'Allow models whose weights are only pickle files (.bin); off by '
+                 'default: unpickling can run code.')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,11 +64,8 @@ class InferenceSettings:
       None, 'Where exports of models for non-PyTorch backends are cached (default: '
       '~/.cache/beam-rerank/exports or $BEAM_RERANK_EXPORTS).', flag='--export-cache',
       metavar='DIR')
-  trust_remote_code: bool = setting(
-      False, 'Allow models that ship their own Python code (off by default).')
-  allow_pickle_weights: bool = setting(
-      False, 'Allow models whose weights are only pickle files (.bin); off by default: '
-      'unpickling can run code.')
+  trust_remote_code: bool = trust_remote_code_setting()
+  allow_pickle_weights: bool = allow_pickle_weights_setting()
   share_model_across_processes: bool = setting(
       False, 'One model copy per machine, shared by its worker processes (for GPUs).')
   model_copies: Optional[int] = setting(
