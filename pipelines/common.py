@@ -6,6 +6,7 @@ import gc
 import logging
 import os
 import sys
+import time
 from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
 from apache_beam.io.filesystems import FileSystems
@@ -207,6 +208,22 @@ def _quiet_interrupts():
   finally:
     for handler in handlers:
       handler.removeFilter(drop)
+
+
+def run_pipeline(options: PipelineOptions, build: Callable[[Any], None], output_dir: str,
+                 max_dead_letter_fraction: float, rows_in: int) -> tuple[Any, float]:
+  """A job's run step: builds its Beam graph (``build(pipeline)``) behind the
+  dead-letter gate, runs it to the end and raises if the commit was refused.
+  Returns the result and when the run started (after the build)."""
+  import apache_beam as beam
+  limit_dead_letters(options, max_dead_letter_fraction, rows_in)
+  pipeline = beam.Pipeline(options=options)
+  build(pipeline)
+  started = time.perf_counter()
+  result = pipeline.run()
+  result.wait_until_finish()
+  check_dead_letter_limit(result, output_dir, max_dead_letter_fraction, rows_in)
+  return result, started
 
 
 def query_groups(query_manifest: Mapping[str, Any] | None, max_in_memory: int) -> int:

@@ -8,7 +8,6 @@ import os
 import time
 from typing import Optional, Sequence
 
-import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines import common
@@ -200,14 +199,10 @@ def execute(job: EncodeJobConfig) -> EncodeResult:
       f'{checked.num_rows:,}', len(checked.files), model, info.dim, info.max_seq_length,
       info.fingerprint[:19])
 
-  common.limit_dead_letters(options, job.max_dead_letter_fraction, checked.num_rows)
-  pipeline = beam.Pipeline(options=options)
-  build_encode_pipeline(pipeline, config, info, reuse_previous=reuse)
-  pipeline_started = time.perf_counter()
-  result = pipeline.run()
-  result.wait_until_finish()
-  common.check_dead_letter_limit(
-      result, config.output_dir, job.max_dead_letter_fraction, checked.num_rows)
+  result, pipeline_started = common.run_pipeline(
+      options, lambda pipeline: build_encode_pipeline(
+          pipeline, config, info, reuse_previous=reuse),
+      config.output_dir, job.max_dead_letter_fraction, checked.num_rows)
   finished = time.perf_counter()
 
   counts = common.counters(result, 'encode')

@@ -5,7 +5,6 @@ import dataclasses
 import time
 from typing import Optional
 
-import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines import common
@@ -188,12 +187,9 @@ def execute(job: MineJobConfig) -> MineResult:
           ' (judged queries only; pseudo-queries train)'
           if pseudo and (job.qrels or job.positives) else ''),
   }
-  common.limit_dead_letters(options, job.max_dead_letter_fraction, rows_in)
-  pipeline = beam.Pipeline(options=options)
-  build_mine_pipeline(pipeline, config, manifest)
-  result = pipeline.run()
-  result.wait_until_finish()
-  common.check_dead_letter_limit(result, output_dir, job.max_dead_letter_fraction, rows_in)
+  result, _ = common.run_pipeline(
+      options, lambda pipeline: build_mine_pipeline(pipeline, config, manifest),
+      output_dir, job.max_dead_letter_fraction, rows_in)
   finished = time.perf_counter()
   report = run_report(result, output_dir, manifest, pseudo, candidates.language,
                       finished - started)

@@ -6,7 +6,6 @@ import logging
 import time
 from typing import Optional
 
-import apache_beam as beam
 import polars as pl
 from apache_beam.io.filesystems import FileSystems
 
@@ -297,13 +296,9 @@ def execute(job: RerankJobConfig) -> RerankResult:
 
   rows_in = queries_input.num_rows + corpus_input.num_rows + (
       candidates_input.num_rows if candidates_input else 0)
-  common.limit_dead_letters(options, job.max_dead_letter_fraction, rows_in)
-  pipeline = beam.Pipeline(options=options)
-  build_rerank_pipeline(pipeline, config, manifest)
-  pipeline_started = time.perf_counter()
-  result = pipeline.run()
-  result.wait_until_finish()
-  common.check_dead_letter_limit(result, output_dir, job.max_dead_letter_fraction, rows_in)
+  result, pipeline_started = common.run_pipeline(
+      options, lambda pipeline: build_rerank_pipeline(pipeline, config, manifest),
+      output_dir, job.max_dead_letter_fraction, rows_in)
   finished = time.perf_counter()
 
   report = run_report(
